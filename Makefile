@@ -1,0 +1,31 @@
+# The verbs the README names. Each one installs what it needs first.
+.PHONY: simulate test lint unit bench venv services clean
+
+VENV := .venv/bin
+ARGS ?=
+
+simulate: venv  ## the main job: the five services and a simulated community, then a report
+	@scripts/services.sh rabbitmq redis
+	$(VENV)/microte demo $(ARGS)
+
+test: venv  ## every check and test CI runs
+	@scripts/services.sh rabbitmq redis postgres
+	$(MAKE) --no-print-directory lint
+	$(VENV)/pytest $(ARGS)
+
+lint: venv
+	$(VENV)/ruff check shared services tests bench
+	$(VENV)/mypy shared
+	$(VENV)/lint-imports
+
+unit: venv  ## the tests that need no servers, in seconds
+	$(VENV)/pytest tests/unit tests/properties $(ARGS)
+
+bench: venv  ## the clearing benchmark (README, "Benchmarks")
+	$(VENV)/python bench/clearing.py $(ARGS)
+
+venv:
+	@scripts/bootstrap.sh
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache .hypothesis var

@@ -1,0 +1,1 @@
+"""The five market services, the simulated community and the command line."""

@@ -1,0 +1,1 @@
+"""microte's common library: the pure market core, the wire contract and the runtime."""

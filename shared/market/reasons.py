@@ -1,0 +1,24 @@
+"""Machine-readable rejection reasons, named after the rule that was broken."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    MALFORMED = "malformed"
+    INVALID_QUANTITY = "invalid_quantity"
+    INVALID_PRICE = "invalid_price"
+    UNKNOWN_SOURCE = "unknown_source"
+    INVALID_SIDE = "invalid_side"
+    MISALIGNED_SLOT = "misaligned_slot"
+    GATE_CLOSED = "gate_closed"
+    BEYOND_HORIZON = "beyond_horizon"
+    MARKET_NOT_OPEN = "market_not_open"
+    NOT_A_MEMBER = "not_a_member"
+    IDENTITY_MISMATCH = "identity_mismatch"
+    UNKNOWN_ORDER = "unknown_order"
+    INVALID_READING = "invalid_reading"
+    SLOT_NOT_DELIVERED = "slot_not_delivered"
+    ALREADY_RECONCILED = "already_reconciled"
+    WRONG_REGION = "wrong_region"

@@ -1,0 +1,1 @@
+"""What every service needs for I/O: settings, broker topology, Redis and ledger stores, logging, metrics."""
