@@ -187,6 +187,7 @@ class RoundStarted(Message, frozen=True):
     last_settle: Slot
     next_settle: Slot
     grid: list[GridQuote]  # current_round and next_settle, each priced for itself
+    final_round_start: int = 0  # simulation: the last round that will start (0: open-ended)
 
 
 class SlotCleared(Message, frozen=True):
@@ -202,6 +203,7 @@ class SlotReconciled(Message, frozen=True):
     reconciled_at_ms: int
     missing_readings: list[Id]
     entries: list[EntryRecord]
+    settled_wh: int = 0  # energy of the slot's settlements, for the ledger's balance check
 
 
 class SlotRecorded(Message, frozen=True):

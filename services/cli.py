@@ -1,0 +1,120 @@
+"""The ``microte`` command: serve a service, simulate a community, run the demo, report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from shared.runtime.settings import Settings, SettingsError, from_env
+
+_APPS = {
+    "clock": "services.clock.app",
+    "order-intake": "services.order_intake.app",
+    "matcher": "services.matcher.app",
+    "meter-collector": "services.meter_collector.app",
+    "ledger-writer": "services.ledger_writer.app",
+}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from shared.runtime.service import serve
+
+    settings = from_env()
+    return serve(importlib.import_module(_APPS[args.service]).create(settings))
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from services.participants.community import Community
+    from services.participants.profiles import community
+
+    settings = from_env()
+    homes = community(args.participants, args.seed)
+    tally = asyncio.run(Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone).run())
+    print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, rejections {dict(tally.rejections)}")
+    return 0
+
+
+async def _report(settings: Settings) -> tuple[str, bool]:
+    from services.report import report
+    from shared.runtime.ledger_store import open_ledger
+
+    store = open_ledger(settings.ledger_url)
+    await store.open()
+    try:
+        return await report(store, settings.market)
+    finally:
+        await store.close()
+
+
+def _report_cmd(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.ledger:
+        env["MICROTE_LEDGER_URL"] = args.ledger
+    if args.region:
+        env["MICROTE_REGION"] = args.region
+    text, ok = asyncio.run(_report(from_env(env)))
+    print(text)
+    return 0 if ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from services.demo import run_demo
+
+    tz = ZoneInfo(args.timezone)
+    start = int(datetime.fromisoformat(args.start).replace(tzinfo=tz).timestamp())
+    region = args.region or f"demo{int(time.time())}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k.startswith("MICROTE_")},
+        "MICROTE_REGION": region,
+        "MICROTE_TIMEZONE": args.timezone,
+        "MICROTE_CLOCK_MODE": "simulation",
+        "MICROTE_ROUNDS": str(args.rounds),
+        "MICROTE_START_TIME": str(start),
+        "MICROTE_ROUND_SECONDS": str(args.round_seconds),
+        "MICROTE_LEDGER_URL": args.ledger or os.environ.get("MICROTE_LEDGER_URL", "sqlite:///var/ledger.sqlite"),
+    }
+    return asyncio.run(run_demo(env, participants=args.participants, seed=args.seed,
+                                log_dir=Path("var/logs") / region))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="microte", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run one service (settings from MICROTE_* variables)")
+    serve.add_argument("service", choices=sorted(_APPS))
+    serve.set_defaults(run=_serve)
+    sim = sub.add_parser("simulate", help="run a simulated community against running services")
+    sim.add_argument("--participants", type=int, default=20)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.set_defaults(run=_simulate)
+    demo = sub.add_parser("demo", help="start the five services, simulate a community, report")
+    demo.add_argument("--participants", type=int, default=20)
+    demo.add_argument("--rounds", type=int, default=1440, help="rounds to simulate (1440 x 60 s = one day)")
+    demo.add_argument("--round-seconds", type=int, default=60)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--start", default="2026-06-21T00:00", help="local market time of the first round")
+    demo.add_argument("--timezone", default="America/Vancouver")
+    demo.add_argument("--ledger", help="postgresql://... or sqlite:///path (default sqlite:///var/ledger.sqlite)")
+    demo.add_argument("--region", help="region id (default: a fresh one per run)")
+    demo.set_defaults(run=_demo)
+    rep = sub.add_parser("report", help="report on a region's ledger")
+    rep.add_argument("--ledger")
+    rep.add_argument("--region")
+    rep.set_defaults(run=_report_cmd)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except SettingsError as exc:
+        print(f"microte: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""clock: broadcasts round boundaries, in simulation or real-time mode."""
+
+from __future__ import annotations
+
+from services.clock.handlers import Clock
+from shared.messages import types as t
+from shared.runtime import topology as k
+from shared.runtime.service import Service
+from shared.runtime.settings import Settings
+
+NAME, PORT = "clock", 9101
+
+
+def create(settings: Settings) -> Service:
+    svc = Service(NAME, settings, PORT)
+    clock = Clock(svc)
+    keys = svc.keys
+    svc.consume(
+        [keys.request(k.FINISH), keys.fact(k.SLOT_CLEARED), keys.fact(k.SLOT_RECORDED)],
+        {t.FinishRound: clock.on_finish, t.SlotCleared: clock.on_slot_cleared,
+         t.SlotRecorded: clock.on_slot_recorded},
+        prefetch=256,
+        single_active=True,
+    )
+    svc.background(clock.run)
+    return svc

@@ -1,0 +1,165 @@
+"""clock: one per region (a Redis lease with a fencing number), broadcasts round starts.
+
+Simulation mode starts the next round as soon as the current one is complete (every
+active participant finished it, the closing slot is cleared, the delivered slot is
+recorded in the ledger) or its timeout passed. Real-time mode starts rounds on
+wall-clock boundaries, whatever is outstanding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+
+
+from shared.messages import types as t
+from shared.messages.convert import slot_to_wire
+from shared.runtime.service import Service, now_ms
+from shared.runtime.topology import ROUND_STARTED
+
+LEASE_TTL_MS = 10_000
+RENEW_EVERY_S = 3.0
+
+
+class Clock:
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.settings = service.settings
+        self.market = service.settings.market
+        self.state = service.state
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.recorded: set[tuple[int, int]] = set()
+        self.wake = asyncio.Event()
+        self.renewed = 0.0
+
+    # --- inbound -------------------------------------------------------------------------
+
+    async def on_finish(self, m: t.FinishRound) -> None:
+        if await self.state.touch(m.participant_id, now_ms()):
+            await self.state.finish_round(m.round_start, m.participant_id)
+            self.wake.set()
+
+    async def on_slot_cleared(self, m: t.SlotCleared) -> None:
+        self.wake.set()
+
+    async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
+        self.recorded.add((m.slot.start, m.slot.end))
+        self.wake.set()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        region, metrics = self.svc.region, self.svc.metrics
+        while True:
+            fence = await self.state.take_lease(self.holder, LEASE_TTL_MS)
+            metrics.clock_leader.labels(region).set(1 if fence else 0)
+            if fence is None:
+                await asyncio.sleep(RENEW_EVERY_S)  # another clock leads; try again when its lease may lapse
+                continue
+            metrics.clock_fence.labels(region).set(fence)
+            self.svc.log.info("clock_leading", fence=fence, holder=self.holder)
+            try:
+                await self._lead(fence)
+            except _LostLease:
+                self.svc.log.warning("clock_lost_lease", fence=fence)
+                metrics.clock_leader.labels(region).set(0)
+                continue
+            return  # simulation finished
+
+    async def _lead(self, fence: int) -> None:
+        d = self.market.schedule.duration
+        current = await self.state.current_round()
+        if current is not None:
+            start = current[0]  # resume: broadcast the current round again under the new fence
+        elif self.settings.clock_mode == "realtime" or not self.settings.start_time:
+            start = self.market.schedule.round_containing(int(time.time())).start
+        else:
+            start = self.settings.start_time - self.settings.start_time % d
+        while True:
+            first = await self.state.first_round() or start
+            final = first + (self.settings.rounds - 1) * d if self.settings.rounds else 0
+            if final and start > final:
+                self.svc.log.info("simulation_finished", rounds=self.settings.rounds)
+                await self.state.release_lease(self.holder)
+                return
+            await self._renew(fence)
+            if not await self.state.advance_round(start, fence, now_ms()):
+                raise _LostLease
+            began = time.monotonic()
+            await self._broadcast(start, fence, final)
+            if self.settings.clock_mode == "realtime":
+                await self._sleep_until_wall(start + d, fence)
+            else:
+                await self._wait_complete(start, fence)
+            self.svc.metrics.round_duration.labels(self.svc.region).observe(time.monotonic() - began)
+            await self.state.forget_round(start - d)
+            start += d
+
+    async def _broadcast(self, start: int, fence: int, final: int) -> None:
+        w = self.market.schedule.windows(start)
+        quotes = []
+        for slot in (w.current_round, w.next_settle):
+            prices = self.market.tariff.prices_at(slot.start)
+            quotes.append(t.GridQuote(slot=slot_to_wire(slot), buy_price=str(prices.buy_price),
+                                      sell_price=str(prices.sell_price)))
+        message = t.RoundStarted(
+            region=self.svc.region, fence=fence, started_at_ms=now_ms(), duration=self.market.schedule.duration,
+            close_steps=self.market.schedule.close_steps, timezone=self.market.tariff.timezone,
+            current_round=slot_to_wire(w.current_round), last_settle=slot_to_wire(w.last_settle),
+            next_settle=slot_to_wire(w.next_settle), grid=quotes, final_round_start=final)
+        await self.svc.publish(message, self.svc.keys.fact(ROUND_STARTED))
+        self.svc.metrics.rounds.labels(self.svc.region).inc()
+        self.svc.metrics.round_start.labels(self.svc.region).set(start)
+        self.svc.log.info("round_started", round=start, fence=fence)
+
+    async def _renew(self, fence: int) -> None:
+        if await self.state.take_lease(self.holder, LEASE_TTL_MS) != fence:
+            raise _LostLease
+        self.renewed = time.monotonic()
+
+    async def _missing(self, start: int) -> list[str]:
+        w = self.market.schedule.windows(start)
+        missing = []
+        active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+        if not active <= await self.state.finished(start):
+            missing.append("participants")
+        if not await self.state.is_cleared(w.last_settle):
+            missing.append("clearing")
+        if (w.current_round.start, w.current_round.end) not in self.recorded:
+            missing.append("ledger")
+        return missing
+
+    async def _wait_complete(self, start: int, fence: int) -> None:
+        deadline = time.monotonic() + self.settings.round_timeout_s
+        while True:
+            self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
+            missing = await self._missing(start)
+            if not missing:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.svc.log.warning("round_timed_out", round=start, missing=missing)
+                for what in missing:
+                    self.svc.metrics.round_timeouts.labels(self.svc.region, what).inc()
+                return
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=min(remaining, RENEW_EVERY_S))
+            except TimeoutError:
+                pass
+            if time.monotonic() - self.renewed >= RENEW_EVERY_S:
+                await self._renew(fence)
+        self.recorded.discard((start, start + self.market.schedule.duration))
+
+    async def _sleep_until_wall(self, boundary: int, fence: int) -> None:
+        while (wait := boundary - time.time()) > 0:
+            await asyncio.sleep(min(wait, RENEW_EVERY_S))
+            await self._renew(fence)
+
+
+class _LostLease(Exception):
+    pass
+
+

@@ -1,0 +1,47 @@
+"""The main job: the five services as processes, a simulated community, then the report."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+from services.ensemble import Ensemble
+from services.participants.community import Community
+from services.participants.profiles import community
+from services.report import report
+from shared.runtime.ledger_store import open_ledger
+from shared.runtime.settings import from_env
+
+
+async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path) -> int:
+    settings = from_env(env)
+    if settings.ledger_url.startswith("sqlite:///"):
+        Path(settings.ledger_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
+          f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
+    ensemble = Ensemble(env, log_dir)
+    began = time.monotonic()
+    try:
+        await ensemble.start_all(("order-intake", "matcher", "meter-collector", "ledger-writer"))
+        homes = community(participants, seed)
+        sim = Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
+                        progress_every=max(1, settings.rounds // 20))
+        joined = asyncio.Event()
+        run = asyncio.create_task(sim.run(joined))
+        await asyncio.wait_for(joined.wait(), timeout=60)
+        await ensemble.start_all(("clock",))
+        tally = await run
+    finally:
+        ensemble.stop_all()
+    print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
+          f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)
+    store = open_ledger(settings.ledger_url)
+    await store.open()
+    try:
+        text, ok = await report(store, settings.market)
+    finally:
+        await store.close()
+    print(text)
+    return 0 if ok else 1

@@ -1,0 +1,40 @@
+"""ledger-writer: writes every ledger entry exactly once, in batches, acknowledging after commit."""
+
+from __future__ import annotations
+
+from services.ledger_writer.batcher import Batcher
+from services.ledger_writer.handlers import LedgerWriter
+from shared.messages import types as t
+from shared.runtime import topology as k
+from shared.runtime.ledger_store import open_ledger
+from shared.runtime.service import Service
+from shared.runtime.settings import Settings
+
+NAME, PORT = "ledger-writer", 9105
+
+
+def create(settings: Settings) -> Service:
+    svc = Service(NAME, settings, PORT)
+    writer = LedgerWriter(svc)
+    store = open_ledger(settings.ledger_url)
+    keys = svc.keys
+    svc.consume(
+        [keys.all_to(k.ORDER_ACCEPTED), keys.all_to(k.ORDER_CANCELLED), keys.all_to(k.READING_ACCEPTED),
+         keys.fact(k.SLOT_CLEARED), keys.fact(k.SLOT_RECONCILED)],
+        {
+            t.OrderAccepted: writer.on_order_accepted,
+            t.OrderCancelled: writer.on_order_cancelled,
+            t.ReadingAccepted: writer.on_reading_accepted,
+            t.SlotCleared: writer.on_slot_cleared,
+            t.SlotReconciled: writer.on_slot_reconciled,
+        },
+        prefetch=1000,
+    )
+
+    async def open_store() -> None:
+        await store.open()
+        writer.attach(Batcher(store, after_commit=writer.after_commit))
+
+    svc.on_start(open_store)
+    svc.on_stop(store.close)
+    return svc

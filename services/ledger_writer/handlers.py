@@ -1,0 +1,77 @@
+"""ledger-writer: records every accepted order, settlement, reading and ledger entry once."""
+
+from __future__ import annotations
+
+from shared.market import EntryKind, bills
+from shared.market.numbers import ZERO
+from shared.messages import types as t
+from shared.messages.convert import (
+    entries_from_wire,
+    order_from_wire,
+    reading_from_wire,
+    settlements_from_wire,
+    slot_from_wire,
+    slot_to_wire,
+)
+from shared.runtime.ledger_store import RecordBatch, WriteResult
+from shared.runtime.metrics import JOULES_PER_WH
+from shared.runtime.service import Service
+from shared.runtime.topology import SLOT_RECORDED
+
+from services.ledger_writer.batcher import Batcher
+
+_SETTLED = (EntryKind.P2P, EntryKind.BESS_COVER, EntryKind.UNCONSUMED, EntryKind.SHORTFALL)
+
+
+class LedgerWriter:
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.batcher: Batcher | None = None
+        self._settled_wh: dict[tuple[str, int, int], int] = {}
+
+    def attach(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+
+    async def _write(self, batch: RecordBatch) -> None:
+        assert self.batcher is not None, "the ledger store is not open yet"
+        self.svc.metrics.ledger_backlog.labels(self.svc.region).set(self.batcher.backlog)
+        await self.batcher.write(batch)
+
+    async def on_order_accepted(self, m: t.OrderAccepted) -> None:
+        await self._write(RecordBatch(orders=[(m.region, order_from_wire(m))]))
+
+    async def on_order_cancelled(self, m: t.OrderCancelled) -> None:
+        await self._write(RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))]))
+
+    async def on_reading_accepted(self, m: t.ReadingAccepted) -> None:
+        await self._write(RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)]))
+
+    async def on_slot_cleared(self, m: t.SlotCleared) -> None:
+        await self._write(RecordBatch(settlements=settlements_from_wire(m)))
+
+    async def on_slot_reconciled(self, m: t.SlotReconciled) -> None:
+        slot = slot_from_wire(m.slot)
+        entries = entries_from_wire(m.region, slot, m.entries)
+        self._settled_wh[(m.region, slot.start, slot.end)] = m.settled_wh
+        await self._write(RecordBatch(entries=entries, reconciled=[(m.region, slot, len(entries))]))
+
+    async def after_commit(self, batch: RecordBatch, result: WriteResult, seconds: float) -> None:
+        """Runs after each commit, before any message of the batch is acknowledged."""
+        region, metrics = self.svc.region, self.svc.metrics
+        metrics.ledger_write_duration.labels(region).observe(seconds)
+        for table in ("entries", "orders", "settlements", "readings", "reconciled"):
+            metrics.ledger_rows.labels(region, table).inc(getattr(result, table))
+        for slot_region, slot, _count in batch.reconciled:
+            entries = [e for e in batch.entries if e.slot == slot and e.region == slot_region]
+            money = sum((b.received - b.paid for b in bills(entries).values()), ZERO)
+            settled = self._settled_wh.pop((slot_region, slot.start, slot.end), 0)
+            energy = settled - sum(e.quantity_wh for e in entries if e.kind in _SETTLED)
+            metrics.ledger_money_imbalance.labels(region).set(float(money))
+            metrics.ledger_energy_imbalance.labels(region).set(energy * JOULES_PER_WH)
+            if money or energy:
+                self.svc.log.error("ledger_imbalance", slot=str(slot), money=str(money), energy_wh=energy)
+            metrics.slots_recorded.labels(region).inc()
+            await self.svc.publish(t.SlotRecorded(region=slot_region, slot=slot_to_wire(slot),
+                                                  entry_count=len(entries)), self.svc.keys.fact(SLOT_RECORDED))
+        if self.batcher is not None:
+            metrics.ledger_backlog.labels(region).set(self.batcher.backlog)

@@ -1,0 +1,76 @@
+"""matcher: clears the slot whose gate has just closed, once, and tells both parties."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from shared.market import Slot, clear
+from shared.messages import decode_as
+from shared.messages import types as t
+from shared.messages.convert import order_from_wire, settlement_to_wire, slot_from_wire, slot_to_wire
+from shared.runtime.service import Service
+from shared.runtime.topology import SETTLEMENTS, SLOT_CLEARED
+from shared.runtime.metrics import JOULES_PER_WH
+
+
+class Matcher:
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.market = service.settings.market
+        self.state = service.state
+
+    async def is_stale(self, m: t.RoundStarted) -> bool:
+        current = await self.state.current_round()
+        if current is not None and m.fence < current[1]:
+            self.svc.metrics.stale_fence.labels(self.svc.region, self.svc.name).inc()
+            self.svc.log.warning("stale_round_ignored", fence=m.fence, current_fence=current[1])
+            return True
+        return False
+
+    async def on_round_started(self, m: t.RoundStarted) -> None:
+        if await self.is_stale(m):
+            return
+        slot = slot_from_wire(m.last_settle)
+        upto = await self.state.reconciled_upto()
+        if upto is not None and slot.end <= upto or await self.state.claim("clear", slot) == "done":
+            return
+        await self.clear_slot(slot, matched_at_ms=m.current_round.start * 1000)
+
+    async def clear_slot(self, slot: Slot, matched_at_ms: int) -> None:
+        """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes."""
+        metrics, region = self.svc.metrics, self.svc.region
+        orders = [order_from_wire(decode_as(raw, t.OrderAccepted)) for raw in await self.state.book(slot)]
+        started = time.perf_counter()
+        settlements = clear(orders, region=region, slot=slot, rule=self.market.rule, matched_at_ms=matched_at_ms)
+        metrics.clearing_duration.labels(region).observe(time.perf_counter() - started)
+        records = [settlement_to_wire(s) for s in settlements]
+        wire_slot = slot_to_wire(slot)
+        by_party: dict[str, list[t.SettlementRecord]] = defaultdict(list)
+        for record in records:
+            by_party[record.buyer].append(record)
+            by_party[record.seller].append(record)
+        await self.svc.publish(t.SlotCleared(region=region, slot=wire_slot, rule=str(self.market.rule),
+                                             matched_at_ms=matched_at_ms, order_count=len(orders),
+                                             settlements=records), self.svc.keys.fact(SLOT_CLEARED))
+        await self.svc.publish_all([
+            (t.SettlementsNotice(region=region, participant_id=p, slot=wire_slot, settlements=mine),
+             self.svc.keys.to(p, SETTLEMENTS))
+            for p, mine in sorted(by_party.items())
+        ])
+        await self.state.finish_clearing(slot)
+        energy = sum(s.quantity_wh for s in settlements)
+        for side in ("bid", "ask"):
+            metrics.book_orders.labels(region, side).set(sum(1 for o in orders if o.side == side))
+        for s in settlements:
+            metrics.matched_energy.labels(region, s.source).inc(s.quantity_wh * JOULES_PER_WH)
+        metrics.settlements.labels(region).inc(len(settlements))
+        metrics.slot_matched_energy.labels(region).set(energy * JOULES_PER_WH)
+        if energy:
+            paid = sum(s.buy_price * s.quantity_wh for s in settlements)
+            metrics.slot_price.labels(region).set(float(paid / energy))  # display only
+        self.svc.log.info("slot_cleared", slot=str(slot), orders=len(orders), settlements=len(settlements),
+                          energy_wh=energy)
+
+    async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
+        await self.state.drop_claim("clear", slot_from_wire(m.slot))

@@ -1,0 +1,28 @@
+"""meter-collector: takes meter readings and reconciles delivered slots."""
+
+from __future__ import annotations
+
+from services.meter_collector.handlers import MeterCollector
+from shared.messages import types as t
+from shared.runtime import topology as k
+from shared.runtime.service import Service
+from shared.runtime.settings import Settings
+
+NAME, PORT = "meter-collector", 9104
+
+
+def create(settings: Settings) -> Service:
+    svc = Service(NAME, settings, PORT)
+    collector = MeterCollector(svc)
+    keys = svc.keys
+    svc.consume(
+        [keys.request(k.READING), keys.fact(k.SLOT_CLEARED), keys.fact(k.ROUND_STARTED), keys.fact(k.SLOT_RECORDED)],
+        {
+            t.SubmitReading: collector.on_reading,
+            t.SlotCleared: collector.on_slot_cleared,
+            t.RoundStarted: collector.on_round_started,
+            t.SlotRecorded: collector.on_slot_recorded,
+        },
+        prefetch=64,
+    )
+    return svc

@@ -1,0 +1,159 @@
+"""meter-collector: takes meter readings and reconciles each delivered slot, in order, once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from shared.market import EntryKind, RejectReason, Slot, check_reading, reconcile
+from shared.messages import decode_as
+from shared.messages import types as t
+from shared.messages.codec import encode
+from shared.messages.convert import (
+    entry_to_wire,
+    reading_from_wire,
+    reading_to_wire,
+    settlements_from_wire,
+    slot_from_wire,
+    slot_to_wire,
+)
+from shared.runtime.metrics import JOULES_PER_WH
+from shared.runtime.service import Service, now_ms
+from shared.runtime.topology import READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
+
+
+class MeterCollector:
+    def __init__(self, service: Service) -> None:
+        self.svc = service
+        self.market = service.settings.market
+        self.state = service.state
+        realtime = service.settings.clock_mode == "realtime"
+        # In simulation the clock's round timeout is the deadline: a slot waits at most
+        # until the next round starts. In real time, readings have their own deadline.
+        self.deadline_s = self.market.reading_deadline_s if realtime else 0
+        self._reconciling = asyncio.Lock()
+
+    async def reject(self, m: t.SubmitReading, reason: RejectReason, detail: str) -> None:
+        self.svc.log.info("reading_rejected", reason=str(reason), detail=detail)
+        self.svc.metrics.readings.labels(self.svc.region, "rejected").inc()
+        self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, "SubmitReading", str(reason)).inc()
+        await self.svc.publish(
+            t.Rejected(region=m.region, participant_id=m.participant_id, request="SubmitReading",
+                       reason=str(reason), detail=detail, reference=f"{m.slot.start}-{m.slot.end}"),
+            self.svc.keys.to(m.participant_id, REJECTED))
+
+    async def on_reading(self, m: t.SubmitReading) -> None:
+        if not await self.state.is_member(m.participant_id):
+            await self.reject(m, RejectReason.NOT_A_MEMBER, "join the market first")
+            return
+        try:
+            reading = reading_from_wire(m)
+        except ValueError as exc:
+            await self.reject(m, RejectReason.MISALIGNED_SLOT, str(exc))
+            return
+        problem = check_reading(reading)
+        if problem is not None:
+            await self.reject(m, *problem)
+            return
+        schedule = self.market.schedule
+        current = await self.state.current_round()
+        if not schedule.is_aligned(reading.slot) or reading.slot.seconds != schedule.duration:
+            await self.reject(m, RejectReason.MISALIGNED_SLOT, "readings are for one aligned round")
+            return
+        if current is None or reading.slot.start > current[0]:
+            await self.reject(m, RejectReason.SLOT_NOT_DELIVERED, f"slot {reading.slot} is not delivered yet")
+            return
+        received = now_ms()
+        status = await self.state.add_reading(reading.slot, m.participant_id,
+                                              encode(reading_to_wire(reading, region=m.region,
+                                                                     received_at_ms=received)))
+        if status == "reconciled":
+            await self.reject(m, RejectReason.ALREADY_RECONCILED, f"slot {reading.slot} was reconciled")
+            return
+        duplicate = status == "duplicate"
+        late = reading.slot.end + self.deadline_s < current[0] + schedule.duration
+        self.svc.metrics.readings.labels(self.svc.region, "duplicate" if duplicate else
+                                         ("late" if late else "on_time")).inc()
+        stored = (await self.state.readings(reading.slot))[m.participant_id]
+        await self.svc.publish(decode_as(stored, t.ReadingAccepted) if not duplicate else
+                               _as_duplicate(decode_as(stored, t.ReadingAccepted)),
+                               self.svc.keys.to(m.participant_id, READING_ACCEPTED))
+        if not duplicate and await self.state.reading_count(reading.slot) >= await self.state.member_count():
+            await self.reconcile_ready()  # cheap test first: the full check only once all may be in
+
+    async def on_slot_cleared(self, m: t.SlotCleared) -> None:
+        await self.state.store_settlements(slot_from_wire(m.slot), encode(m))
+        await self.reconcile_ready()
+
+    async def on_round_started(self, m: t.RoundStarted) -> None:
+        await self.reconcile_ready()
+
+    async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
+        await self.state.drop_delivery(slot_from_wire(m.slot))
+
+    async def reconcile_ready(self) -> None:
+        """Reconcile every delivered slot that is ready, oldest first, stopping at the first that is not."""
+        async with self._reconciling:
+            while (slot := await self._next_ready()) is not None:
+                await self.reconcile_slot(slot)
+
+    async def _next_ready(self) -> Slot | None:
+        current, upto, first = (await self.state.current_round(), await self.state.reconciled_upto(),
+                                await self.state.first_round())
+        if current is None or upto is None or first is None:
+            return None
+        d = self.market.schedule.duration
+        slot = Slot(upto, upto + d)
+        if slot.start > current[0]:
+            return None
+        if self.market.schedule.closes_at(slot) >= first and await self.state.settlements(slot) is None:
+            return None  # its clearing has not arrived yet
+        if current[0] >= slot.end + self.deadline_s:
+            return slot
+        active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+        reported = set(await self.state.readings(slot))
+        return slot if active <= reported else None
+
+    async def reconcile_slot(self, slot: Slot) -> None:
+        region, metrics = self.svc.region, self.svc.metrics
+        if await self.state.claim("reconcile", slot) == "done":
+            return
+        # From here on the slot's readings are frozen: a redo computes the same entries.
+        raw = await self.state.settlements(slot)
+        settlements = settlements_from_wire(decode_as(raw, t.SlotCleared)) if raw else []
+        readings = [reading_from_wire(decode_as(b, t.ReadingAccepted))
+                    for _, b in sorted((await self.state.readings(slot)).items())]
+        started = time.perf_counter()
+        entries = reconcile(region=region, slot=slot, settlements=settlements, readings=readings,
+                            grid=self.market.tariff.prices_at(slot.start))
+        metrics.reconciliation_duration.labels(region).observe(time.perf_counter() - started)
+        active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+        missing = sorted(active - {r.participant_id for r in readings})
+        metrics.readings_missing.labels(region).inc(len(missing))
+        records = [entry_to_wire(e) for e in entries]
+        wire_slot = slot_to_wire(slot)
+        await self.svc.publish(
+            t.SlotReconciled(region=region, slot=wire_slot, reconciled_at_ms=slot.end * 1000,
+                             missing_readings=missing, entries=records,
+                             settled_wh=sum(s.quantity_wh for s in settlements)),
+            self.svc.keys.fact(SLOT_RECONCILED))
+        parties = sorted({e.seller for e in entries} | {e.buyer for e in entries} - {"grid", "market"})
+        await self.svc.publish_all([
+            (t.Statement(region=region, participant_id=p, slot=wire_slot,
+                         entries=[r for r in records if p in (r.seller, r.buyer)]), self.svc.keys.to(p, STATEMENT))
+            for p in parties
+        ])
+        await self.state.finish_reconciling(slot)
+        for e in entries:
+            if e.kind is EntryKind.GRID_IMPORT:
+                metrics.grid_energy.labels(region, "import").inc(e.quantity_wh * JOULES_PER_WH)
+            elif e.kind in (EntryKind.GRID_EXPORT, EntryKind.UNCONSUMED_EXPORT):
+                metrics.grid_energy.labels(region, "export").inc(e.quantity_wh * JOULES_PER_WH)
+        self.svc.log.info("slot_reconciled", slot=str(slot), entries=len(entries), missing=len(missing))
+
+
+def _as_duplicate(stored: t.ReadingAccepted) -> t.ReadingAccepted:
+    return t.ReadingAccepted(region=stored.region, participant_id=stored.participant_id, slot=stored.slot,
+                             import_wh=stored.import_wh, export_wh=stored.export_wh,
+                             self_consumed_wh=stored.self_consumed_wh, received_at_ms=stored.received_at_ms,
+                             duplicate=True)

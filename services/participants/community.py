@@ -1,0 +1,163 @@
+"""A simulated community: households that use the market exactly as outside clients do,
+over RabbitMQ only: they join, quote for the next open slot, report their meters and say
+when they are done with a round."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+
+from services.participants.profiles import Household, deliver
+from services.participants.strategies import quotes
+from shared.market import GridPrices, Slot
+from shared.messages import CONTENT_TYPE, decode, encode
+from shared.messages import types as t
+from shared.runtime import topology as k
+from shared.runtime.topology import Keys
+
+
+@dataclass
+class Tally:
+    answers: Counter[str] = field(default_factory=Counter)
+    rejections: Counter[str] = field(default_factory=Counter)
+    rounds: int = 0
+
+
+class Participant:
+    def __init__(self, home: Household, community: Community) -> None:
+        self.home = home
+        self.c = community
+        self.soc_wh = home.battery_wh // 2
+        self.sold: dict[tuple[int, int], dict[str, int]] = {}
+        self.joined = asyncio.Event()
+        self.answers: dict[str, asyncio.Future[t.Message]] = {}
+
+    @property
+    def pid(self) -> str:
+        return self.home.participant_id
+
+    async def on_message(self, message: t.Message) -> None:
+        c = self.c
+        c.tally.answers[type(message).__name__] += 1
+        if isinstance(message, t.MemberJoined):
+            self.joined.set()
+        elif isinstance(message, t.Rejected):
+            c.tally.rejections[message.reason] += 1
+            self._answered(message.reference, message)
+        elif isinstance(message, t.OrderAccepted):
+            self._answered(message.client_order_id, message)
+        elif isinstance(message, t.SettlementsNotice):
+            sold = self.sold.setdefault((message.slot.start, message.slot.end), {})
+            for s in message.settlements:
+                if s.seller == self.pid:
+                    sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
+        elif isinstance(message, t.RoundStarted):
+            await self.play(message)
+
+    def _answered(self, client_order_id: str, message: t.Message) -> None:
+        waiting = self.answers.pop(client_order_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(message)
+
+    async def play(self, r: t.RoundStarted) -> None:
+        c, region = self.c, self.c.region
+        delivered = Slot(r.current_round.start, r.current_round.end)
+        sold = self.sold.pop((delivered.start, delivered.end), {})
+        d = deliver(self.home, delivered, c.tz, self.soc_wh, sold)
+        self.soc_wh = d.soc_wh
+        reading = t.SubmitReading(region=region, participant_id=self.pid, slot=r.current_round,
+                                  import_wh=d.import_wh, export_wh=d.export_wh, self_consumed_wh=d.self_consumed_wh)
+        sends = [c.send(reading, k.READING)]
+        answers: list[asyncio.Future[t.Message]] = []
+        target = Slot(r.next_settle.start, r.next_settle.end)
+        if not r.final_round_start or target.start <= r.final_round_start:
+            quote = next(q for q in r.grid if q.slot == r.next_settle)
+            grid = GridPrices(buy_price=Decimal(quote.buy_price), sell_price=Decimal(quote.sell_price))
+            for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh)):
+                client_order_id = f"{target.start}-{i}"
+                answers.append(self.answers.setdefault(client_order_id, asyncio.get_running_loop().create_future()))
+                sends.append(c.send(t.SubmitOrder(region=region, participant_id=self.pid,
+                                                  client_order_id=client_order_id, side=q.side,
+                                                  quantity_wh=q.quantity_wh, price=str(q.price), source=q.source,
+                                                  slot=r.next_settle), k.ORDER))
+        await asyncio.gather(*sends)
+        # Done with the round only once the market has answered every order.
+        await asyncio.wait_for(asyncio.gather(*answers), timeout=60)
+        await c.send(t.FinishRound(region=region, participant_id=self.pid, round_start=r.current_round.start),
+                     k.FINISH)
+
+
+class Community:
+    def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
+                 progress_every: int = 60) -> None:
+        self.amqp_url = amqp_url
+        self.region = region
+        self.keys = Keys(region)
+        self.tz = ZoneInfo(timezone)
+        self.participants = [Participant(h, self) for h in homes]
+        self.tally = Tally()
+        self.progress_every = progress_every
+        self.finished = asyncio.Event()
+        self.final_slot: tuple[int, int] | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def send(self, message: t.Message, kind: str) -> None:
+        assert self._exchange is not None
+        await self._exchange.publish(
+            aio_pika.Message(encode(message), content_type=CONTENT_TYPE,
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=self.keys.request(kind))
+
+    async def run(self, joined: asyncio.Event | None = None) -> Tally:
+        connection = await aio_pika.connect_robust(self.amqp_url)
+        async with connection:
+            self._channel = channel = await connection.channel(publisher_confirms=True)
+            await channel.set_qos(prefetch_count=32)
+            self._exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
+                                                            durable=True)
+            for p in self.participants:
+                queue = await channel.declare_queue(f"microte.{self.region}.participant.{p.pid}", durable=True)
+                await queue.bind(self._exchange, routing_key=f"{self.region}.to.{p.pid}.#")
+                await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
+                await queue.consume(self._consumer(p))
+            watch = await channel.declare_queue(f"microte.{self.region}.community", durable=True)
+            await watch.bind(self._exchange, routing_key=self.keys.fact(k.SLOT_RECORDED))
+            await watch.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
+            await watch.consume(self._watch)
+            for p in self.participants:
+                await self.send(t.JoinMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+            await asyncio.gather(*(p.joined.wait() for p in self.participants))
+            if joined is not None:
+                joined.set()
+            await self.finished.wait()
+            for p in self.participants:
+                await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+        return self.tally
+
+    def _consumer(self, p: Participant):  # type: ignore[no-untyped-def]
+        async def consume(incoming: AbstractIncomingMessage) -> None:
+            async with incoming.process(requeue=True):
+                await p.on_message(decode(incoming.body))
+        return consume
+
+    async def _watch(self, incoming: AbstractIncomingMessage) -> None:
+        async with incoming.process():
+            message = decode(incoming.body)
+            if isinstance(message, t.RoundStarted):
+                self.tally.rounds += 1
+                if message.final_round_start:
+                    self.final_slot = (message.final_round_start, message.final_round_start + message.duration)
+                if self.tally.rounds % self.progress_every == 1:
+                    print(f"  round {self.tally.rounds:5d}  market time {message.current_round.start}  "
+                          f"answers {sum(self.tally.answers.values()):7d}  "
+                          f"rejections {sum(self.tally.rejections.values()):4d}", file=sys.stderr, flush=True)
+            elif isinstance(message, t.SlotRecorded) and (message.slot.start, message.slot.end) == self.final_slot:
+                self.finished.set()

@@ -1,0 +1,106 @@
+"""Typed settings, read from the environment once at start and passed down.
+
+Nothing else in microte reads ``os.environ``. Defaults point at loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from shared.market import PricingRule, Schedule, Tariff
+
+_REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class MarketSettings:
+    """What every service of one region must agree on."""
+
+    region: str = "r1"
+    schedule: Schedule = field(default_factory=Schedule)
+    tariff: Tariff = field(default_factory=Tariff)
+    rule: PricingRule = PricingRule.MIDPOINT
+    price_cap: Decimal = Decimal("10")
+    reading_deadline_s: int = 120
+    member_timeout_s: int = 300
+
+
+@dataclass(frozen=True)
+class Settings:
+    market: MarketSettings = field(default_factory=MarketSettings)
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ledger_url: str = "sqlite:///var/ledger.sqlite"
+    http_host: str = "127.0.0.1"
+    http_port: int = 0  # 0: the service's own default
+    log_level: str = "info"
+    clock_mode: str = "simulation"
+    round_timeout_s: float = 30.0
+    start_time: int = 0  # simulation: market time of the first round (0: the current round)
+    rounds: int = 0  # simulation: stop after this many rounds (0: never)
+    duplicate_delivery: bool = False  # test aid: publish every message twice
+
+    @property
+    def region(self) -> str:
+        return self.market.region
+
+    def with_market(self, **changes: object) -> Settings:
+        return replace(self, market=replace(self.market, **changes))  # type: ignore[arg-type]
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(f"MICROTE_{name}", default)
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    e = os.environ if env is None else env
+    try:
+        region = _get(e, "REGION", "r1")
+        if not _REGION.match(region):
+            raise SettingsError(f"MICROTE_REGION {region!r} must match {_REGION.pattern}")
+        schedule = Schedule(
+            duration=int(_get(e, "ROUND_SECONDS", "60")),
+            close_steps=int(_get(e, "CLOSE_STEPS", "2")),
+            horizon_s=int(_get(e, "HORIZON_S", "86400")),
+        )
+        tariff = Tariff(
+            price=Decimal(_get(e, "GRID_PRICE", "0.069")),
+            fee_ratio=Decimal(_get(e, "FEE_RATIO", "1.1")),
+            timezone=_get(e, "TIMEZONE", "UTC"),
+        )
+        market = MarketSettings(
+            region=region,
+            schedule=schedule,
+            tariff=tariff,
+            rule=PricingRule(_get(e, "PRICING_RULE", "midpoint")),
+            price_cap=Decimal(_get(e, "PRICE_CAP", "10")),
+            reading_deadline_s=int(_get(e, "READING_DEADLINE_S", "120")),
+            member_timeout_s=int(_get(e, "MEMBER_TIMEOUT_S", "300")),
+        )
+        mode = _get(e, "CLOCK_MODE", "simulation")
+        if mode not in ("simulation", "realtime"):
+            raise SettingsError("MICROTE_CLOCK_MODE must be 'simulation' or 'realtime'")
+        return Settings(
+            market=market,
+            amqp_url=_get(e, "AMQP_URL", Settings.amqp_url),
+            redis_url=_get(e, "REDIS_URL", Settings.redis_url),
+            ledger_url=_get(e, "LEDGER_URL", Settings.ledger_url),
+            http_host=_get(e, "HTTP_HOST", Settings.http_host),
+            http_port=int(_get(e, "HTTP_PORT", "0")),
+            log_level=_get(e, "LOG_LEVEL", "info"),
+            clock_mode=mode,
+            round_timeout_s=float(_get(e, "ROUND_TIMEOUT_S", "30")),
+            start_time=int(_get(e, "START_TIME", "0")),
+            rounds=int(_get(e, "ROUNDS", "0")),
+            duplicate_delivery=_get(e, "DUPLICATE_DELIVERY", "0") == "1",
+        )
+    except (ValueError, ArithmeticError) as exc:
+        raise SettingsError(f"bad microte setting: {exc}") from exc

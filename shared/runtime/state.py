@@ -1,0 +1,263 @@
+"""A region's round state in Redis. Every transition that must be atomic is one Lua script.
+
+All keys of a region share the hash tag ``{region}`` so that they land in one Redis
+Cluster slot. Slots are keyed ``start:end``. Who cleans what, once a slot is recorded:
+order-intake its book and client ids, the matcher its clearing claim, the
+meter-collector its readings, settlements and reconciliation claim, and the clock its
+round barrier.
+
+Atomicity:
+- order insertion checks, in one script, that the round it was validated against is
+  still current, so no order slips in after gate closure and none is lost before it;
+- a reading is refused once its slot's reconciliation has begun, so no accepted reading
+  is left out of the slot it belongs to;
+- a clock takes a lease and a fencing number together; a round start with a lower
+  fence than the stored one is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Literal, cast
+
+from redis.asyncio import Redis
+
+from shared.market import Slot
+
+_INSERT_ORDER = """
+local existing = redis.call('HGET', KEYS[2], ARGV[2])
+if existing then return {'duplicate', existing} end
+if redis.call('HGET', KEYS[1], 'start') ~= ARGV[1] then return {'moved', ''} end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+return {'ok', ARGV[3]}
+"""
+
+_CANCEL_ORDER = """
+if redis.call('HGET', KEYS[1], 'start') ~= ARGV[1] then return -1 end
+return redis.call('HDEL', KEYS[2], ARGV[2])
+"""
+
+_ADVANCE_ROUND = """
+local fence, start = tonumber(ARGV[2]), tonumber(ARGV[1])
+local cur_fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '-1')
+local cur_start = tonumber(redis.call('HGET', KEYS[1], 'start') or '-1')
+if fence < cur_fence or start < cur_start or (fence == cur_fence and start == cur_start) then return 0 end
+redis.call('HSET', KEYS[1], 'start', ARGV[1], 'fence', ARGV[2], 'at_ms', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[1], 'NX')
+if redis.call('GET', KEYS[3]) == false then redis.call('SET', KEYS[3], ARGV[1]) end
+return 1
+"""
+
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(redis.call('GET', KEYS[2]))
+end
+if holder then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call('INCR', KEYS[2])
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_ADD_READING = """
+if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(ARGV[3]) then return 'reconciled' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'reconciled' end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return 'ok' end
+return 'duplicate'
+"""
+
+# A claim freezes a slot's inputs: new -> first claim; again -> claimed before but not
+# finished (a crash or a second replica: redo it, the result is deterministic); done.
+_CLAIM = """
+local state = redis.call('GET', KEYS[1])
+if state == 'done' then return 'done' end
+if state then return 'again' end
+redis.call('SET', KEYS[1], 'claimed')
+return 'new'
+"""
+
+_FINISH_RECONCILE = """
+redis.call('SET', KEYS[1], 'done')
+local wm = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
+return 1
+"""
+
+Claim = Literal["new", "again", "done"]
+InsertResult = Literal["ok", "duplicate", "moved"]
+ReadingResult = Literal["ok", "duplicate", "reconciled"]
+
+
+def _s(slot: Slot) -> str:
+    return f"{slot.start}:{slot.end}"
+
+
+class RegionState:
+    def __init__(self, redis: Redis, region: str) -> None:
+        self.redis = redis
+        self.region = region
+        self._p = f"mt:{{{region}}}:"
+        self._insert = redis.register_script(_INSERT_ORDER)
+        self._cancel = redis.register_script(_CANCEL_ORDER)
+        self._advance = redis.register_script(_ADVANCE_ROUND)
+        self._lease = redis.register_script(_LEASE)
+        self._release = redis.register_script(_RELEASE)
+        self._add_reading = redis.register_script(_ADD_READING)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish_reconcile = redis.register_script(_FINISH_RECONCILE)
+
+    def key(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    # --- rounds and the clock --------------------------------------------------------
+
+    async def current_round(self) -> tuple[int, int] | None:
+        """(round start, fence) of the current round, or None before the market opens."""
+        start, fence = await cast(Awaitable[list[bytes | None]], self.redis.hmget(self.key("round"), "start", "fence"))
+        return None if start is None or fence is None else (int(start), int(fence))
+
+    async def advance_round(self, start: int, fence: int, at_ms: int) -> bool:
+        keys = [self.key("round"), self.key("first-round"), self.key("done", "reconcile")]
+        return bool(await self._advance(keys=keys, args=[start, fence, at_ms]))
+
+    async def first_round(self) -> int | None:
+        value = await self.redis.get(self.key("first-round"))
+        return None if value is None else int(value)
+
+    async def take_lease(self, holder: str, ttl_ms: int) -> int | None:
+        """Take or renew the clock lease; the fencing number, or None if another holds it."""
+        fence = int(await self._lease(keys=[self.key("lease"), self.key("fence")], args=[holder, ttl_ms]))
+        return None if fence < 0 else fence
+
+    async def release_lease(self, holder: str) -> None:
+        await self._release(keys=[self.key("lease")], args=[holder])
+
+    async def finish_round(self, round_start: int, participant_id: str) -> None:
+        await cast(Awaitable[int], self.redis.sadd(self.key("finished", str(round_start)), participant_id))
+
+    async def finished(self, round_start: int) -> set[str]:
+        members = await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("finished", str(round_start))))
+        return {m.decode() for m in members}
+
+    async def forget_round(self, round_start: int) -> None:
+        await self.redis.delete(self.key("finished", str(round_start)))
+
+    # --- membership --------------------------------------------------------------------
+
+    async def join(self, participant_id: str, now_ms: int) -> bool:
+        """True when the participant was not a member before."""
+        return bool(await cast(Awaitable[int], self.redis.hset(self.key("members"), participant_id, now_ms)))
+
+    async def leave(self, participant_id: str) -> bool:
+        return bool(await cast(Awaitable[int], self.redis.hdel(self.key("members"), participant_id)))
+
+    async def touch(self, participant_id: str, now_ms: int) -> bool:
+        """Record activity of a member; False when it is not a member."""
+        if not await cast(Awaitable[bool], self.redis.hexists(self.key("members"), participant_id)):
+            return False
+        await cast(Awaitable[int], self.redis.hset(self.key("members"), participant_id, now_ms))
+        return True
+
+    async def is_member(self, participant_id: str) -> bool:
+        return bool(await cast(Awaitable[bool], self.redis.hexists(self.key("members"), participant_id)))
+
+    async def member_count(self) -> int:
+        return int(await cast(Awaitable[int], self.redis.hlen(self.key("members"))))
+
+    async def active_members(self, now_ms: int, timeout_ms: int) -> set[str]:
+        members = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("members")))
+        return {p.decode() for p, seen in members.items() if now_ms - int(seen) <= timeout_ms}
+
+    # --- orders ------------------------------------------------------------------------
+
+    async def next_seq(self) -> int:
+        return int(await self.redis.incr(self.key("seq")))
+
+    async def order_id_for(self, slot: Slot, participant_id: str, client_order_id: str) -> str | None:
+        value = await cast(Awaitable[bytes | None],
+                           self.redis.hget(self.key("coid", _s(slot)), f"{participant_id}/{client_order_id}"))
+        return None if value is None else value.decode()
+
+    async def insert_order(
+        self, slot: Slot, round_start: int, participant_id: str, client_order_id: str, order_id: str, encoded: bytes
+    ) -> tuple[InsertResult, str]:
+        keys = [self.key("round"), self.key("coid", _s(slot)), self.key("book", _s(slot))]
+        status, value = await self._insert(
+            keys=keys, args=[round_start, f"{participant_id}/{client_order_id}", order_id, encoded]
+        )
+        return cast(InsertResult, status.decode()), value.decode()
+
+    async def get_order(self, slot: Slot, order_id: str) -> bytes | None:
+        return await cast(Awaitable[bytes | None], self.redis.hget(self.key("book", _s(slot)), order_id))
+
+    async def cancel_order(self, slot: Slot, round_start: int, order_id: str) -> Literal["ok", "gone", "moved"]:
+        result = int(await self._cancel(keys=[self.key("round"), self.key("book", _s(slot))],
+                                        args=[round_start, order_id]))
+        return "moved" if result < 0 else ("ok" if result else "gone")
+
+    async def book(self, slot: Slot) -> list[bytes]:
+        return await cast(Awaitable[list[bytes]], self.redis.hvals(self.key("book", _s(slot))))
+
+    async def drop_book(self, slot: Slot) -> None:
+        await self.redis.delete(self.key("book", _s(slot)), self.key("coid", _s(slot)))
+
+    # --- clearing and reconciliation -------------------------------------------------------
+
+    async def claim(self, kind: Literal["clear", "reconcile"], slot: Slot) -> Claim:
+        return cast(Claim, (await self._claim(keys=[self.key("claim", kind, _s(slot))])).decode())
+
+    async def is_cleared(self, slot: Slot) -> bool:
+        if await self.redis.get(self.key("claim", "clear", _s(slot))) == b"done":
+            return True
+        upto = await self.reconciled_upto()
+        return upto is not None and slot.end <= upto  # cleared, delivered and cleaned up since
+
+    async def finish_clearing(self, slot: Slot) -> None:
+        await self.redis.set(self.key("claim", "clear", _s(slot)), "done")
+
+    async def finish_reconciling(self, slot: Slot) -> None:
+        await self._finish_reconcile(
+            keys=[self.key("claim", "reconcile", _s(slot)), self.key("done", "reconcile")], args=[slot.end]
+        )
+
+    async def reconciled_upto(self) -> int | None:
+        value = await self.redis.get(self.key("done", "reconcile"))
+        return None if value is None else int(value)
+
+    async def drop_claim(self, kind: Literal["clear", "reconcile"], slot: Slot) -> None:
+        await self.redis.delete(self.key("claim", kind, _s(slot)))
+
+    async def add_reading(self, slot: Slot, participant_id: str, encoded: bytes) -> ReadingResult:
+        keys = [self.key("readings", _s(slot)), self.key("claim", "reconcile", _s(slot)),
+                self.key("done", "reconcile")]
+        return cast(ReadingResult, (await self._add_reading(keys=keys, args=[participant_id, encoded, slot.end]))
+                    .decode())
+
+    async def readings(self, slot: Slot) -> dict[str, bytes]:
+        raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("readings", _s(slot))))
+        return {p.decode(): v for p, v in raw.items()}
+
+    async def reading_count(self, slot: Slot) -> int:
+        return int(await cast(Awaitable[int], self.redis.hlen(self.key("readings", _s(slot)))))
+
+    async def store_settlements(self, slot: Slot, encoded: bytes) -> None:
+        await self.redis.set(self.key("settled", _s(slot)), encoded, nx=True)
+
+    async def settlements(self, slot: Slot) -> bytes | None:
+        return await self.redis.get(self.key("settled", _s(slot)))
+
+    async def drop_delivery(self, slot: Slot) -> None:
+        await self.redis.delete(self.key("readings", _s(slot)), self.key("settled", _s(slot)),
+                                self.key("claim", "reconcile", _s(slot)))
+
+    async def key_count(self) -> int:
+        count = 0
+        async for _ in self.redis.scan_iter(match=self._p.replace("{", "\\{").replace("}", "\\}") + "*", count=500):
+            count += 1
+        return count

@@ -1,0 +1,60 @@
+"""The RabbitMQ topology, declared in this one place.
+
+One durable topic exchange ``microte``; routing keys start with the region:
+
+- ``<region>.in.<kind>``: requests from participants (order, cancel, reading, member, finish)
+- ``<region>.to.<participant>.<kind>``: answers to one participant
+- ``<region>.fact.<kind>``: facts between services (round_started, slot_cleared, ...)
+
+Each service of a region has one durable queue ``microte.<region>.<service>`` bound to
+the keys it needs. Messages that cannot be decoded are published, with their reason in
+the headers, to ``microte.dlx`` and land in ``microte.<region>.dead``.
+"""
+
+from __future__ import annotations
+
+from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+
+EXCHANGE = RabbitExchange("microte", type=ExchangeType.TOPIC, durable=True)
+DEAD_LETTER_EXCHANGE = RabbitExchange("microte.dlx", type=ExchangeType.TOPIC, durable=True)
+
+
+class Keys:
+    """Routing keys of one region."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    def request(self, kind: str) -> str:
+        return f"{self.region}.in.{kind}"
+
+    def to(self, participant_id: str, kind: str) -> str:
+        return f"{self.region}.to.{participant_id}.{kind}"
+
+    def fact(self, kind: str) -> str:
+        return f"{self.region}.fact.{kind}"
+
+    def all_to(self, kind: str) -> str:
+        return f"{self.region}.to.*.{kind}"
+
+
+# Request kinds and the message types they carry.
+ORDER, CANCEL, READING, MEMBER, FINISH = "order", "cancel", "reading", "member", "finish"
+# Fact kinds.
+ROUND_STARTED, SLOT_CLEARED, SLOT_RECONCILED, SLOT_RECORDED = (
+    "round_started", "slot_cleared", "slot_reconciled", "slot_recorded")
+# Answer kinds.
+ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEMENT, MEMBERSHIP = (
+    "order_accepted", "order_cancelled", "rejected", "reading_accepted", "settlements", "statement", "membership")
+
+
+def service_queue(region: str, service: str, first_key: str, *, single_active: bool = False) -> RabbitQueue:
+    arguments: dict[str, str | bool] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
+    if single_active:
+        arguments["x-single-active-consumer"] = True
+    return RabbitQueue(f"microte.{region}.{service}", durable=True, routing_key=first_key,
+                       arguments=arguments)  # type: ignore[arg-type]
+
+
+def dead_letter_queue(region: str) -> RabbitQueue:
+    return RabbitQueue(f"microte.{region}.dead", durable=True, routing_key=f"{region}.#")
