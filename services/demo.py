@@ -5,36 +5,52 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.ensemble import Ensemble
-from services.participants.community import Community
+from services.participants.community import Community, Tally
 from services.participants.profiles import community
 from services.report import report
 from shared.runtime.ledger_store import open_ledger
 from shared.runtime.settings import from_env
 
 
-async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path) -> int:
+During = Callable[[Ensemble, Community], Awaitable[None]]
+
+
+async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
+                   during: During | None = None) -> Tally:
+    """The services as processes and a community, until the last round is recorded.
+
+    ``during`` runs beside the simulation once the clock has started (fault injection).
+    """
     settings = from_env(env)
     if settings.ledger_url.startswith("sqlite:///"):
         Path(settings.ledger_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
-          f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     ensemble = Ensemble(env, log_dir)
-    began = time.monotonic()
     try:
         await ensemble.start_all(("order-intake", "matcher", "meter-collector", "ledger-writer"))
-        homes = community(participants, seed)
-        sim = Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
-                        progress_every=max(1, settings.rounds // 20))
+        sim = Community(settings.amqp_url, settings.region, community(participants, seed),
+                        settings.market.tariff.timezone, progress_every=max(1, settings.rounds // 20),
+                        duplicate=settings.duplicate_delivery)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))
         await asyncio.wait_for(joined.wait(), timeout=60)
         await ensemble.start_all(("clock",))
-        tally = await run
+        if during is not None:
+            await during(ensemble, sim)
+        return await run
     finally:
         ensemble.stop_all()
+
+
+async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path) -> int:
+    settings = from_env(env)
+    print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
+          f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
+    began = time.monotonic()
+    tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir)
     print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
           f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)
     store = open_ledger(settings.ledger_url)

@@ -38,6 +38,7 @@ class Participant:
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
+        self.played: set[int] = set()
 
     @property
     def pid(self) -> str:
@@ -67,6 +68,9 @@ class Participant:
             waiting.set_result(message)
 
     async def play(self, r: t.RoundStarted) -> None:
+        if r.current_round.start in self.played:
+            return  # a round start seen twice (redelivery, a new clock) is played once
+        self.played.add(r.current_round.start)
         c, region = self.c, self.c.region
         delivered = Slot(r.current_round.start, r.current_round.end)
         sold = self.sold.pop((delivered.start, delivered.end), {})
@@ -96,7 +100,7 @@ class Participant:
 
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
-                 progress_every: int = 60) -> None:
+                 progress_every: int = 60, duplicate: bool = False) -> None:
         self.amqp_url = amqp_url
         self.region = region
         self.keys = Keys(region)
@@ -104,17 +108,20 @@ class Community:
         self.participants = [Participant(h, self) for h in homes]
         self.tally = Tally()
         self.progress_every = progress_every
+        self.duplicate = duplicate  # test aid: send every message twice
         self.finished = asyncio.Event()
+        self.rounds_seen = asyncio.Event()  # set at each round start, for observers
         self.final_slot: tuple[int, int] | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
 
     async def send(self, message: t.Message, kind: str) -> None:
         assert self._exchange is not None
-        await self._exchange.publish(
-            aio_pika.Message(encode(message), content_type=CONTENT_TYPE,
-                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=self.keys.request(kind))
+        for _ in range(2 if self.duplicate else 1):
+            await self._exchange.publish(
+                aio_pika.Message(encode(message), content_type=CONTENT_TYPE,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.keys.request(kind))
 
     async def run(self, joined: asyncio.Event | None = None) -> Tally:
         connection = await aio_pika.connect_robust(self.amqp_url)
@@ -153,6 +160,7 @@ class Community:
             message = decode(incoming.body)
             if isinstance(message, t.RoundStarted):
                 self.tally.rounds += 1
+                self.rounds_seen.set()
                 if message.final_round_start:
                     self.final_slot = (message.final_round_start, message.final_round_start + message.duration)
                 if self.tally.rounds % self.progress_every == 1:

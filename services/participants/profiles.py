@@ -25,6 +25,8 @@ class Household:
     battery_wh: int  # 0: no battery
     battery_power_w: int
     strategy: str  # "baseline" or "zic"
+    index: int = 0  # position in the community
+    size: int = 1  # size of the community
 
 
 def community(size: int, seed: int, battery_share: float = 0.3, solar_share: float = 0.6) -> list[Household]:
@@ -41,6 +43,8 @@ def community(size: int, seed: int, battery_share: float = 0.3, solar_share: flo
             battery_wh=rng.choice((5000, 10000, 13500)) if has_battery else 0,
             battery_power_w=5000,
             strategy="baseline" if i % 2 == 0 else "zic",
+            index=i,
+            size=size,
         ))
     return homes
 

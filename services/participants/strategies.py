@@ -28,11 +28,17 @@ class Quote:
 
 
 def _price(h: Household, slot: Slot, side: str, grid: GridPrices) -> Decimal:
+    """Each household quotes on its own residue of the tick grid (``h.index`` modulo
+    ``h.size``), so no two households ever tie on price: equal prices would be ranked by
+    arrival, and a simulation would no longer replay identically."""
     low, high = grid.sell_price.quantize(PRICE_TICK), grid.buy_price.quantize(PRICE_TICK)
+    span = int((high - low) / PRICE_TICK) // h.size
     if h.strategy == "baseline":
-        return high - PRICE_TICK if side == "bid" else low + PRICE_TICK
-    ticks = int((high - low) / PRICE_TICK)
-    return low + PRICE_TICK * noise(h.seed, slot, f"price-{side}").randint(0, ticks)
+        steps = 1
+    else:
+        steps = noise(h.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
+    ticks = min(steps * h.size + h.index, int((high - low) / PRICE_TICK))  # communities over ~700 may tie
+    return high - PRICE_TICK * ticks if side == "bid" else low + PRICE_TICK * ticks
 
 
 def quotes(h: Household, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
