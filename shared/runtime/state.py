@@ -82,8 +82,9 @@ redis.call('SET', KEYS[1], 'claimed')
 return 'new'
 """
 
+# "done" only while the claim exists: the slot may be recorded and cleaned up already.
 _FINISH_RECONCILE = """
-redis.call('SET', KEYS[1], 'done')
+redis.call('SET', KEYS[1], 'done', 'XX')
 local wm = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1
@@ -219,7 +220,7 @@ class RegionState:
         return upto is not None and slot.end <= upto  # cleared, delivered and cleaned up since
 
     async def finish_clearing(self, slot: Slot) -> None:
-        await self.redis.set(self.key("claim", "clear", _s(slot)), "done")
+        await self.redis.set(self.key("claim", "clear", _s(slot)), "done", xx=True)
 
     async def finish_reconciling(self, slot: Slot) -> None:
         await self._finish_reconcile(
