@@ -36,7 +36,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     settings = from_env()
     homes = community(args.participants, args.seed)
-    tally = asyncio.run(Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone).run())
+    tally = asyncio.run(Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
+                                  max_rounds=args.rounds).run())
     print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, rejections {dict(tally.rejections)}")
     return 0
 
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="run a simulated community against running services")
     sim.add_argument("--participants", type=int, default=20)
     sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--rounds", type=int, default=0,
+                     help="leave after this many rounds (default: when the clock's last round is recorded)")
     sim.set_defaults(run=_simulate)
     demo = sub.add_parser("demo", help="start the five services, simulate a community, report")
     demo.add_argument("--participants", type=int, default=20)

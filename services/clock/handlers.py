@@ -86,6 +86,7 @@ class Clock:
                 await self.state.release_lease(self.holder)
                 return
             await self._renew(fence)
+            await self._wait_members(fence)
             if not await self.state.advance_round(start, fence, now_ms()):
                 raise _LostLease
             began = time.monotonic()
@@ -152,6 +153,14 @@ class Clock:
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
                 await self._renew(fence)
         self.recorded.discard((start, start + self.market.schedule.duration))
+
+    async def _wait_members(self, fence: int) -> None:
+        """Simulation: hold the market until enough participants have joined."""
+        timeout_ms = self.market.member_timeout_s * 1000
+        while (self.settings.clock_mode == "simulation" and self.settings.min_members and
+               len(await self.state.active_members(now_ms(), timeout_ms)) < self.settings.min_members):
+            await asyncio.sleep(1.0)  # joins are not signalled to the clock; look again shortly
+            await self._renew(fence)
 
     async def _sleep_until_wall(self, boundary: int, fence: int) -> None:
         while (wait := boundary - time.time()) > 0:

@@ -63,10 +63,8 @@ class MeterCollector:
         if current is None or reading.slot.start > current[0]:
             await self.reject(m, RejectReason.SLOT_NOT_DELIVERED, f"slot {reading.slot} is not delivered yet")
             return
-        received = now_ms()
-        status = await self.state.add_reading(reading.slot, m.participant_id,
-                                              encode(reading_to_wire(reading, region=m.region,
-                                                                     received_at_ms=received)))
+        accepted = reading_to_wire(reading, region=m.region, received_at_ms=now_ms())
+        status = await self.state.add_reading(reading.slot, m.participant_id, encode(accepted))
         if status == "reconciled":
             await self.reject(m, RejectReason.ALREADY_RECONCILED, f"slot {reading.slot} was reconciled")
             return
@@ -74,10 +72,10 @@ class MeterCollector:
         late = reading.slot.end + self.deadline_s < current[0] + schedule.duration
         self.svc.metrics.readings.labels(self.svc.region, "duplicate" if duplicate else
                                          ("late" if late else "on_time")).inc()
-        stored = (await self.state.readings(reading.slot))[m.participant_id]
-        await self.svc.publish(decode_as(stored, t.ReadingAccepted) if not duplicate else
-                               _as_duplicate(decode_as(stored, t.ReadingAccepted)),
-                               self.svc.keys.to(m.participant_id, READING_ACCEPTED))
+        if duplicate:  # the first reading stands: answer with it
+            first = decode_as((await self.state.readings(reading.slot))[m.participant_id], t.ReadingAccepted)
+            accepted = _as_duplicate(first)
+        await self.svc.publish(accepted, self.svc.keys.to(m.participant_id, READING_ACCEPTED))
         if not duplicate and await self.state.reading_count(reading.slot) >= await self.state.member_count():
             await self.reconcile_ready()  # cheap test first: the full check only once all may be in
 

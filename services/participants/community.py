@@ -100,7 +100,7 @@ class Participant:
 
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
-                 progress_every: int = 60, duplicate: bool = False) -> None:
+                 progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0) -> None:
         self.amqp_url = amqp_url
         self.region = region
         self.keys = Keys(region)
@@ -109,6 +109,7 @@ class Community:
         self.tally = Tally()
         self.progress_every = progress_every
         self.duplicate = duplicate  # test aid: send every message twice
+        self.max_rounds = max_rounds  # leave after this many rounds (0: when the clock's last round is recorded)
         self.finished = asyncio.Event()
         self.rounds_seen = asyncio.Event()  # set at each round start, for observers
         self.final_slot: tuple[int, int] | None = None
@@ -161,6 +162,8 @@ class Community:
             if isinstance(message, t.RoundStarted):
                 self.tally.rounds += 1
                 self.rounds_seen.set()
+                if self.max_rounds and self.tally.rounds > self.max_rounds:
+                    self.finished.set()
                 if message.final_round_start:
                     self.final_slot = (message.final_round_start, message.final_round_start + message.duration)
                 if self.tally.rounds % self.progress_every == 1:

@@ -69,7 +69,8 @@ class Service:
             settings.amqp_url,
             graceful_timeout=15.0,
             logger=None,
-            middlewares=[RabbitPrometheusMiddleware(registry=self.metrics.registry, app_name=f"microte-{name}")],
+            middlewares=[RabbitPrometheusMiddleware(registry=self.metrics.registry, app_name=f"microte-{name}",
+                                                    custom_labels={"region": self.region})],
         )
         self.redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=15)
         self.state = RegionState(self.redis, self.region)

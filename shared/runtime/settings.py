@@ -46,6 +46,7 @@ class Settings:
     round_timeout_s: float = 30.0
     start_time: int = 0  # simulation: market time of the first round (0: the current round)
     rounds: int = 0  # simulation: stop after this many rounds (0: never)
+    min_members: int = 0  # simulation: start a round only once this many members are active
     duplicate_delivery: bool = False  # test aid: publish every message twice
 
     @property
@@ -100,6 +101,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             round_timeout_s=float(_get(e, "ROUND_TIMEOUT_S", "30")),
             start_time=int(_get(e, "START_TIME", "0")),
             rounds=int(_get(e, "ROUNDS", "0")),
+            min_members=int(_get(e, "MIN_MEMBERS", "0")),
             duplicate_delivery=_get(e, "DUPLICATE_DELIVERY", "0") == "1",
         )
     except (ValueError, ArithmeticError) as exc:
