@@ -15,12 +15,11 @@ from services.report import report
 from shared.runtime.ledger_store import open_ledger
 from shared.runtime.settings import from_env
 
-
 During = Callable[[Ensemble, Community], Awaitable[None]]
 
 
 async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
-                   during: During | None = None) -> Tally:
+                   during: During | None = None, replicas: int = 1) -> Tally:
     """The services as processes and a community, until the last round is recorded.
 
     ``during`` runs beside the simulation once the clock has started (fault injection).
@@ -30,14 +29,15 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
         Path(settings.ledger_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     ensemble = Ensemble(env, log_dir)
     try:
-        await ensemble.start_all(("order-intake", "matcher", "meter-collector", "ledger-writer"))
+        workers = ("order-intake", "matcher", "meter-collector", "ledger-writer")
+        await ensemble.start_all(tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
         sim = Community(settings.amqp_url, settings.region, community(participants, seed),
                         settings.market.tariff.timezone, progress_every=max(1, settings.rounds // 20),
                         duplicate=settings.duplicate_delivery)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))
         await asyncio.wait_for(joined.wait(), timeout=60)
-        await ensemble.start_all(("clock",))
+        await ensemble.start_all(tuple(f"clock#{i}" if i > 1 else "clock" for i in range(1, replicas + 1)))
         if during is not None:
             await during(ensemble, sim)
         return await run

@@ -28,7 +28,7 @@ class Ensemble:
         self.env = env
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = {name: free_port() for name in SERVICES}
+        self.ports: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
 
@@ -36,11 +36,13 @@ class Ensemble:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
 
     def start(self, name: str, **extra: str) -> None:
-        env = {**os.environ, **self.env, **extra, "MICROTE_HTTP_PORT": str(self.ports[name])}
-        log = self._logs.get(name) or open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115
+        """Start a service; ``matcher#2`` names a second replica of the matcher."""
+        port = self.ports.setdefault(name, free_port())
+        env = {**os.environ, **self.env, **extra, "MICROTE_HTTP_PORT": str(port)}
+        log = self._logs.get(name) or open(self.log_dir / f"{name.replace('#', '-')}.log", "ab")  # noqa: SIM115
         self._logs[name] = log
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name], env=env,
-                                            stdout=log, stderr=log)
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", name.split("#")[0]],
+                                            env=env, stdout=log, stderr=log)
 
     async def wait_healthy(self, name: str, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -49,7 +51,7 @@ class Ensemble:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
             try:
-                with urllib.request.urlopen(self.url(name), timeout=1) as answer:  # noqa: S310
+                with urllib.request.urlopen(self.url(name), timeout=1) as answer:
                     if answer.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

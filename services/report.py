@@ -49,7 +49,8 @@ async def report(store: LedgerStore, market: MarketSettings) -> tuple[str, bool]
         f"    bought but not used (exported)      {_kwh(total[EntryKind.UNCONSUMED])}",
         f"    not delivered (shortfall)           {_kwh(total[EntryKind.SHORTFALL])}",
         f"  imported from the grid                {_kwh(total[EntryKind.GRID_IMPORT])}",
-        f"  exported to the grid                  {_kwh(total[EntryKind.GRID_EXPORT] + total[EntryKind.UNCONSUMED_EXPORT])}",
+        f"  exported to the grid                  "
+        f"{_kwh(total[EntryKind.GRID_EXPORT] + total[EntryKind.UNCONSUMED_EXPORT])}",
         f"  self-consumed                         {_kwh(total[EntryKind.SELF_CONSUMPTION])}",
     ]
     if traded:
@@ -66,6 +67,7 @@ async def report(store: LedgerStore, market: MarketSettings) -> tuple[str, bool]
     money = sum((b.received - b.paid for b in party_bills.values()), ZERO)
     lines += ["", f"  money over all parties sums to {money.normalize() if money else 0} (must be 0)"]
     verdict = "PASS" if checked.ok and money == 0 else "FAIL"
-    lines.append(f"  ledger invariants and re-derivation of {checked.slots} slots, {checked.entries} entries: {verdict}")
+    lines.append(f"  ledger invariants and re-derivation of {checked.slots} slots, "
+                 f"{checked.entries} entries: {verdict}")
     lines += [f"    {p}" for p in checked.problems[:20]]
     return "\n".join(lines), verdict == "PASS"

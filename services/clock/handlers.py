@@ -9,11 +9,11 @@ wall-clock boundaries, whatever is outstanding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
 import uuid
-
 
 from shared.messages import types as t
 from shared.messages.convert import slot_to_wire
@@ -146,10 +146,8 @@ class Clock:
                 for what in missing:
                     self.svc.metrics.round_timeouts.labels(self.svc.region, what).inc()
                 return
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=min(remaining, RENEW_EVERY_S))
-            except TimeoutError:
-                pass
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
                 await self._renew(fence)
         self.recorded.discard((start, start + self.market.schedule.duration))

@@ -42,6 +42,7 @@ class Batcher:
         self._pending = _Pending()
         self._flushing = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Future[None]] = set()
 
     @property
     def backlog(self) -> int:
@@ -55,10 +56,15 @@ class Batcher:
         pending.waiters.append(done)
         pending.rows += _rows(batch)
         if pending.rows >= self.max_rows:
-            asyncio.ensure_future(self.flush())
+            self._start_flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.linger_s, lambda: asyncio.ensure_future(self.flush()))
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._start_flush)
         await done
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self.flush())
+        self._flushes.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._flushes.discard)
 
     async def flush(self) -> None:
         async with self._flushing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.ledger_writer.batcher import Batcher
 from shared.market import EntryKind, bills
 from shared.market.numbers import ZERO
 from shared.messages import types as t
@@ -17,8 +18,6 @@ from shared.runtime.ledger_store import RecordBatch, WriteResult
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service
 from shared.runtime.topology import SLOT_RECORDED
-
-from services.ledger_writer.batcher import Batcher
 
 _SETTLED = (EntryKind.P2P, EntryKind.BESS_COVER, EntryKind.UNCONSUMED, EntryKind.SHORTFALL)
 

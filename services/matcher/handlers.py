@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 
@@ -9,9 +10,14 @@ from shared.market import Slot, clear
 from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.convert import order_from_wire, settlement_to_wire, slot_from_wire, slot_to_wire
-from shared.runtime.service import Service
-from shared.runtime.topology import SETTLEMENTS, SLOT_CLEARED
 from shared.runtime.metrics import JOULES_PER_WH
+from shared.runtime.service import Service
+from shared.runtime.state import CLAIM_LEASE_MS
+from shared.runtime.topology import SETTLEMENTS, SLOT_CLEARED
+
+
+class SlotBusy(Exception):
+    pass
 
 
 class Matcher:
@@ -33,9 +39,20 @@ class Matcher:
             return
         slot = slot_from_wire(m.last_settle)
         upto = await self.state.reconciled_upto()
-        if upto is not None and slot.end <= upto or await self.state.claim("clear", slot) == "done":
+        if upto is not None and slot.end <= upto:
             return
-        await self.clear_slot(slot, matched_at_ms=m.current_round.start * 1000)
+        claim = await self.state.claim("clear", slot, self.svc.instance)
+        waited = 0.0
+        while claim == "busy":
+            # With one active consumer, "busy" means the matcher before this one died while
+            # clearing: wait for its claim's lease to lapse, then redo the slot.
+            if waited > CLAIM_LEASE_MS / 1000 + 5:
+                raise SlotBusy(f"{slot} is still claimed by another matcher")
+            await asyncio.sleep(1.0)
+            waited += 1.0
+            claim = await self.state.claim("clear", slot, self.svc.instance)
+        if claim != "done":
+            await self.clear_slot(slot, matched_at_ms=m.current_round.start * 1000)
 
     async def clear_slot(self, slot: Slot, matched_at_ms: int) -> None:
         """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes."""

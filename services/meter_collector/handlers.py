@@ -93,7 +93,8 @@ class MeterCollector:
         """Reconcile every delivered slot that is ready, oldest first, stopping at the first that is not."""
         async with self._reconciling:
             while (slot := await self._next_ready()) is not None:
-                await self.reconcile_slot(slot)
+                if not await self.reconcile_slot(slot):
+                    return
 
     async def _next_ready(self) -> Slot | None:
         current, upto, first = (await self.state.current_round(), await self.state.reconciled_upto(),
@@ -112,10 +113,12 @@ class MeterCollector:
         reported = set(await self.state.readings(slot))
         return slot if active <= reported else None
 
-    async def reconcile_slot(self, slot: Slot) -> None:
+    async def reconcile_slot(self, slot: Slot) -> bool:
+        """False when another replica holds the slot."""
         region, metrics = self.svc.region, self.svc.metrics
-        if await self.state.claim("reconcile", slot) == "done":
-            return
+        claim = await self.state.claim("reconcile", slot, self.svc.instance)
+        if claim in ("done", "busy"):
+            return claim == "done"  # busy: another replica is on it; if it dies, a later event retries
         # From here on the slot's readings are frozen: a redo computes the same entries.
         raw = await self.state.settlements(slot)
         settlements = settlements_from_wire(decode_as(raw, t.SlotCleared)) if raw else []
@@ -148,6 +151,7 @@ class MeterCollector:
             elif e.kind in (EntryKind.GRID_EXPORT, EntryKind.UNCONSUMED_EXPORT):
                 metrics.grid_energy.labels(region, "export").inc(e.quantity_wh * JOULES_PER_WH)
         self.svc.log.info("slot_reconciled", slot=str(slot), entries=len(entries), missing=len(missing))
+        return True
 
 
 def _as_duplicate(stored: t.ReadingAccepted) -> t.ReadingAccepted:

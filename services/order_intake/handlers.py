@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from decimal import Decimal
 
-from shared.market import RejectReason, Rejection, Slot, accept, validate_order
+from shared.market import Rejection, RejectReason, Slot, accept, validate_order
 from shared.messages import decode_as
 from shared.messages import types as t
-from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.messages.codec import encode
+from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.runtime.service import Service, now_ms
 from shared.runtime.topology import MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
 

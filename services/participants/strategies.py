@@ -33,10 +33,7 @@ def _price(h: Household, slot: Slot, side: str, grid: GridPrices) -> Decimal:
     arrival, and a simulation would no longer replay identically."""
     low, high = grid.sell_price.quantize(PRICE_TICK), grid.buy_price.quantize(PRICE_TICK)
     span = int((high - low) / PRICE_TICK) // h.size
-    if h.strategy == "baseline":
-        steps = 1
-    else:
-        steps = noise(h.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
+    steps = 1 if h.strategy == "baseline" else noise(h.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
     ticks = min(steps * h.size + h.index, int((high - low) / PRICE_TICK))  # communities over ~700 may tie
     return high - PRICE_TICK * ticks if side == "bid" else low + PRICE_TICK * ticks
 

@@ -34,11 +34,12 @@ def _entry_key(e: LedgerEntry) -> tuple[object, ...]:
             e.settlement_id)
 
 
-async def audit(store: LedgerStore, market: MarketSettings, cancelled: set[str] | None = None) -> Audit:
+async def audit(store: LedgerStore, market: MarketSettings) -> Audit:
     region = market.region
+    cancelled = set(await store.cancelled_orders(region))
     by_slot_orders: dict[Slot, list[Order]] = defaultdict(list)
     for o in await store.orders(region):
-        if not cancelled or o.order_id not in cancelled:
+        if o.order_id not in cancelled:
             by_slot_orders[o.slot].append(o)
     by_slot_settlements: dict[Slot, list[Settlement]] = defaultdict(list)
     for s in await store.settlements(region):

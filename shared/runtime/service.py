@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -27,7 +29,7 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import make_asgi_app
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import Message, Rejected
@@ -62,6 +64,7 @@ class Service:
         self.settings = settings
         self.region = settings.region
         self.port = settings.http_port or default_port
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"  # names this replica in claims and leases
         self.keys = Keys(self.region)
         self.log = configure_logging(name, self.region, settings.log_level)
         self.metrics = create_metrics()
@@ -72,7 +75,11 @@ class Service:
             middlewares=[RabbitPrometheusMiddleware(registry=self.metrics.registry, app_name=f"microte-{name}",
                                                     custom_labels={"region": self.region})],
         )
-        self.redis: Redis = Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=15)
+        # A blocking pool waits for a free connection instead of failing when many
+        # handlers run at once (up to the prefetch count).
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=30,
+                                               socket_timeout=30, health_check_interval=15)
+        self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
         self._bindings: list[tuple[RabbitQueue, str]] = []
         self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
@@ -120,7 +127,7 @@ class Service:
         for queue, key in self._bindings:
             declared = await self.broker.declare_queue(queue)
             await declared.bind(exchange, routing_key=key, robust=True)
-        await self.redis.ping()  # type: ignore[misc]
+        await self.redis.ping()
         for hook in self._on_start:
             await hook()
 
@@ -202,7 +209,7 @@ class Service:
         async def health(scope: Any) -> AsgiResponse:
             try:
                 ok = service.broker.running and await service.broker.ping(timeout=2.0)
-                ok = ok and bool(await service.redis.ping())  # type: ignore[misc]
+                ok = ok and bool(await service.redis.ping())
             except Exception:
                 ok = False
             return AsgiResponse(b"ok" if ok else b"unavailable", status_code=200 if ok else 503)

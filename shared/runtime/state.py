@@ -72,11 +72,15 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return 'ok' end
 return 'duplicate'
 """
 
-# A claim freezes a slot's inputs: new -> first claim; again -> claimed before but not
-# finished (a crash or a second replica: redo it, the result is deterministic); done.
+# A claim freezes a slot's inputs and says who works on it: new (first claim), again
+# (claimed before, but its holder's lease lapsed: a crash; redo it, the result is
+# deterministic), busy (another replica holds it now), done.
 _CLAIM = """
 local state = redis.call('GET', KEYS[1])
 if state == 'done' then return 'done' end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 'busy' end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 if state then return 'again' end
 redis.call('SET', KEYS[1], 'claimed')
 return 'new'
@@ -85,12 +89,14 @@ return 'new'
 # "done" only while the claim exists: the slot may be recorded and cleaned up already.
 _FINISH_RECONCILE = """
 redis.call('SET', KEYS[1], 'done', 'XX')
+redis.call('DEL', KEYS[3])
 local wm = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1
 """
 
-Claim = Literal["new", "again", "done"]
+Claim = Literal["new", "again", "busy", "done"]
+CLAIM_LEASE_MS = 30_000
 InsertResult = Literal["ok", "duplicate", "moved"]
 ReadingResult = Literal["ok", "duplicate", "reconciled"]
 
@@ -140,7 +146,7 @@ class RegionState:
         await self._release(keys=[self.key("lease")], args=[holder])
 
     async def finish_round(self, round_start: int, participant_id: str) -> None:
-        await cast(Awaitable[int], self.redis.sadd(self.key("finished", str(round_start)), participant_id))
+        await self.redis.sadd(self.key("finished", str(round_start)), participant_id)
 
     async def finished(self, round_start: int) -> set[str]:
         members = await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("finished", str(round_start))))
@@ -153,23 +159,23 @@ class RegionState:
 
     async def join(self, participant_id: str, now_ms: int) -> bool:
         """True when the participant was not a member before."""
-        return bool(await cast(Awaitable[int], self.redis.hset(self.key("members"), participant_id, now_ms)))
+        return bool(await self.redis.hset(self.key("members"), participant_id, now_ms))
 
     async def leave(self, participant_id: str) -> bool:
-        return bool(await cast(Awaitable[int], self.redis.hdel(self.key("members"), participant_id)))
+        return bool(await self.redis.hdel(self.key("members"), participant_id))
 
     async def touch(self, participant_id: str, now_ms: int) -> bool:
         """Record activity of a member; False when it is not a member."""
-        if not await cast(Awaitable[bool], self.redis.hexists(self.key("members"), participant_id)):
+        if not await self.redis.hexists(self.key("members"), participant_id):
             return False
-        await cast(Awaitable[int], self.redis.hset(self.key("members"), participant_id, now_ms))
+        await self.redis.hset(self.key("members"), participant_id, now_ms)
         return True
 
     async def is_member(self, participant_id: str) -> bool:
-        return bool(await cast(Awaitable[bool], self.redis.hexists(self.key("members"), participant_id)))
+        return bool(await self.redis.hexists(self.key("members"), participant_id))
 
     async def member_count(self) -> int:
-        return int(await cast(Awaitable[int], self.redis.hlen(self.key("members"))))
+        return int(await self.redis.hlen(self.key("members")))
 
     async def active_members(self, now_ms: int, timeout_ms: int) -> set[str]:
         members = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("members")))
@@ -210,8 +216,9 @@ class RegionState:
 
     # --- clearing and reconciliation -------------------------------------------------------
 
-    async def claim(self, kind: Literal["clear", "reconcile"], slot: Slot) -> Claim:
-        return cast(Claim, (await self._claim(keys=[self.key("claim", kind, _s(slot))])).decode())
+    async def claim(self, kind: Literal["clear", "reconcile"], slot: Slot, holder: str) -> Claim:
+        keys = [self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot))]
+        return cast(Claim, (await self._claim(keys=keys, args=[holder, CLAIM_LEASE_MS])).decode())
 
     async def is_cleared(self, slot: Slot) -> bool:
         if await self.redis.get(self.key("claim", "clear", _s(slot))) == b"done":
@@ -221,10 +228,12 @@ class RegionState:
 
     async def finish_clearing(self, slot: Slot) -> None:
         await self.redis.set(self.key("claim", "clear", _s(slot)), "done", xx=True)
+        await self.redis.delete(self.key("holder", "clear", _s(slot)))
 
     async def finish_reconciling(self, slot: Slot) -> None:
         await self._finish_reconcile(
-            keys=[self.key("claim", "reconcile", _s(slot)), self.key("done", "reconcile")], args=[slot.end]
+            keys=[self.key("claim", "reconcile", _s(slot)), self.key("done", "reconcile"),
+                  self.key("holder", "reconcile", _s(slot))], args=[slot.end]
         )
 
     async def reconciled_upto(self) -> int | None:
@@ -232,7 +241,7 @@ class RegionState:
         return None if value is None else int(value)
 
     async def drop_claim(self, kind: Literal["clear", "reconcile"], slot: Slot) -> None:
-        await self.redis.delete(self.key("claim", kind, _s(slot)))
+        await self.redis.delete(self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot)))
 
     async def add_reading(self, slot: Slot, participant_id: str, encoded: bytes) -> ReadingResult:
         keys = [self.key("readings", _s(slot)), self.key("claim", "reconcile", _s(slot)),
@@ -245,17 +254,17 @@ class RegionState:
         return {p.decode(): v for p, v in raw.items()}
 
     async def reading_count(self, slot: Slot) -> int:
-        return int(await cast(Awaitable[int], self.redis.hlen(self.key("readings", _s(slot)))))
+        return int(await self.redis.hlen(self.key("readings", _s(slot))))
 
     async def store_settlements(self, slot: Slot, encoded: bytes) -> None:
         await self.redis.set(self.key("settled", _s(slot)), encoded, nx=True)
 
     async def settlements(self, slot: Slot) -> bytes | None:
-        return await self.redis.get(self.key("settled", _s(slot)))
+        return cast(bytes | None, await self.redis.get(self.key("settled", _s(slot))))
 
     async def drop_delivery(self, slot: Slot) -> None:
         await self.redis.delete(self.key("readings", _s(slot)), self.key("settled", _s(slot)),
-                                self.key("claim", "reconcile", _s(slot)))
+                                self.key("claim", "reconcile", _s(slot)), self.key("holder", "reconcile", _s(slot)))
 
     async def key_count(self) -> int:
         count = 0

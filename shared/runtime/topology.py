@@ -13,6 +13,8 @@ the headers, to ``microte.dlx`` and land in ``microte.<region>.dead``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
 
 EXCHANGE = RabbitExchange("microte", type=ExchangeType.TOPIC, durable=True)
@@ -49,11 +51,10 @@ ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEM
 
 
 def service_queue(region: str, service: str, first_key: str, *, single_active: bool = False) -> RabbitQueue:
-    arguments: dict[str, str | bool] = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
+    arguments: Any = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
     if single_active:
         arguments["x-single-active-consumer"] = True
-    return RabbitQueue(f"microte.{region}.{service}", durable=True, routing_key=first_key,
-                       arguments=arguments)  # type: ignore[arg-type]
+    return RabbitQueue(f"microte.{region}.{service}", durable=True, routing_key=first_key, arguments=arguments)
 
 
 def dead_letter_queue(region: str) -> RabbitQueue:

@@ -63,12 +63,13 @@ async def pg_url() -> AsyncIterator[str]:
     await admin.close()
 
 
-async def run(env: dict[str, str], tmp_path: Path, during: During | None = None) -> Tally:
+async def run(env: dict[str, str], tmp_path: Path, during: During | None = None, replicas: int = 1) -> Tally:
     settings = from_env(env)
     ids = [h.participant_id for h in community(PARTICIPANTS, SEED)]
     await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
     try:
-        return await simulate(env, participants=PARTICIPANTS, seed=SEED, log_dir=tmp_path / "logs", during=during)
+        return await simulate(env, participants=PARTICIPANTS, seed=SEED, log_dir=tmp_path / "logs", during=during,
+                              replicas=replicas)
     finally:
         await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
 

@@ -1,0 +1,238 @@
+"""The ledger store's one interface, and what every back-end shares.
+
+A ``RecordBatch`` is written in one transaction: all of it or none of it. Every row has
+a deterministic key (``entry_id``; ``(region, order_id)`` for orders and cancellations;
+``(region, settlement_id)``; ``(region, participant_id, slot)`` for readings;
+``(region, slot)`` for reconciled slots) and a row whose key is already stored is
+skipped, not an error: writing the same batch twice changes nothing and reports zeros.
+The first reading for a participant and slot stands. Entries and settlements keep the
+order they were given in within a slot.
+
+Money and energy stay exact: prices are ``Decimal`` (never ``float``), quantities
+``int``. ``check_types`` refuses anything else before any I/O, in every back-end.
+``check_constraints`` is the in-memory twin's copy of the schema's NOT NULL and CHECK
+constraints; the SQL back-ends leave those to the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from shared.market.ledger import EntryKind, LedgerEntry
+from shared.market.matching import Settlement
+from shared.market.orders import Order, Side
+from shared.market.reconciliation import Reading
+from shared.market.timing import Slot
+
+SCHEMA_VERSION = 1
+ENTRY_KINDS: tuple[str, ...] = tuple(k.value for k in EntryKind)
+SIDES: tuple[str, ...] = tuple(s.value for s in Side)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class InvalidRecord(ValueError):
+    """A record the store refuses; nothing of its batch was written."""
+
+
+class ConstraintViolation(InvalidRecord):
+    """The schema (NOT NULL, CHECK) refused a record; the whole batch was rolled back."""
+
+
+class StoreNotOpen(RuntimeError):
+    """The store was used before ``open()`` or after ``close()``."""
+
+
+@dataclass(frozen=True)
+class RecordBatch:
+    entries: Sequence[LedgerEntry] = ()
+    orders: Sequence[tuple[str, Order]] = ()  # (region, order)
+    settlements: Sequence[Settlement] = ()  # Settlement has .region
+    readings: Sequence[tuple[str, Reading, int]] = ()  # (region, reading, received_at_ms)
+    reconciled: Sequence[tuple[str, Slot, int]] = ()  # (region, slot, entry_count): slot fully recorded
+    cancellations: Sequence[tuple[str, str, Slot]] = ()  # (region, order_id, slot): cancelled before its gate
+
+    def regions(self) -> set[str]:
+        return (
+            {e.region for e in self.entries}
+            | {r for r, _ in self.orders}
+            | {s.region for s in self.settlements}
+            | {r for r, _, _ in self.readings}
+            | {r for r, _, _ in self.reconciled}
+            | {r for r, _, _ in self.cancellations}
+        )
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Rows actually inserted (rows whose key was already stored are skipped)."""
+
+    entries: int = 0
+    orders: int = 0
+    settlements: int = 0
+    readings: int = 0
+    reconciled: int = 0
+    cancellations: int = 0
+
+
+class LedgerStore(Protocol):
+    async def open(self) -> None:
+        """Connect and create the schema if it is missing (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    async def write(self, batch: RecordBatch) -> WriteResult:
+        """One transaction, all or nothing; rows already stored are skipped."""
+
+    async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
+        """Entries of slots with ``slot.start >= start`` and ``slot.end <= end``, by slot, then as written."""
+
+    async def orders(self, region: str) -> list[Order]:
+        """By slot, then acceptance sequence (``Order.seq``), then order id."""
+
+    async def settlements(self, region: str) -> list[Settlement]:
+        """By slot, then as written (matching order is preserved)."""
+
+    async def readings(self, region: str) -> list[Reading]:
+        """By slot, then participant id."""
+
+    async def reconciled_slots(self, region: str) -> list[Slot]: ...
+
+    async def cancelled_orders(self, region: str) -> list[str]:
+        """Ids of the orders cancelled before their gate closed, by slot, then order id."""
+
+    async def regions(self) -> list[str]:
+        """Every region with at least one stored row, sorted."""
+
+
+# --- Type guard: every back-end, before any I/O -------------------------------------
+
+
+def _text(what: str, name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRecord(f"{what}: {name} must be text, got {type(value).__name__}")
+    if "\x00" in value:  # PostgreSQL text cannot hold it; refuse it everywhere alike
+        raise InvalidRecord(f"{what}: {name} holds a NUL character")
+
+
+def _whole(what: str, name: str, value: object) -> None:
+    if type(value) is not int:
+        raise InvalidRecord(f"{what}: {name} must be an int, got {type(value).__name__}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise InvalidRecord(f"{what}: {name} {value} does not fit a 64-bit integer")
+
+
+def _price(what: str, name: str, value: object) -> None:
+    if type(value) is not Decimal:
+        raise InvalidRecord(f"{what}: {name} must be a Decimal, got {type(value).__name__}")
+    if not value.is_finite():
+        raise InvalidRecord(f"{what}: {name} must be finite, got {value}")
+
+
+def _slot(what: str, slot: object) -> None:
+    if not isinstance(slot, Slot):
+        raise InvalidRecord(f"{what}: slot must be a Slot, got {type(slot).__name__}")
+    _whole(what, "slot.start", slot.start)
+    _whole(what, "slot.end", slot.end)
+
+
+def _meter(what: str, name: str, by_source: object) -> None:
+    if not isinstance(by_source, Mapping):
+        raise InvalidRecord(f"{what}: {name} must be a mapping, got {type(by_source).__name__}")
+    for source, wh in by_source.items():
+        _text(what, f"{name} key", source)
+        _whole(what, f"{name}[{source}]", wh)
+        if wh < 0:
+            raise InvalidRecord(f"{what}: {name}[{source}] must be >= 0, got {wh}")
+
+
+def check_types(batch: RecordBatch) -> None:
+    """Raise ``InvalidRecord`` unless every field has its exact type (no floats, no None)."""
+    for e in batch.entries:
+        what = f"ledger entry {e.entry_id!r}"
+        for name in ("entry_id", "region", "kind", "seller", "buyer", "source"):
+            _text(what, name, getattr(e, name))
+        _slot(what, e.slot)
+        _whole(what, "quantity_wh", e.quantity_wh)
+        _whole(what, "delivered_at", e.delivered_at)
+        _price(what, "buy_price", e.buy_price)
+        _price(what, "sell_price", e.sell_price)
+        if e.settlement_id is not None:
+            _text(what, "settlement_id", e.settlement_id)
+        if e.matched_at_ms is not None:
+            _whole(what, "matched_at_ms", e.matched_at_ms)
+    for region, o in batch.orders:
+        what = f"order {o.order_id!r}"
+        _text(what, "region", region)
+        for name in ("order_id", "client_order_id", "participant_id", "side", "source"):
+            _text(what, name, getattr(o, name))
+        _slot(what, o.slot)
+        for name in ("quantity_wh", "seq", "submitted_at_ms"):
+            _whole(what, name, getattr(o, name))
+        _price(what, "price", o.price)
+    for s in batch.settlements:
+        what = f"settlement {s.settlement_id!r}"
+        for name in ("settlement_id", "region", "source", "buyer", "seller", "bid_id", "ask_id"):
+            _text(what, name, getattr(s, name))
+        _slot(what, s.slot)
+        _whole(what, "quantity_wh", s.quantity_wh)
+        _whole(what, "matched_at_ms", s.matched_at_ms)
+        _price(what, "buy_price", s.buy_price)
+        _price(what, "sell_price", s.sell_price)
+    for region, r, received_at_ms in batch.readings:
+        what = f"reading of {r.participant_id!r}"
+        _text(what, "region", region)
+        _text(what, "participant_id", r.participant_id)
+        _slot(what, r.slot)
+        _whole(what, "import_wh", r.import_wh)
+        _whole(what, "received_at_ms", received_at_ms)
+        _meter(what, "export_wh", r.export_wh)
+        _meter(what, "self_consumed_wh", r.self_consumed_wh)
+    for region, slot, entry_count in batch.reconciled:
+        what = f"reconciled slot {slot}"
+        _text(what, "region", region)
+        _slot(what, slot)
+        _whole(what, "entry_count", entry_count)
+    for region, order_id, slot in batch.cancellations:
+        what = f"cancellation of {order_id!r}"
+        _text(what, "region", region)
+        _text(what, "order_id", order_id)
+        _slot(what, slot)
+
+
+# --- The schema's CHECK constraints, for the in-memory twin -------------------------
+
+
+def check_constraints(batch: RecordBatch) -> None:
+    """Raise ``ConstraintViolation`` where the SQL schema's CHECK constraints would."""
+
+    def fail(table: str, rule: str, key: object) -> None:
+        raise ConstraintViolation(f"{table}: {rule} violated by {key!r}")
+
+    for e in batch.entries:
+        if e.kind not in ENTRY_KINDS:
+            fail("ledger_entries", "kind is an EntryKind", e.entry_id)
+        if e.quantity_wh < 0:
+            fail("ledger_entries", "quantity_wh >= 0", e.entry_id)
+        if e.buy_price < 0 or e.sell_price < 0:
+            fail("ledger_entries", "prices >= 0", e.entry_id)
+    for _, o in batch.orders:
+        if o.side not in SIDES:
+            fail("orders", "side in (bid, ask)", o.order_id)
+        if o.quantity_wh <= 0:
+            fail("orders", "quantity_wh > 0", o.order_id)
+        if o.price < 0:
+            fail("orders", "price >= 0", o.order_id)
+    for s in batch.settlements:
+        if s.quantity_wh <= 0:
+            fail("settlements", "quantity_wh > 0", s.settlement_id)
+        if s.buy_price < 0 or s.sell_price < 0:
+            fail("settlements", "prices >= 0", s.settlement_id)
+    for _, r, _ in batch.readings:
+        if r.import_wh < 0:
+            fail("meter_readings", "import_wh >= 0", r.participant_id)
+    for _, slot, entry_count in batch.reconciled:
+        if entry_count < 0:
+            fail("reconciled_slots", "entry_count >= 0", str(slot))

@@ -1,0 +1,135 @@
+"""The in-memory twin of the SQL ledger stores, for unit and service tests.
+
+Same contract, same ordering, same duplicate rules, same constraints (checked by
+``check_constraints`` before anything changes, so a refused batch leaves nothing).
+``memory://`` is a fresh, private store; ``memory://NAME`` names a store shared by every
+instance in this process, so closing and reopening it keeps the data, as a file would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+
+from shared.market.ledger import LedgerEntry
+from shared.market.matching import Settlement
+from shared.market.orders import Order
+from shared.market.reconciliation import Reading
+from shared.market.timing import Slot
+from shared.runtime.ledger.base import (
+    RecordBatch,
+    StoreNotOpen,
+    WriteResult,
+    check_constraints,
+    check_types,
+)
+
+
+@dataclass
+class _Tables:
+    """Rows by key; ``seq`` is the per-row insertion sequence the SQL stores keep too."""
+
+    seq: count[int] = field(default_factory=lambda: count(1))
+    regions: set[str] = field(default_factory=set)
+    entries: dict[str, tuple[int, LedgerEntry]] = field(default_factory=dict)
+    orders: dict[tuple[str, str], Order] = field(default_factory=dict)
+    settlements: dict[tuple[str, str], tuple[int, Settlement]] = field(default_factory=dict)
+    readings: dict[tuple[str, str, int, int], Reading] = field(default_factory=dict)
+    reconciled: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    cancellations: dict[tuple[str, str], Slot] = field(default_factory=dict)
+
+
+_NAMED: dict[str, _Tables] = {}
+
+
+def _copy(r: Reading) -> Reading:
+    # Readings hold mappings: keep the store's copy out of the caller's reach.
+    return Reading(r.participant_id, r.slot, r.import_wh, dict(r.export_wh), dict(r.self_consumed_wh))
+
+
+class MemoryLedgerStore:
+    def __init__(self, name: str = "") -> None:
+        self._tables = _NAMED.setdefault(name, _Tables()) if name else _Tables()
+        self._open = False
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _ready(self) -> _Tables:
+        if not self._open:
+            raise StoreNotOpen("the ledger store is not open")
+        return self._tables
+
+    async def write(self, batch: RecordBatch) -> WriteResult:
+        t = self._ready()
+        check_types(batch)
+        check_constraints(batch)
+        # Nothing below can fail, and nothing awaits: the batch is applied all at once.
+        t.regions |= batch.regions()
+        orders = 0
+        for region, o in batch.orders:
+            if (region, o.order_id) not in t.orders:
+                t.orders[region, o.order_id] = o
+                orders += 1
+        cancellations = 0
+        for region, order_id, slot in batch.cancellations:
+            if (region, order_id) not in t.cancellations:
+                t.cancellations[region, order_id] = slot
+                cancellations += 1
+        settlements = 0
+        for s in batch.settlements:
+            if (s.region, s.settlement_id) not in t.settlements:
+                t.settlements[s.region, s.settlement_id] = (next(t.seq), s)
+                settlements += 1
+        readings = 0
+        for region, r, _ in batch.readings:
+            key = (region, r.participant_id, r.slot.start, r.slot.end)
+            if key not in t.readings:
+                t.readings[key] = _copy(r)
+                readings += 1
+        entries = 0
+        for e in batch.entries:
+            if e.entry_id not in t.entries:
+                t.entries[e.entry_id] = (next(t.seq), e)
+                entries += 1
+        reconciled = 0
+        for region, slot, entry_count in batch.reconciled:
+            if (region, slot.start, slot.end) not in t.reconciled:
+                t.reconciled[region, slot.start, slot.end] = entry_count
+                reconciled += 1
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations)
+
+    async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
+        rows = [
+            (e.slot.start, e.slot.end, seq, e)
+            for seq, e in self._ready().entries.values()
+            if e.region == region and (start is None or e.slot.start >= start) and (end is None or e.slot.end <= end)
+        ]
+        return [e for *_, e in sorted(rows, key=lambda row: row[:3])]
+
+    async def orders(self, region: str) -> list[Order]:
+        rows = [o for (r, _), o in self._ready().orders.items() if r == region]
+        return sorted(rows, key=lambda o: (o.slot.start, o.slot.end, o.seq, o.order_id))
+
+    async def settlements(self, region: str) -> list[Settlement]:
+        rows = [
+            (s.slot.start, s.slot.end, seq, s) for seq, s in self._ready().settlements.values() if s.region == region
+        ]
+        return [s for *_, s in sorted(rows, key=lambda row: row[:3])]
+
+    async def readings(self, region: str) -> list[Reading]:
+        rows = [r for (reg, *_), r in self._ready().readings.items() if reg == region]
+        return [_copy(r) for r in sorted(rows, key=lambda r: (r.slot.start, r.slot.end, r.participant_id))]
+
+    async def reconciled_slots(self, region: str) -> list[Slot]:
+        return sorted(Slot(start, end) for (r, start, end) in self._ready().reconciled if r == region)
+
+    async def cancelled_orders(self, region: str) -> list[str]:
+        found = [(slot.start, slot.end, oid) for (r, oid), slot in self._ready().cancellations.items() if r == region]
+        return [oid for *_, oid in sorted(found)]
+
+    async def regions(self) -> list[str]:
+        return sorted(self._ready().regions)

@@ -1,0 +1,345 @@
+"""The ledger in PostgreSQL (asyncpg pool).
+
+Each batch is one transaction. A table's rows go in with one statement that skips rows
+whose key is stored (``INSERT ... SELECT ... ORDER BY ord ON CONFLICT DO NOTHING``),
+fed either by ``unnest`` of one array per column or, from ``copy_threshold`` rows on,
+by a binary COPY into a temporary table dropped at commit (COPY alone cannot skip
+conflicts). Measured here with synchronous_commit on (bench/ledger_write.py), unnest is
+as fast or faster up to about 2,000 rows a table: below that, creating the temporary
+table costs more than COPY saves. ``ORDER BY ord`` makes ``inserted_seq`` follow the
+order the rows were given in. Prices are NUMERIC, meter maps JSONB of integers.
+A deadlock or serialization failure between concurrent writers rolls the whole batch
+back; the batch is idempotent, so it is simply run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+from shared.market.ledger import LedgerEntry
+from shared.market.matching import Settlement
+from shared.market.orders import Order
+from shared.market.reconciliation import Reading
+from shared.market.timing import Slot
+from shared.runtime.ledger import rows
+from shared.runtime.ledger.base import (
+    ENTRY_KINDS,
+    SCHEMA_VERSION,
+    ConstraintViolation,
+    InvalidRecord,
+    RecordBatch,
+    StoreNotOpen,
+    WriteResult,
+    check_types,
+)
+
+_KINDS = ", ".join(f"'{k}'" for k in ENTRY_KINDS)
+_SCHEMA_LOCK = 0x6D6963726F7465  # pg_advisory_xact_lock key: "microte"
+
+# Keep in step with docs/ledger-schema.md and sqlite.py.
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS schema_version (
+    version      integer PRIMARY KEY,
+    description  text    NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS regions (
+    region       text    PRIMARY KEY
+);
+
+CREATE TABLE IF NOT EXISTS ledger_entries (
+    entry_id      text    PRIMARY KEY,                         -- deterministic key
+    inserted_seq  bigint  NOT NULL GENERATED ALWAYS AS IDENTITY, -- order of insertion
+    region        text    NOT NULL,
+    slot_start    bigint  NOT NULL,
+    slot_end      bigint  NOT NULL CHECK (slot_end > slot_start),
+    kind          text    NOT NULL CHECK (kind IN ({_KINDS})),
+    seller        text    NOT NULL,
+    buyer         text    NOT NULL,
+    source        text    NOT NULL,
+    quantity_wh   bigint  NOT NULL CHECK (quantity_wh >= 0),
+    buy_price     numeric NOT NULL CHECK (buy_price >= 0),
+    sell_price    numeric NOT NULL CHECK (sell_price >= 0),
+    settlement_id text,
+    matched_at_ms bigint,
+    delivered_at  bigint  NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_entries_by_slot ON ledger_entries (region, slot_start, slot_end, inserted_seq);
+
+CREATE TABLE IF NOT EXISTS orders (
+    region          text    NOT NULL,
+    order_id        text    NOT NULL,
+    client_order_id text    NOT NULL,
+    participant_id  text    NOT NULL,
+    side            text    NOT NULL CHECK (side IN ('bid', 'ask')),
+    quantity_wh     bigint  NOT NULL CHECK (quantity_wh > 0),
+    price           numeric NOT NULL CHECK (price >= 0),
+    source          text    NOT NULL,
+    slot_start      bigint  NOT NULL,
+    slot_end        bigint  NOT NULL CHECK (slot_end > slot_start),
+    seq             bigint  NOT NULL,
+    submitted_at_ms bigint  NOT NULL,
+    PRIMARY KEY (region, order_id)
+);
+
+CREATE TABLE IF NOT EXISTS settlements (
+    region        text    NOT NULL,
+    settlement_id text    NOT NULL,
+    inserted_seq  bigint  NOT NULL GENERATED ALWAYS AS IDENTITY,
+    slot_start    bigint  NOT NULL,
+    slot_end      bigint  NOT NULL CHECK (slot_end > slot_start),
+    source        text    NOT NULL,
+    buyer         text    NOT NULL,
+    seller        text    NOT NULL,
+    bid_id        text    NOT NULL,
+    ask_id        text    NOT NULL,
+    quantity_wh   bigint  NOT NULL CHECK (quantity_wh > 0),
+    buy_price     numeric NOT NULL CHECK (buy_price >= 0),
+    sell_price    numeric NOT NULL CHECK (sell_price >= 0),
+    matched_at_ms bigint  NOT NULL,
+    PRIMARY KEY (region, settlement_id)
+);
+CREATE INDEX IF NOT EXISTS settlements_by_slot ON settlements (region, slot_start, slot_end, inserted_seq);
+
+CREATE TABLE IF NOT EXISTS meter_readings (
+    region           text   NOT NULL,
+    participant_id   text   NOT NULL,
+    slot_start       bigint NOT NULL,
+    slot_end         bigint NOT NULL CHECK (slot_end > slot_start),
+    import_wh        bigint NOT NULL CHECK (import_wh >= 0),
+    export_wh        jsonb  NOT NULL CHECK (jsonb_typeof(export_wh) = 'object'),
+    self_consumed_wh jsonb  NOT NULL CHECK (jsonb_typeof(self_consumed_wh) = 'object'),
+    received_at_ms   bigint NOT NULL,
+    PRIMARY KEY (region, participant_id, slot_start, slot_end)
+);
+
+CREATE TABLE IF NOT EXISTS reconciled_slots (
+    region       text    NOT NULL,
+    slot_start   bigint  NOT NULL,
+    slot_end     bigint  NOT NULL CHECK (slot_end > slot_start),
+    entry_count  integer NOT NULL CHECK (entry_count >= 0),
+    PRIMARY KEY (region, slot_start, slot_end)
+);
+
+CREATE TABLE IF NOT EXISTS order_cancellations (
+    region       text   NOT NULL,
+    order_id     text   NOT NULL,  -- an order cancelled before its slot's gate closed
+    slot_start   bigint NOT NULL,
+    slot_end     bigint NOT NULL CHECK (slot_end > slot_start),
+    PRIMARY KEY (region, order_id)
+);
+
+INSERT INTO schema_version (version, description)
+VALUES ({SCHEMA_VERSION}, 'ledger_entries, orders, order_cancellations, settlements, meter_readings, reconciled_slots')
+ON CONFLICT DO NOTHING;
+"""
+
+_TYPES = {
+    "slot_start": "bigint",
+    "slot_end": "bigint",
+    "quantity_wh": "bigint",
+    "matched_at_ms": "bigint",
+    "delivered_at": "bigint",
+    "seq": "bigint",
+    "submitted_at_ms": "bigint",
+    "import_wh": "bigint",
+    "received_at_ms": "bigint",
+    "entry_count": "integer",
+    "price": "numeric",
+    "buy_price": "numeric",
+    "sell_price": "numeric",
+}
+_JSON = frozenset({"export_wh", "self_consumed_wh"})  # sent as text, cast on insert
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: tuple[str, ...]
+
+    @property
+    def _types(self) -> list[str]:
+        return [_TYPES.get(c, "text") for c in self.columns]
+
+    @property
+    def _insert(self) -> str:
+        values = ", ".join(f"{c}::jsonb" if c in _JSON else c for c in self.columns)
+        return f"INSERT INTO {self.name} ({', '.join(self.columns)}) SELECT {values}"
+
+    def unnest_sql(self) -> str:
+        arrays = ", ".join(f"${i}::{t}[]" for i, t in enumerate(self._types, 1))
+        return (
+            f"{self._insert} FROM unnest({arrays}) WITH ORDINALITY AS incoming ({', '.join(self.columns)}, ord)"
+            " ORDER BY ord ON CONFLICT DO NOTHING"
+        )
+
+    @property
+    def staging(self) -> str:
+        return f"incoming_{self.name}"
+
+    def create_staging_sql(self) -> str:
+        columns = ", ".join(f"{c} {t}" for c, t in zip(self.columns, self._types, strict=True))
+        return f"CREATE TEMP TABLE {self.staging} (ord bigint, {columns}) ON COMMIT DROP"
+
+    def insert_staged_sql(self) -> str:
+        return f"{self._insert} FROM {self.staging} ORDER BY ord ON CONFLICT DO NOTHING"
+
+
+_REGIONS = _Table("regions", ("region",))
+_ORDERS = _Table("orders", rows.ORDER_COLUMNS)
+_SETTLEMENTS = _Table("settlements", rows.SETTLEMENT_COLUMNS)
+_READINGS = _Table("meter_readings", rows.READING_COLUMNS)
+_ENTRIES = _Table("ledger_entries", rows.ENTRY_COLUMNS)
+_RECONCILED = _Table("reconciled_slots", rows.RECONCILED_COLUMNS)
+_CANCELLATIONS = _Table("order_cancellations", rows.CANCELLATION_COLUMNS)
+
+
+def _inserted(status: str) -> int:
+    # A command status reads "INSERT 0 <rows>".
+    return int(status.rsplit(" ", 1)[1])
+
+
+class PostgresLedgerStore:
+    def __init__(
+        self, dsn: str, *, min_size: int = 1, max_size: int = 8, copy_threshold: int = 2000, retries: int = 5
+    ) -> None:
+        self._dsn = dsn
+        self._min_size, self._max_size = min_size, max_size
+        self.copy_threshold = copy_threshold
+        self._retries = retries
+        self._pool: Any = None
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        pool = await asyncpg.create_pool(self._dsn, min_size=self._min_size, max_size=self._max_size)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+                await conn.execute(SCHEMA)
+                version = await conn.fetchval("SELECT max(version) FROM schema_version")
+            if version != SCHEMA_VERSION:
+                raise RuntimeError(f"the database has ledger schema {version}; this code knows {SCHEMA_VERSION}")
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _ready(self) -> Any:
+        if self._pool is None:
+            raise StoreNotOpen("the ledger store is not open")
+        return self._pool
+
+    async def write(self, batch: RecordBatch) -> WriteResult:
+        pool = self._ready()
+        check_types(batch)
+        tables = (
+            (_REGIONS, [(r,) for r in sorted(batch.regions())]),
+            (_ORDERS, [rows.order_row(r, o) for r, o in batch.orders]),
+            (_SETTLEMENTS, [rows.settlement_row(s) for s in batch.settlements]),
+            (_READINGS, [rows.reading_row(*r) for r in batch.readings]),
+            (_ENTRIES, [rows.entry_row(e) for e in batch.entries]),
+            (_RECONCILED, [rows.reconciled_row(*r) for r in batch.reconciled]),
+            (_CANCELLATIONS, [rows.cancellation_row(*c) for c in batch.cancellations]),
+        )
+        for attempt in range(self._retries + 1):
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    counts = [await self._insert(conn, table, values) for table, values in tables]
+                break
+            except asyncpg.TransactionRollbackError:
+                if attempt == self._retries:
+                    raise
+            except asyncpg.IntegrityConstraintViolationError as exc:
+                raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
+            except asyncpg.DataError as exc:
+                raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
+        _, orders, settlements, readings, entries, reconciled, cancellations = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations)
+
+    async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
+        if not values:
+            return 0
+        if len(values) < self.copy_threshold:
+            columns = [list(column) for column in zip(*values, strict=True)]
+            return _inserted(await conn.execute(table.unnest_sql(), *columns))
+        await conn.execute(table.create_staging_sql())
+        await conn.copy_records_to_table(
+            table.staging, records=[(i, *row) for i, row in enumerate(values)], columns=("ord", *table.columns)
+        )
+        return _inserted(await conn.execute(table.insert_staged_sql()))
+
+    async def _fetch(self, sql: str, *params: object) -> list[Any]:
+        found: list[Any] = await self._ready().fetch(sql, *params)
+        return found
+
+    async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
+        where, params = "region = $1", list[object]([region])
+        if start is not None:
+            params.append(start)
+            where += f" AND slot_start >= ${len(params)}"
+        if end is not None:
+            params.append(end)
+            where += f" AND slot_end <= ${len(params)}"
+        found = await self._fetch(
+            f"SELECT {', '.join(rows.ENTRY_COLUMNS)} FROM ledger_entries WHERE {where}"
+            " ORDER BY slot_start, slot_end, inserted_seq",
+            *params,
+        )
+        return [rows.entry_from(row) for row in found]
+
+    async def orders(self, region: str) -> list[Order]:
+        found = await self._fetch(
+            f"SELECT {', '.join(rows.ORDER_COLUMNS)} FROM orders WHERE region = $1"
+            ' ORDER BY slot_start, slot_end, seq, order_id COLLATE "C"',
+            region,
+        )
+        return [rows.order_from(row) for row in found]
+
+    async def settlements(self, region: str) -> list[Settlement]:
+        found = await self._fetch(
+            f"SELECT {', '.join(rows.SETTLEMENT_COLUMNS)} FROM settlements WHERE region = $1"
+            " ORDER BY slot_start, slot_end, inserted_seq",
+            region,
+        )
+        return [rows.settlement_from(row) for row in found]
+
+    async def readings(self, region: str) -> list[Reading]:
+        found = await self._fetch(
+            f"SELECT {', '.join(c + '::text' if c in _JSON else c for c in rows.READING_COLUMNS)}"
+            ' FROM meter_readings WHERE region = $1 ORDER BY slot_start, slot_end, participant_id COLLATE "C"',
+            region,
+        )
+        return [rows.reading_from(row) for row in found]
+
+    async def reconciled_slots(self, region: str) -> list[Slot]:
+        found = await self._fetch(
+            "SELECT slot_start, slot_end FROM reconciled_slots WHERE region = $1 ORDER BY slot_start, slot_end",
+            region,
+        )
+        return [Slot(rows.as_int(row[0]), rows.as_int(row[1])) for row in found]
+
+    async def regions(self) -> list[str]:
+        return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]
+
+    async def cancelled_orders(self, region: str) -> list[str]:
+        found = await self._fetch(
+            "SELECT order_id FROM order_cancellations WHERE region = $1"
+            ' ORDER BY slot_start, slot_end, order_id COLLATE "C"',
+            region,
+        )
+        return [str(row[0]) for row in found]
