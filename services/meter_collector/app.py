@@ -25,4 +25,5 @@ def create(settings: Settings) -> Service:
         },
         prefetch=64,
     )
+    svc.background(collector.tick)
     return svc

@@ -31,6 +31,7 @@ class MeterCollector:
         # In simulation the clock's round timeout is the deadline: a slot waits at most
         # until the next round starts. In real time, readings have their own deadline.
         self.deadline_s = self.market.reading_deadline_s if realtime else 0
+        self.realtime = realtime
         self._reconciling = asyncio.Lock()
 
     async def reject(self, m: t.SubmitReading, reason: RejectReason, detail: str) -> None:
@@ -89,6 +90,15 @@ class MeterCollector:
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
         await self.state.drop_delivery(slot_from_wire(m.slot))
 
+    async def tick(self) -> None:
+        """Look again every second: a deadline passes, or a member times out, without a message."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.reconcile_ready()
+            except Exception:
+                self.svc.log.exception("reconcile_tick_failed")
+
     async def reconcile_ready(self) -> None:
         """Reconcile every delivered slot that is ready, oldest first, stopping at the first that is not."""
         async with self._reconciling:
@@ -107,7 +117,8 @@ class MeterCollector:
             return None
         if self.market.schedule.closes_at(slot) >= first and await self.state.settlements(slot) is None:
             return None  # its clearing has not arrived yet
-        if current[0] >= slot.end + self.deadline_s:
+        market_now = max(current[0], int(time.time())) if self.realtime else current[0]
+        if market_now >= slot.end + self.deadline_s:
             return slot
         active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
         reported = set(await self.state.readings(slot))

@@ -134,11 +134,8 @@ class OrderIntake:
                 await self.reject(m, pid, RejectReason.GATE_CLOSED, f"slot {slot} has closed", ref)
                 return
             result = await self.state.cancel_order(slot, current[0], oid)
-            if result == "gone":
-                await self.reject(m, pid, RejectReason.UNKNOWN_ORDER, "already cancelled", ref)
-                return
-            if result == "ok":
-                self.svc.metrics.cancels.labels(self.svc.region, "cancelled").inc()
+            if result in ("ok", "gone"):  # gone: cancelled before; a repeated cancel gets the same answer
+                self.svc.metrics.cancels.labels(self.svc.region, "cancelled" if result == "ok" else "repeated").inc()
                 await self.svc.publish(t.OrderCancelled(region=m.region, participant_id=pid, client_order_id=ref,
                                                         order_id=oid, slot=m.slot),
                                        self.svc.keys.to(pid, ORDER_CANCELLED))

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from services.participants.profiles import Household, deliver
+from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
 from shared.market import GridPrices, Slot
 from shared.messages import CONTENT_TYPE, decode, encode
@@ -51,9 +51,12 @@ class Participant:
             self.joined.set()
         elif isinstance(message, t.Rejected):
             c.tally.rejections[message.reason] += 1
-            self._answered(message.reference, message)
+            self._answered(message.reference if message.request != "CancelOrder" else f"cancel-{message.reference}",
+                           message)
         elif isinstance(message, t.OrderAccepted):
             self._answered(message.client_order_id, message)
+        elif isinstance(message, t.OrderCancelled):
+            self._answered(f"cancel-{message.client_order_id}", message)
         elif isinstance(message, t.SettlementsNotice):
             sold = self.sold.setdefault((message.slot.start, message.slot.end), {})
             for s in message.settlements:
@@ -61,6 +64,22 @@ class Participant:
                     sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
         elif isinstance(message, t.RoundStarted):
             await self.play(message)
+
+    async def requote(self, order: t.OrderAccepted) -> None:
+        """Now and then a household changes its mind: it cancels an order and quotes again."""
+        c = self.c
+        cancelled = self.answers.setdefault(f"cancel-{order.client_order_id}",
+                                            asyncio.get_running_loop().create_future())
+        await c.send(t.CancelOrder(region=c.region, participant_id=self.pid, client_order_id=order.client_order_id,
+                                   slot=order.slot), k.CANCEL)
+        if not isinstance(await asyncio.wait_for(cancelled, timeout=60), t.OrderCancelled):
+            return
+        again = f"{order.client_order_id}-r"
+        answered = self.answers.setdefault(again, asyncio.get_running_loop().create_future())
+        await c.send(t.SubmitOrder(region=c.region, participant_id=self.pid, client_order_id=again, side=order.side,
+                                   quantity_wh=max(1, order.quantity_wh // 2), price=order.price,
+                                   source=order.source, slot=order.slot), k.ORDER)
+        await asyncio.wait_for(answered, timeout=60)
 
     def _answered(self, client_order_id: str, message: t.Message) -> None:
         waiting = self.answers.pop(client_order_id, None)
@@ -93,7 +112,10 @@ class Participant:
                                                   slot=r.next_settle), k.ORDER))
         await asyncio.gather(*sends)
         # Done with the round only once the market has answered every order.
-        await asyncio.wait_for(asyncio.gather(*answers), timeout=60)
+        results = await asyncio.wait_for(asyncio.gather(*answers), timeout=60)
+        changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
+        if results and isinstance(results[0], t.OrderAccepted) and changes_mind:
+            await self.requote(results[0])
         await c.send(t.FinishRound(region=region, participant_id=self.pid, round_start=r.current_round.start),
                      k.FINISH)
 

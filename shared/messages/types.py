@@ -15,8 +15,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # safe inside routing keys
-PriceText = Annotated[str, Meta(pattern=r"^-?[0-9]{1,9}(\.[0-9]{1,12})?$")]
+# \Z, not $: a "$" also matches before a trailing newline, and "p1\n" is not an id.
+Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]  # safe inside routing keys
+PriceText = Annotated[str, Meta(pattern=r"^-?[0-9]{1,9}(\.[0-9]{1,12})?\Z")]
 Reason = Annotated[str, Meta(max_length=64)]
 Text = Annotated[str, Meta(max_length=1000)]
 Source = Annotated[str, Meta(max_length=32)]

@@ -1,0 +1,64 @@
+"""Real-time rounds on wall-clock boundaries; a participant that goes silent drops out of
+the simulation barrier after its liveness timeout instead of stalling the market."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import aio_pika
+
+from services.ensemble import Ensemble
+from services.participants.community import Community
+from shared.messages import encode
+from shared.messages import types as t
+from shared.runtime.settings import from_env
+from tests.e2e.conftest import opened, run, sim_env
+
+
+def clock_events(log_dir: Path, event: str) -> list[dict[str, object]]:
+    lines = (log_dir / "clock.log").read_text().splitlines()
+    return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e.get("event") == event]
+
+
+async def test_real_time_rounds_start_on_wall_clock_boundaries_and_reconcile(region: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = sim_env(region, url, 6, MICROTE_CLOCK_MODE="realtime", MICROTE_ROUND_SECONDS="2",
+                  MICROTE_READING_DEADLINE_S="2", MICROTE_HORIZON_S="3600")
+    began = time.time()
+    await run(env, tmp_path)
+    starts = [int(e["round"]) for e in clock_events(tmp_path / "logs", "round_started")]  # type: ignore[call-overload]
+    assert len(starts) == 6
+    assert all(s % 2 == 0 for s in starts)
+    assert starts == list(range(starts[0], starts[0] + 12, 2))
+    assert began - 2 <= starts[0] <= time.time()  # market time is wall time
+    store = await opened(url)
+    try:
+        from shared.runtime.audit import audit
+
+        result = await audit(store, from_env(env).market)
+    finally:
+        await store.close()
+    assert result.problems == []
+    assert result.slots == 6
+
+
+async def test_a_participant_that_goes_silent_drops_out_of_the_barrier(region: str, tmp_path: Path) -> None:
+    env = sim_env(region, f"sqlite:///{tmp_path / 'ledger.sqlite'}", 8, MICROTE_MEMBER_TIMEOUT_S="3",
+                  MICROTE_ROUND_TIMEOUT_S="60")
+    settings = from_env(env)
+
+    async def ghost_joins(ensemble: Ensemble, sim: Community) -> None:
+        connection = await aio_pika.connect(settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange("microte")
+            await exchange.publish(aio_pika.Message(encode(t.JoinMarket(region=region, participant_id="ghost"))),
+                                   routing_key=f"{region}.in.member")
+
+    began = time.monotonic()
+    await run(env, tmp_path, during=ghost_joins)
+    # Waiting for the ghost forever would take 60 s a round; it is dropped after about 3 s.
+    assert time.monotonic() - began < 60
+    assert clock_events(tmp_path / "logs", "round_timed_out") == []

@@ -1,0 +1,243 @@
+"""The wire contract: every message round-trips, and decoding is strict (STYLE.md habit 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from shared.messages import Undecodable, decode, decode_as, encode, sender_of
+from shared.messages import types as t
+
+SLOT = t.Slot(600, 660)
+SETTLEMENT = t.SettlementRecord(
+    settlement_id="s1", source="solar", buyer="b1", seller="a1", bid_id="o1", ask_id="o2",
+    quantity_wh=1500, buy_price="0.11", sell_price="0.11",
+)
+ENTRY = t.EntryRecord(
+    entry_id="e1", kind="p2p", seller="a1", buyer="b1", source="solar", quantity_wh=1500,
+    buy_price="0.11", sell_price="0.11", settlement_id="s1", matched_at_ms=540_000,
+)
+
+SAMPLES: dict[type[t.Message], t.Message] = {
+    t.JoinMarket: t.JoinMarket(region="r1", participant_id="p1"),
+    t.Heartbeat: t.Heartbeat(region="r1", participant_id="p1"),
+    t.LeaveMarket: t.LeaveMarket(region="r1", participant_id="p1"),
+    t.SubmitOrder: t.SubmitOrder(region="r1", participant_id="p1", client_order_id="c1", side="bid",
+                                 quantity_wh=1500, price="0.1449", source="solar", slot=SLOT),
+    t.CancelOrder: t.CancelOrder(region="r1", participant_id="p1", client_order_id="c1", slot=SLOT),
+    t.SubmitReading: t.SubmitReading(region="r1", participant_id="p1", slot=SLOT, import_wh=300,
+                                     export_wh={"solar": 1200, "bess": 5}, self_consumed_wh={"solar": 40}),
+    t.FinishRound: t.FinishRound(region="r1", participant_id="p1", round_start=540),
+    t.MemberJoined: t.MemberJoined(region="r1", participant_id="p1", joined_at_ms=1_700_000_000_000),
+    t.MemberLeft: t.MemberLeft(region="r1", participant_id="p1"),
+    t.OrderAccepted: t.OrderAccepted(region="r1", order_id="o1", client_order_id="c1", participant_id="p1",
+                                     side="ask", quantity_wh=1500, price="0.1", source="wind", slot=SLOT, seq=7,
+                                     submitted_at_ms=1, duplicate=True),
+    t.OrderCancelled: t.OrderCancelled(region="r1", participant_id="p1", client_order_id="c1", order_id="o1",
+                                       slot=SLOT),
+    t.Rejected: t.Rejected(region="r1", participant_id="p1", request="SubmitOrder", reason="gate_closed",
+                           detail="slot 600-660 while round 600 is current", reference="c1"),
+    t.ReadingAccepted: t.ReadingAccepted(region="r1", participant_id="p1", slot=SLOT, import_wh=0, export_wh={},
+                                         self_consumed_wh={"wind": 3}, received_at_ms=9, duplicate=False),
+    t.SettlementsNotice: t.SettlementsNotice(region="r1", participant_id="p1", slot=SLOT, settlements=[SETTLEMENT]),
+    t.Statement: t.Statement(region="r1", participant_id="p1", slot=SLOT,
+                             entries=[ENTRY, msgspec.structs.replace(ENTRY, entry_id="e2", settlement_id=None,
+                                                                      matched_at_ms=None)]),
+    t.RoundStarted: t.RoundStarted(region="r1", fence=3, started_at_ms=540_000, duration=60, close_steps=2,
+                                   timezone="America/Vancouver", current_round=t.Slot(540, 600),
+                                   last_settle=t.Slot(600, 660), next_settle=t.Slot(660, 720),
+                                   grid=[t.GridQuote(slot=t.Slot(540, 600), buy_price="0.1449", sell_price="0.069"),
+                                         t.GridQuote(slot=t.Slot(660, 720), buy_price="0.42", sell_price="0.2")]),
+    t.SlotCleared: t.SlotCleared(region="r1", slot=SLOT, rule="midpoint", matched_at_ms=540_000, order_count=2,
+                                 settlements=[SETTLEMENT]),
+    t.SlotReconciled: t.SlotReconciled(region="r1", slot=SLOT, reconciled_at_ms=720_000, missing_readings=["p9"],
+                                       entries=[ENTRY]),
+    t.SlotRecorded: t.SlotRecorded(region="r1", slot=SLOT, entry_count=1),
+}
+
+
+def as_dict(message: t.Message) -> dict[str, Any]:
+    data = msgspec.msgpack.decode(encode(message))
+    assert isinstance(data, dict)
+    return data
+
+
+def decode_changed(message: t.Message, **changes: Any) -> t.Message:
+    return decode(msgspec.msgpack.encode({**as_dict(message), **changes}))
+
+
+def test_there_is_a_sample_of_every_message_type() -> None:
+    assert set(SAMPLES) == set(t.ALL_MESSAGES)
+    assert len(set(t.ALL_MESSAGES)) == len(t.ALL_MESSAGES)
+
+
+@pytest.mark.parametrize("kind", t.ALL_MESSAGES, ids=lambda k: k.__name__)
+def test_every_message_type_round_trips(kind: type[t.Message]) -> None:
+    message = SAMPLES[kind]
+    raw = encode(message)
+    assert decode(raw) == message
+    assert type(decode(raw)) is kind
+    assert decode_as(raw, kind) == message
+    assert as_dict(message)["type"] == kind.__name__
+
+
+def test_decode_as_refuses_a_message_of_another_type() -> None:
+    with pytest.raises(Undecodable, match="expected SubmitOrder or CancelOrder, got Heartbeat"):
+        decode_as(encode(SAMPLES[t.Heartbeat]), t.SubmitOrder, t.CancelOrder)
+
+
+def test_defaults_let_a_sender_leave_out_optional_fields() -> None:
+    data = as_dict(SAMPLES[t.SubmitReading])
+    del data["export_wh"], data["self_consumed_wh"]
+    message = decode(msgspec.msgpack.encode(data))
+    assert isinstance(message, t.SubmitReading) and (message.export_wh, message.self_consumed_wh) == ({}, {})
+
+
+# --- strictness ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [(t.SubmitOrder, "quantity_wh"), (t.SubmitReading, "import_wh"), (t.FinishRound, "round_start"),
+     (t.OrderAccepted, "seq")],
+)
+@pytest.mark.parametrize("value", ["1500", 1500.0, True, None, [1500]])
+def test_a_value_that_is_not_an_integer_where_an_integer_belongs_is_undecodable(
+    kind: type[t.Message], field: str, value: Any
+) -> None:
+    with pytest.raises(Undecodable):
+        decode_changed(SAMPLES[kind], **{field: value})
+
+
+@pytest.mark.parametrize("price", [0.1449, 1, 0, True, "0.1.2", "1e-3", "abc", "", " 0.1", "0,1", "0.1\n"])
+def test_a_price_that_is_not_exact_decimal_text_is_undecodable(price: Any) -> None:
+    with pytest.raises(Undecodable):
+        decode_changed(SAMPLES[t.SubmitOrder], price=price)
+
+
+def test_a_float_price_inside_a_nested_record_is_undecodable() -> None:
+    data = as_dict(SAMPLES[t.SlotCleared])
+    data["settlements"][0]["buy_price"] = 0.11
+    with pytest.raises(Undecodable):
+        decode(msgspec.msgpack.encode(data))
+
+
+def test_a_reading_value_that_is_not_an_integer_is_undecodable() -> None:
+    with pytest.raises(Undecodable):
+        decode_changed(SAMPLES[t.SubmitReading], export_wh={"solar": "1200"})
+
+
+@pytest.mark.parametrize("kind", t.ALL_MESSAGES, ids=lambda k: k.__name__)
+def test_an_unknown_field_is_undecodable(kind: type[t.Message]) -> None:
+    with pytest.raises(Undecodable, match="unknown field"):
+        decode_changed(SAMPLES[kind], surprise=1)
+
+
+def test_an_unknown_field_in_a_nested_record_is_undecodable() -> None:
+    data = as_dict(SAMPLES[t.Statement])
+    data["entries"][0]["surprise"] = 1
+    with pytest.raises(Undecodable):
+        decode(msgspec.msgpack.encode(data))
+
+
+@pytest.mark.parametrize("slot", [[600], [600, 660, 720], ["600", 660], {"start": 600, "end": 660}])
+def test_a_slot_that_is_not_exactly_two_integers_is_undecodable(slot: Any) -> None:
+    with pytest.raises(Undecodable):
+        decode_changed(SAMPLES[t.CancelOrder], slot=slot)
+
+
+def test_a_missing_required_field_is_undecodable() -> None:
+    data = as_dict(SAMPLES[t.SubmitOrder])
+    del data["quantity_wh"]
+    with pytest.raises(Undecodable, match="quantity_wh"):
+        decode(msgspec.msgpack.encode(data))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xc1",  # never used in MessagePack
+        b"not msgpack at all",
+        b"\xd4\x01\x00",  # an extension type
+        b"\x91" * 10_000,  # deeply nested arrays
+        b"\xdd\xff\xff\xff\xff",  # an array claiming 4 billion items
+        msgspec.msgpack.encode(1500),
+        msgspec.msgpack.encode(["JoinMarket", "r1", "p1"]),
+        msgspec.msgpack.encode({"region": "r1", "participant_id": "p1"}),  # no type tag
+        msgspec.msgpack.encode({"type": "DropTables", "region": "r1"}),
+        msgspec.msgpack.encode({"type": "Message", "region": "r1"}),  # the untagged base
+        encode(SAMPLES[t.SubmitOrder])[:-3],  # truncated
+    ],
+)
+def test_garbage_bytes_are_undecodable(raw: bytes) -> None:
+    with pytest.raises(Undecodable):
+        decode(raw)
+
+
+# --- ids go into routing keys ----------------------------------------------------------
+
+
+def id_fields(kind: type[msgspec.Struct]) -> list[str]:
+    info = msgspec.inspect.type_info(kind)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return [f.name for f in info.fields
+            if isinstance(f.type, msgspec.inspect.StrType) and "A-Za-z" in (f.type.pattern or "")]
+
+
+ID_FIELDS = [(kind, name) for kind in t.ALL_MESSAGES for name in id_fields(kind)]
+
+
+def test_every_message_has_its_region_and_participant_ids_constrained() -> None:
+    for kind in t.ALL_MESSAGES:
+        assert "region" in id_fields(kind), kind.__name__
+    assert (t.SubmitOrder, "client_order_id") in ID_FIELDS
+    assert (t.OrderAccepted, "order_id") in ID_FIELDS
+
+
+@pytest.mark.parametrize(("kind", "field"), ID_FIELDS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize("bad", ["a.b", "a#b", "a*b", "#", "a b", "", "x" * 65, "a/b", "é", "p1\n", "\np1"])
+def test_an_id_that_could_change_a_routing_key_is_undecodable(kind: type[t.Message], field: str, bad: str) -> None:
+    with pytest.raises(Undecodable):
+        decode_changed(SAMPLES[kind], **{field: bad})
+
+
+@pytest.mark.parametrize("good", ["p1", "P-1_x", "x" * 64, "0"])
+def test_ids_of_letters_digits_dashes_and_underscores_up_to_64_long_are_fine(good: str) -> None:
+    message = decode_changed(SAMPLES[t.JoinMarket], participant_id=good)
+    assert isinstance(message, t.JoinMarket) and message.participant_id == good
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a#b", "p1\n"])
+def test_an_id_inside_a_nested_record_is_checked_too(bad: str) -> None:
+    data = as_dict(SAMPLES[t.SlotCleared])
+    data["settlements"][0]["buyer"] = bad
+    with pytest.raises(Undecodable):
+        decode(msgspec.msgpack.encode(data))
+    data = as_dict(SAMPLES[t.SlotReconciled])
+    data["missing_readings"] = [bad]
+    with pytest.raises(Undecodable):
+        decode(msgspec.msgpack.encode(data))
+
+
+# --- addressing a rejection ------------------------------------------------------------
+
+
+def test_the_sender_of_an_undecodable_message_is_found_when_it_can_be() -> None:
+    raw = msgspec.msgpack.encode({**as_dict(SAMPLES[t.SubmitOrder]), "quantity_wh": "1500"})
+    with pytest.raises(Undecodable):
+        decode(raw)
+    assert sender_of(raw) == ("p1", "c1")
+    assert sender_of(msgspec.msgpack.encode({"participant_id": "p1"})) == ("p1", "")
+    assert sender_of(msgspec.msgpack.encode({"participant_id": "p1", "client_order_id": 5})) == ("p1", "")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xc1", msgspec.msgpack.encode([1, 2]), msgspec.msgpack.encode({"participant_id": "a.b"}),
+     msgspec.msgpack.encode({"participant_id": 7}), msgspec.msgpack.encode({})],
+)
+def test_no_sender_is_made_up_for_garbage_or_a_bad_id(raw: bytes) -> None:
+    assert sender_of(raw) is None

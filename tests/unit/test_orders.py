@@ -1,0 +1,157 @@
+"""Order validation: one rejection reason per broken rule (MARKET.md section 4)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from shared.market import (
+    OrderTerms,
+    Pool,
+    Rejection,
+    RejectReason,
+    Schedule,
+    Side,
+    Slot,
+    accept,
+    classify_source,
+    validate_order,
+)
+
+SCHEDULE = Schedule(duration=60, close_steps=2)
+ROUND = 6000
+NEXT_SETTLE = Slot(6120, 6180)
+
+
+def validate(**changes: Any) -> OrderTerms | Rejection:
+    terms: dict[str, Any] = {
+        "participant_id": "p1",
+        "side": "bid",
+        "quantity_wh": 1500,
+        "price": Decimal("0.1200"),
+        "source": "solar",
+        "slot": NEXT_SETTLE,
+        "schedule": SCHEDULE,
+        "round_start": ROUND,
+    }
+    terms.update(changes)
+    return validate_order(**terms)
+
+
+def reason_of(result: OrderTerms | Rejection) -> RejectReason | None:
+    return result.reason if isinstance(result, Rejection) else None
+
+
+def test_a_valid_order_is_returned_as_its_normalised_terms() -> None:
+    assert validate() == OrderTerms(
+        participant_id="p1", side=Side.BID, quantity_wh=1500, price=Decimal("0.12"), source="solar", slot=NEXT_SETTLE
+    )
+
+
+@pytest.mark.parametrize("quantity", [0, -1, -1500, True, False, 1.0, 1500.0, "1500", None, Decimal(1500)])
+def test_a_quantity_that_is_not_a_positive_integer_is_invalid_quantity(quantity: Any) -> None:
+    assert reason_of(validate(quantity_wh=quantity)) is RejectReason.INVALID_QUANTITY
+
+
+@pytest.mark.parametrize("quantity", [1, 2**40])
+def test_any_positive_integer_quantity_is_accepted(quantity: int) -> None:
+    result = validate(quantity_wh=quantity)
+    assert isinstance(result, OrderTerms) and result.quantity_wh == quantity
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        Decimal("0.00005"),  # off the 0.0001 tick
+        Decimal("0.12345"),
+        Decimal("-0.0001"),  # negative, on the tick
+        Decimal("-1"),
+        Decimal("10.0001"),  # above the default cap of 10
+        Decimal("1E+3"),
+        Decimal("NaN"),
+        Decimal("Infinity"),
+        0.12,  # a binary float is never a price
+        "0.12",
+        None,
+    ],
+)
+def test_a_price_off_the_tick_negative_above_the_cap_or_not_a_decimal_is_invalid_price(price: Any) -> None:
+    assert reason_of(validate(price=price)) is RejectReason.INVALID_PRICE
+
+
+@pytest.mark.parametrize("price", ["0", "0.0001", "0.1449", "10", "10.0000"])
+def test_prices_from_zero_up_to_the_cap_on_the_tick_are_accepted(price: str) -> None:
+    result = validate(price=Decimal(price))
+    assert isinstance(result, OrderTerms) and result.price == Decimal(price)
+
+
+def test_the_price_cap_is_configurable() -> None:
+    assert reason_of(validate(price=Decimal("0.5001"), price_cap=Decimal("0.5"))) is RejectReason.INVALID_PRICE
+    assert isinstance(validate(price=Decimal("0.5"), price_cap=Decimal("0.5")), OrderTerms)
+
+
+@pytest.mark.parametrize("source", ["grid", "GRID", "coal", "", "sol ar", "solar ", "bess2"])
+def test_a_source_other_than_solar_wind_or_bess_is_unknown_source(source: str) -> None:
+    assert reason_of(validate(source=source)) is RejectReason.UNKNOWN_SOURCE
+    assert classify_source(source) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "normalised", "pool"),
+    [
+        ("SOLAR", "solar", Pool.NON_DISPATCH),
+        ("Solar", "solar", Pool.NON_DISPATCH),
+        ("wInD", "wind", Pool.NON_DISPATCH),
+        ("BESS", "bess", Pool.DISPATCH),
+        ("bess", "bess", Pool.DISPATCH),
+    ],
+)
+def test_sources_are_classified_case_insensitively_and_stored_in_lower_case(
+    source: str, normalised: str, pool: Pool
+) -> None:
+    assert classify_source(source) == (normalised, pool)
+    result = validate(source=source)
+    assert isinstance(result, OrderTerms) and result.source == normalised
+
+
+@pytest.mark.parametrize("side", ["buy", "sell", "BID", "", None])
+def test_a_side_other_than_bid_or_ask_is_invalid_side(side: Any) -> None:
+    assert reason_of(validate(side=side)) is RejectReason.INVALID_SIDE
+
+
+def test_an_ask_is_accepted_as_an_ask() -> None:
+    result = validate(side="ask")
+    assert isinstance(result, OrderTerms) and result.side is Side.ASK
+
+
+def test_a_misaligned_slot_is_misaligned_slot() -> None:
+    assert reason_of(validate(slot=Slot(6150, 6210))) is RejectReason.MISALIGNED_SLOT
+
+
+@pytest.mark.parametrize("slot", [Slot(6060, 6120), Slot(6000, 6060), Slot(5940, 6000)])
+def test_an_order_for_a_slot_whose_gate_closed_is_gate_closed(slot: Slot) -> None:
+    assert reason_of(validate(slot=slot)) is RejectReason.GATE_CLOSED
+
+
+def test_an_order_for_a_slot_beyond_the_horizon_is_beyond_horizon() -> None:
+    assert reason_of(validate(slot=Slot(ROUND + 86_400, ROUND + 86_460))) is RejectReason.BEYOND_HORIZON
+    assert isinstance(validate(slot=Slot(ROUND + 86_340, ROUND + 86_400)), OrderTerms)
+
+
+def test_every_rejection_says_why_in_words() -> None:
+    for changes in ({"quantity_wh": 0}, {"price": Decimal("-1")}, {"source": "grid"}, {"slot": Slot(0, 60)}):
+        result = validate(**changes)
+        assert isinstance(result, Rejection) and result.detail
+
+
+def test_accepting_terms_adds_the_server_facts_and_keeps_the_terms() -> None:
+    terms = validate(source="WIND", side="ask")
+    assert isinstance(terms, OrderTerms)
+    order = accept(terms, order_id="o-1", client_order_id="c-1", seq=42, submitted_at_ms=6_000_123)
+    assert (order.order_id, order.client_order_id, order.seq, order.submitted_at_ms) == ("o-1", "c-1", 42, 6_000_123)
+    assert (order.participant_id, order.side, order.quantity_wh, order.price, order.source, order.slot) == (
+        "p1", Side.ASK, 1500, Decimal("0.12"), "wind", NEXT_SETTLE)
+    assert order.pool is Pool.NON_DISPATCH
+    assert order.price_ticks == 1200
