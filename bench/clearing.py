@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the naive reference lives with the tests
 sys.path.insert(0, str(ROOT))
 
-from reference import naive_clear  # noqa: E402
+from reference import naive_clear, seed_walk  # noqa: E402
 
 from shared.market import Book, Order, PricingRule, Side, Slot, clear, match_book  # noqa: E402
 
@@ -136,21 +136,22 @@ def digest(fills: list[tuple[str, str, int, Decimal, Decimal]]) -> str:
 _CHILD_ORDERS: list[Order] = []
 
 
-def _naive_child(conn: Any, rule: str) -> None:
+def _naive_child(conn: Any, rule: str, walk: Callable[..., Any]) -> None:
     gc.disable()
     start = time.perf_counter()
-    fills = naive_clear(_CHILD_ORDERS, rule)
+    fills = walk(_CHILD_ORDERS, rule)
     conn.send((time.perf_counter() - start, len(fills), digest(fills)))
     conn.close()
 
 
-def run_naive(orders: list[Order], rule: str, budget_s: float) -> tuple[float, int, str] | None:
-    """The naive walk in a forked child; None if it did not finish within ``budget_s``."""
+def run_naive(orders: list[Order], rule: str, budget_s: float,
+              walk: Callable[..., Any] = naive_clear) -> tuple[float, int, str] | None:
+    """A reference walk in a forked child; None if it did not finish within ``budget_s``."""
     global _CHILD_ORDERS
     _CHILD_ORDERS = orders  # a forked child sees it without pickling
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_naive_child, args=(child, rule), daemon=True)
+    process = ctx.Process(target=_naive_child, args=(child, rule, walk), daemon=True)
     process.start()
     child.close()
     try:
@@ -190,10 +191,11 @@ def bench_regime(name: str, participants_of: Callable[[int], int], sizes: list[i
     print(f"\n== {name} ==")
     header = (f"{'orders/side':>11} {'particip.':>9} {'fills':>10} {'reps':>4} {'match_book':>11} "
               f"{'from_orders':>11} {'clear':>10} {'naive':>10} {'sort floor':>10} {'match/sort':>10} "
-              f"{'naive/match':>11}  naive agrees")
+              f"{'naive/match':>11} {'seed walk':>10} {'seed/match':>10}  naive agrees")
     print(header)
     print("-" * len(header))
     naive_over: int | None = None
+    seed_over: int | None = None
     notes: list[str] = []
     for per_side in sizes:
         participants = participants_of(per_side)
@@ -220,11 +222,24 @@ def bench_regime(name: str, participants_of: Callable[[int], int], sizes: list[i
                 t_naive, naive_fills, naive_digest = naive
                 agree = (naive_fills == len(fills[0]) and
                          (fast_digest is None or naive_digest == fast_digest))
+        t_seed = None
+        if seed_over is None:
+            seeded = run_naive(orders, str(rule), budget_s, seed_walk)
+            if seeded is None:
+                seed_over = per_side
+                notes.append(f"seed walk: {label(per_side)} per side did not finish within {budget_s:.0f} s; "
+                             "larger sizes skipped")
+            else:
+                t_seed = seeded[0]
+                agree = bool(agree is not False and seeded[1] == len(fills[0]) and
+                             (fast_digest is None or seeded[2] == fast_digest))
         print(f"{label(per_side):>11} {participants:>9,} {len(fills[0]):>10,} {reps:>4} {fmt_s(t_match):>11} "
               f"{fmt_s(t_build):>11} {fmt_s(t_clear):>10} "
               f"{fmt_s(t_naive) if naive_over != per_side else f'>{budget_s:.0f} s':>10} "
               f"{fmt_s(t_sort):>10} {fmt_ratio(t_match / t_sort):>10} "
-              f"{fmt_ratio(t_naive / t_match if t_naive else None):>11}  "
+              f"{fmt_ratio(t_naive / t_match if t_naive else None):>11} "
+              f"{fmt_s(t_seed) if seed_over != per_side else f'>{budget_s:.0f} s':>10} "
+              f"{fmt_ratio(t_seed / t_match if t_seed else None):>10}  "
               f"{'-' if agree is None else ('yes' if agree else 'NO')}", flush=True)
     for note in notes:
         print(f"  note: {note}")

@@ -13,6 +13,7 @@ pair trades only when the two prices are equal.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -69,4 +70,36 @@ def naive_clear(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
                 else:
                     raise ValueError(f"unknown pricing rule {rule!r}")
                 fills.append((bid.order_id, ask.order_id, quantity, buy, sell))
+    return fills
+
+
+def seed_walk(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
+    """The seed's own loop, literally: every (bid, ask) pair of a pool, ``itertools.product``,
+    skipping (never stopping at) the pairs that cannot trade. Same fills as ``naive_clear``;
+    it is the O(bids x asks) baseline that the issue's speed target is stated against."""
+    book = list(orders)
+    fills: list[Fill] = []
+    for pool in POOLS:
+        bids = sorted((o for o in book if o.side == "bid" and o.source in pool),
+                      key=lambda o: (-_ticks(o.price), o.seq, o.order_id))
+        asks = sorted((o for o in book if o.side == "ask" and o.source in pool),
+                      key=lambda o: (_ticks(o.price), o.seq, o.order_id))
+        left = {o.order_id: o.quantity_wh for o in bids + asks}
+        for bid, ask in itertools.product(bids, asks):
+            if ask.price != bid.price and rule == "equal_price":
+                continue
+            if ask.price > bid.price or bid.participant_id == ask.participant_id or bid.source != ask.source:
+                continue
+            if left[bid.order_id] <= 0 or left[ask.order_id] <= 0:
+                continue
+            quantity = min(left[bid.order_id], left[ask.order_id])
+            left[bid.order_id] -= quantity
+            left[ask.order_id] -= quantity
+            if rule == "midpoint":
+                buy = sell = (bid.price + ask.price) / 2
+            elif rule == "pay_as_bid":
+                buy, sell = bid.price, ask.price
+            else:
+                buy = sell = bid.price
+            fills.append((bid.order_id, ask.order_id, quantity, buy, sell))
     return fills

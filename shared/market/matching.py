@@ -91,17 +91,33 @@ class Book:
             source=column(_SOURCE_CODES[o.source] for o in rows),
         )
 
-    def ranked(self, pool: int, ask: bool) -> IntArray:
-        """Rows of one side of one pool in priority order."""
-        rows = np.flatnonzero((self.is_ask == ask) & (_POOL_OF_CODE[self.source] == pool))
-        seq, price = self.seq[rows], self.price[rows]
-        keys: list[IntArray] = [seq, price if ask else -price]
-        ordered = np.sort(seq)
-        if bool((ordered[1:] == ordered[:-1]).any()):
-            # Acceptance sequences should be unique; if not, the order id decides.
-            ids = np.array([self.orders[i].order_id for i in rows.tolist()])
-            keys.insert(0, np.unique(ids, return_inverse=True)[1].astype(np.int64))
-        return rows[np.lexsort(keys)] if len(rows) else rows
+    def ranked(self) -> dict[tuple[int, bool], IntArray]:
+        """Rows of each (pool, side) in priority order, from one sort of the whole book."""
+        pool = _POOL_OF_CODE[self.source]
+        signed = np.where(self.is_ask == 1, self.price, -self.price)  # asks cheapest first, bids dearest
+        group = pool * 2 + self.is_ask
+        rows = self._sort(group, signed)
+        bounds = np.searchsorted(group[rows], np.arange(2 * len(POOL_ORDER) + 1)).tolist()
+        return {(p, bool(a)): rows[bounds[2 * p + a]:bounds[2 * p + a + 1]]
+                for p in range(len(POOL_ORDER)) for a in (0, 1)}
+
+    def _sort(self, group: IntArray, signed: IntArray) -> IntArray:
+        n = len(self.orders)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        # One int64 key (group | price | sequence) sorts in one pass when the values fit;
+        # equal keys are exactly the ties that the order id must break.
+        if (0 <= int(self.seq.min()) and int(self.seq.max()) < 1 << 40
+                and -(1 << 19) < int(signed.min()) and int(signed.max()) < 1 << 19):
+            key = (group << 60) | ((signed + (1 << 19)) << 40) | self.seq
+            rows = np.argsort(key, kind="stable")
+            ordered = key[rows]
+            if not bool((ordered[1:] == ordered[:-1]).any()):
+                return rows
+        keys: list[IntArray] = [self.seq, signed, group]
+        ids = np.array([o.order_id for o in self.orders])
+        keys.insert(0, np.unique(ids, return_inverse=True)[1].astype(np.int64))
+        return np.lexsort(keys)
 
 
 def _walk_rows(book: Book, bids: IntArray, asks: IntArray) -> Fills:
@@ -138,14 +154,17 @@ _NONE: Fills = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int
 def match_book(book: Book, rule: PricingRule) -> Fills:
     """Fills (bid row, ask row, Wh) of a slot's book, in matching order."""
     result: list[Fills] = []
+    ranked = book.ranked()
     for pool in range(len(POOL_ORDER)):
-        bids, asks = book.ranked(pool, ask=False), book.ranked(pool, ask=True)
+        bids, asks = ranked[(pool, False)], ranked[(pool, True)]
         if not len(bids) or not len(asks):
             continue
         rank = np.empty(len(book.orders), dtype=np.int64)
         rank[bids] = np.arange(len(bids))
         parts = []
-        for source in np.intersect1d(book.source[bids], book.source[asks]).tolist():
+        present = (np.bincount(book.source[bids], minlength=len(_SOURCES)) > 0) & (
+            np.bincount(book.source[asks], minlength=len(_SOURCES)) > 0)
+        for source in np.flatnonzero(present).tolist():
             part = _source_fills(book, bids[book.source[bids] == source], asks[book.source[asks] == source], rule)
             if len(part[0]):
                 parts.append(part)

@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 from builders import REGION, SLOT, order
 from hypothesis import given
-from reference import naive_clear
+from reference import naive_clear, seed_walk
 from strategies import books, price_of, random_book, random_large_book
 
 from shared.market import Order, PricingRule, clear
@@ -119,3 +119,19 @@ def test_a_bulk_run_followed_by_repeated_owner_conflicts_matches_the_naive_walk(
     book = [order(f"o{seq}", who, side, q, price_of(ticks), seq=seq) for seq, (who, side, q, ticks) in enumerate(rows)]
     for rule in RULES:
         assert_same(book, rule)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_the_seeds_literal_pair_loop_gives_the_same_fills_as_the_naive_walk(rule: PricingRule) -> None:
+    import random
+
+    rng = random.Random(f"seed-walk-{rule}")
+    for _ in range(300):
+        orders = [
+            Order(order_id=f"o{i}", client_order_id=f"c{i}", participant_id=f"p{rng.randrange(4)}",
+                  side=rng.choice(("bid", "ask")), quantity_wh=rng.randint(1, 40),  # type: ignore[arg-type]
+                  price=Decimal(rng.randint(0, 12)) / 100, source=rng.choice(("solar", "wind", "bess")),
+                  slot=SLOT, seq=rng.randrange(30), submitted_at_ms=0)
+            for i in range(rng.randint(0, 30))
+        ]
+        assert seed_walk(orders, str(rule)) == naive_clear(orders, str(rule))
