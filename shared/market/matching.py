@@ -107,8 +107,8 @@ class Book:
             return np.zeros(0, dtype=np.int64)
         # One int64 key (group | price | sequence) sorts in one pass when the values fit;
         # equal keys are exactly the ties that the order id must break.
-        if (0 <= int(self.seq.min()) and int(self.seq.max()) < 1 << 40
-                and -(1 << 19) < int(signed.min()) and int(signed.max()) < 1 << 19):
+        if (int(self.seq.min()) >= 0 and int(self.seq.max()) < 1 << 40
+                and int(signed.min()) > -(1 << 19) and int(signed.max()) < 1 << 19):
             key = (group << 60) | ((signed + (1 << 19)) << 40) | self.seq
             rows = np.argsort(key, kind="stable")
             ordered = key[rows]

@@ -32,7 +32,7 @@ from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
-from shared.messages.types import Message, Rejected
+from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
 from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics
 from shared.runtime.settings import Settings
@@ -148,6 +148,12 @@ class Service:
         context = {"message_id": msg.message_id, "message_type": type(message).__name__}
         if (pid := getattr(message, "participant_id", None)) is not None:
             context["participant_id"] = pid
+        if isinstance(message, RoundStarted):
+            context["round"] = str(message.current_round.start)
+        elif isinstance(message, FinishRound):
+            context["round"] = str(message.round_start)
+        if (slot := getattr(message, "slot", None)) is not None:
+            context["slot"] = f"{slot.start}-{slot.end}"
         with bind_context(**context):
             try:
                 await handler(message)
