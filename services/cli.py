@@ -44,7 +44,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 async def _report(settings: Settings) -> tuple[str, bool]:
     from services.report import report
-    from shared.runtime.ledger_store import open_ledger
+    from shared.runtime.ledger import open_ledger
 
     store = open_ledger(settings.ledger_url)
     await store.open()

@@ -12,7 +12,7 @@ from services.ensemble import Ensemble
 from services.participants.community import Community, Tally
 from services.participants.profiles import community
 from services.report import report
-from shared.runtime.ledger_store import open_ledger
+from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
 
 During = Callable[[Ensemble, Community], Awaitable[None]]

@@ -8,7 +8,7 @@ from decimal import Decimal
 from shared.market import GRID, MARKET, EntryKind, amount, bills
 from shared.market.numbers import ZERO
 from shared.runtime.audit import audit
-from shared.runtime.ledger_store import LedgerStore
+from shared.runtime.ledger import LedgerStore
 from shared.runtime.settings import MarketSettings
 
 _CENT = Decimal("0.01")

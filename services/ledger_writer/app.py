@@ -6,7 +6,7 @@ from services.ledger_writer.batcher import Batcher
 from services.ledger_writer.handlers import LedgerWriter
 from shared.messages import types as t
 from shared.runtime import topology as k
-from shared.runtime.ledger_store import open_ledger
+from shared.runtime.ledger import open_ledger
 from shared.runtime.service import Service
 from shared.runtime.settings import Settings
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 
-from shared.runtime.ledger_store import LedgerStore, RecordBatch, WriteResult
+from shared.runtime.ledger import LedgerStore, RecordBatch, WriteResult
 
 
 @dataclass

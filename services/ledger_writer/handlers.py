@@ -14,7 +14,7 @@ from shared.messages.convert import (
     slot_from_wire,
     slot_to_wire,
 )
-from shared.runtime.ledger_store import RecordBatch, WriteResult
+from shared.runtime.ledger import RecordBatch, WriteResult
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service
 from shared.runtime.topology import SLOT_RECORDED

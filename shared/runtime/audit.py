@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from shared.market import LedgerEntry, Order, Reading, Settlement, Slot, clear, reconcile, violations
-from shared.runtime.ledger_store import LedgerStore
+from shared.runtime.ledger import LedgerStore
 from shared.runtime.settings import MarketSettings
 
 

@@ -17,7 +17,7 @@ from services.demo import During, simulate
 from services.ensemble import purge_region
 from services.participants.community import Tally
 from services.participants.profiles import community
-from shared.runtime.ledger_store import LedgerStore, open_ledger
+from shared.runtime.ledger import LedgerStore, open_ledger
 from shared.runtime.settings import from_env
 
 PG_URL = os.environ.get("MICROTE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
