@@ -10,6 +10,7 @@ from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.codec import encode
 from shared.messages.convert import (
+    SourceRepeated,
     entry_to_wire,
     reading_from_wire,
     reading_to_wire,
@@ -49,6 +50,9 @@ class MeterCollector:
             return
         try:
             reading = reading_from_wire(m)
+        except SourceRepeated as exc:
+            await self.reject(m, RejectReason.INVALID_READING, str(exc))
+            return
         except ValueError as exc:
             await self.reject(m, RejectReason.MISALIGNED_SLOT, str(exc))
             return

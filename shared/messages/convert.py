@@ -129,13 +129,25 @@ def entries_from_wire(region: str, slot: Slot, records: Iterable[t.EntryRecord])
     ]
 
 
+class SourceRepeated(ValueError):
+    """A meter map names one source twice in different cases ("SOLAR" and "solar")."""
+
+
+def _by_source(values: dict[str, int], name: str) -> dict[str, int]:
+    out = {k.lower(): v for k, v in values.items()}
+    if len(out) != len(values):
+        raise SourceRepeated(f"{name} names a source twice: {sorted(values)}")
+    return out
+
+
 def reading_from_wire(msg: t.SubmitReading | t.ReadingAccepted) -> Reading:
+    """Raises ValueError for a bad slot, ``SourceRepeated`` for a source named twice."""
     return Reading(
         participant_id=msg.participant_id,
         slot=slot_from_wire(msg.slot),
         import_wh=msg.import_wh,
-        export_wh={k.lower(): v for k, v in msg.export_wh.items()},
-        self_consumed_wh={k.lower(): v for k, v in msg.self_consumed_wh.items()},
+        export_wh=_by_source(msg.export_wh, "export_wh"),
+        self_consumed_wh=_by_source(msg.self_consumed_wh, "self_consumed_wh"),
     )
 
 

@@ -241,3 +241,15 @@ def test_the_sender_of_an_undecodable_message_is_found_when_it_can_be() -> None:
 )
 def test_no_sender_is_made_up_for_garbage_or_a_bad_id(raw: bytes) -> None:
     assert sender_of(raw) is None
+
+
+def test_a_reading_that_names_a_source_twice_in_different_cases_is_refused() -> None:
+    from shared.messages.convert import SourceRepeated, reading_from_wire
+
+    reading = t.SubmitReading(region="r1", participant_id="p1", slot=t.Slot(0, 60), import_wh=0,
+                              export_wh={"SOLAR": 100, "solar": 5})
+    with pytest.raises(SourceRepeated):
+        reading_from_wire(reading)
+    same = t.SubmitReading(region="r1", participant_id="p1", slot=t.Slot(0, 60), import_wh=0,
+                           export_wh={"SOLAR": 100})
+    assert dict(reading_from_wire(same).export_wh) == {"solar": 100}
