@@ -67,10 +67,10 @@ class Matcher:
         for record in records:
             by_party[record.buyer].append(record)
             by_party[record.seller].append(record)
-        await self.svc.publish(t.SlotCleared(region=region, slot=wire_slot, rule=str(self.market.rule),
-                                             matched_at_ms=matched_at_ms, order_count=len(orders),
-                                             settlements=records), self.svc.keys.fact(SLOT_CLEARED))
-        await self.svc.publish_all([
+        cleared = t.SlotCleared(region=region, slot=wire_slot, rule=str(self.market.rule),
+                                matched_at_ms=matched_at_ms, order_count=len(orders), settlements=records)
+        # One batch of confirms: the broker syncs them to disk together.
+        await self.svc.publish_all([(cleared, self.svc.keys.fact(SLOT_CLEARED))] + [
             (t.SettlementsNotice(region=region, participant_id=p, slot=wire_slot, settlements=mine),
              self.svc.keys.to(p, SETTLEMENTS))
             for p, mine in sorted(by_party.items())

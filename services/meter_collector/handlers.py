@@ -148,13 +148,12 @@ class MeterCollector:
         metrics.readings_missing.labels(region).inc(len(missing))
         records = [entry_to_wire(e) for e in entries]
         wire_slot = slot_to_wire(slot)
-        await self.svc.publish(
-            t.SlotReconciled(region=region, slot=wire_slot, reconciled_at_ms=slot.end * 1000,
-                             missing_readings=missing, entries=records,
-                             settled_wh=sum(s.quantity_wh for s in settlements)),
-            self.svc.keys.fact(SLOT_RECONCILED))
+        reconciled = t.SlotReconciled(region=region, slot=wire_slot, reconciled_at_ms=slot.end * 1000,
+                                      missing_readings=missing, entries=records,
+                                      settled_wh=sum(s.quantity_wh for s in settlements))
         parties = sorted({e.seller for e in entries} | {e.buyer for e in entries} - {"grid", "market"})
-        await self.svc.publish_all([
+        # One batch of confirms: the broker syncs them to disk together.
+        await self.svc.publish_all([(reconciled, self.svc.keys.fact(SLOT_RECONCILED))] + [
             (t.Statement(region=region, participant_id=p, slot=wire_slot,
                          entries=[r for r in records if p in (r.seller, r.buyer)]), self.svc.keys.to(p, STATEMENT))
             for p in parties

@@ -149,7 +149,10 @@ class Community:
     async def run(self, joined: asyncio.Event | None = None) -> Tally:
         connection = await aio_pika.connect_robust(self.amqp_url)
         async with connection:
-            self._channel = channel = await connection.channel(publisher_confirms=True)
+            # No publisher confirms here: a confirmed persistent publish waits for the broker's disk
+            # sync (about 50 ms on this machine), and a household already waits for the market's
+            # own answer to each order, which acknowledges more than the broker can.
+            self._channel = channel = await connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=32)
             self._exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
                                                             durable=True)
