@@ -118,3 +118,12 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         stale_fence=Counter("microte_stale_fence", "Round starts ignored because their fencing number was stale",
                             (*region, "service"), registry=r),
     )
+
+
+def initialise(metrics: Metrics, region: str) -> None:
+    """Create every series whose only label is the region, at zero, so that rates and
+    alerts see the first event (a labelled series exists only once it is used)."""
+    for value in vars(metrics).values():
+        if isinstance(value, (Counter, Gauge, Histogram)) and value._labelnames == ("region",):
+            value.labels(region)
+    metrics.orders.labels(region, "accepted", "")

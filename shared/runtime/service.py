@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import socket
 import time
@@ -34,7 +35,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
 from shared.runtime.logs import bind_context, configure_logging
-from shared.runtime.metrics import create_metrics
+from shared.runtime.metrics import create_metrics, initialise
 from shared.runtime.settings import Settings
 from shared.runtime.state import RegionState
 from shared.runtime.topology import (
@@ -47,6 +48,7 @@ from shared.runtime.topology import (
 )
 
 Handler = Callable[[Any], Awaitable[None]]
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 async def _raw(msg: StreamMessage[Any]) -> bytes:
@@ -68,6 +70,7 @@ class Service:
         self.keys = Keys(self.region)
         self.log = configure_logging(name, self.region, settings.log_level)
         self.metrics = create_metrics()
+        initialise(self.metrics, self.region)
         self.broker = RabbitBroker(
             settings.amqp_url,
             graceful_timeout=15.0,
@@ -145,6 +148,8 @@ class Service:
             why = "wrong_region" if handler is not None else f"unexpected {type(message).__name__}"
             await self.dead_letter(msg, why)
             return
+        if not await self._identity_holds(msg, message):
+            return
         context = {"message_id": msg.message_id, "message_type": type(message).__name__}
         if (pid := getattr(message, "participant_id", None)) is not None:
             context["participant_id"] = pid
@@ -166,6 +171,27 @@ class Service:
                     await msg.nack(requeue=True)
                 return
         await msg.ack()
+
+    async def _identity_holds(self, msg: RabbitMessage, message: Message) -> bool:
+        """With broker identity, a request counts only from the user it names."""
+        pid = getattr(message, "participant_id", None)
+        if self.settings.identity != "broker_user" or pid is None or ".in." not in (msg.raw_message.routing_key or ""):
+            return True
+        user = msg.raw_message.user_id
+        if user == pid:
+            return True
+        self.log.warning("identity_mismatch", claimed=pid, user=user)
+        self.metrics.rejected_requests.labels(self.region, self.name, type(message).__name__, "identity_mismatch").inc()
+        if user and _ID.match(user):
+            # Answer the sender it really is, never the participant it claimed to be.
+            await self.publish(Rejected(region=self.region, participant_id=user, request=type(message).__name__,
+                                        reason="identity_mismatch",
+                                        detail=f"connected as {user!r}, sent as {pid!r}"),
+                               self.keys.to(user, REJECTED))
+            await msg.ack()
+        else:
+            await self.dead_letter(msg, "identity_mismatch: no user_id")
+        return False
 
     async def _refuse(self, msg: RabbitMessage, body: bytes, why: str) -> None:
         sender = sender_of(body)

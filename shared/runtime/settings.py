@@ -48,6 +48,10 @@ class Settings:
     rounds: int = 0  # simulation: stop after this many rounds (0: never)
     min_members: int = 0  # simulation: start a round only once this many members are active
     duplicate_delivery: bool = False  # test aid: publish every message twice
+    # "message": a request's participant_id is taken as sent (simulation, trusted networks);
+    # "broker_user": it must equal the AMQP user_id, which RabbitMQ checks against the
+    # connection's credentials (MARKET.md section 3).
+    identity: str = "message"
 
     @property
     def region(self) -> str:
@@ -55,6 +59,12 @@ class Settings:
 
     def with_market(self, **changes: object) -> Settings:
         return replace(self, market=replace(self.market, **changes))  # type: ignore[arg-type]
+
+
+def _identity(value: str) -> str:
+    if value not in ("message", "broker_user"):
+        raise SettingsError("MICROTE_IDENTITY must be 'message' or 'broker_user'")
+    return value
 
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
@@ -103,6 +113,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             rounds=int(_get(e, "ROUNDS", "0")),
             min_members=int(_get(e, "MIN_MEMBERS", "0")),
             duplicate_delivery=_get(e, "DUPLICATE_DELIVERY", "0") == "1",
+            identity=_identity(_get(e, "IDENTITY", "message")),
         )
     except (ValueError, ArithmeticError) as exc:
         raise SettingsError(f"bad microte setting: {exc}") from exc
