@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from services.ensemble import Ensemble
+from services.ensemble import Ensemble, purge_region
 from services.participants.community import Community, Tally
 from services.participants.profiles import community
 from services.report import report
@@ -50,7 +50,12 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()
-    tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir)
+    try:
+        tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir)
+    finally:
+        # The ledger keeps all a report needs; the region's queues and round state can go.
+        ids = [h.participant_id for h in community(participants, seed)]
+        await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
     print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
           f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)
     store = open_ledger(settings.ledger_url)
