@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shared.market import PricingRule, Schedule, Tariff
@@ -56,9 +56,6 @@ class Settings:
     @property
     def region(self) -> str:
         return self.market.region
-
-    def with_market(self, **changes: object) -> Settings:
-        return replace(self, market=replace(self.market, **changes))  # type: ignore[arg-type]
 
 
 def _identity(value: str) -> str:
