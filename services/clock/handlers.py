@@ -125,6 +125,7 @@ class Clock:
         w = self.market.schedule.windows(start)
         missing = []
         active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+        self.svc.metrics.members_active.labels(self.svc.region).set(len(active))
         if not active <= await self.state.finished(start):
             missing.append("participants")
         if not await self.state.is_cleared(w.last_settle):
