@@ -13,6 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from shared.runtime.settings import Settings, SettingsError, from_env
+from shared.runtime.trust import TrustError
 
 _APPS = {
     "clock": "services.clock.app",
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
-    except SettingsError as exc:
+    except (SettingsError, TrustError) as exc:
         print(f"microte: {exc}", file=sys.stderr)
         return 2
 

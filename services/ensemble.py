@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,7 +26,9 @@ def free_port() -> int:
 
 class Ensemble:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env = env
+        # The services of one ensemble share a service key that nobody else holds, so that
+        # facts and answers from anyone else are refused (shared.runtime.trust).
+        self.env = {"MICROTE_SERVICE_KEY": os.environ.get("MICROTE_SERVICE_KEY") or secrets.token_hex(32), **env}
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.ports: dict[str, int] = {}

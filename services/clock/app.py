@@ -16,11 +16,14 @@ def create(settings: Settings) -> Service:
     clock = Clock(svc)
     keys = svc.keys
     svc.consume(
-        [keys.request(k.FINISH), keys.fact(k.SLOT_CLEARED), keys.fact(k.SLOT_RECORDED)],
-        {t.FinishRound: clock.on_finish, t.SlotCleared: clock.on_slot_cleared,
-         t.SlotRecorded: clock.on_slot_recorded},
+        {
+            keys.request(k.FINISH): {t.FinishRound: clock.on_finish},
+            keys.fact(k.SLOT_CLEARED): {t.SlotCleared: clock.on_slot_cleared},
+            keys.fact(k.SLOT_RECORDED): {t.SlotRecorded: clock.on_slot_recorded},
+        },
         prefetch=256,
         single_active=True,
     )
-    svc.background(clock.run)
+    svc.background(clock.run, name="clock")
+    svc.on_stop(clock.close)
     return svc

@@ -1,9 +1,11 @@
 """clock: one per region (a Redis lease with a fencing number), broadcasts round starts.
 
-Simulation mode starts the next round as soon as the current one is complete (every
+Simulation mode starts the next round as soon as the current one is complete: every
 active participant finished it, the closing slot is cleared, the delivered slot is
-recorded in the ledger) or its timeout passed. Real-time mode starts rounds on
-wall-clock boundaries, whatever is outstanding.
+recorded in the ledger. The round timeout applies to participants only, and only while
+every service is consuming: a service that is down or behind delays the round, never
+changes its outcome. Real-time mode starts rounds on wall-clock boundaries, whatever is
+outstanding, and logs and counts what each round left undone.
 """
 
 from __future__ import annotations
@@ -15,10 +17,16 @@ import socket
 import time
 import uuid
 
+import aio_pika
+
 from shared.messages import types as t
-from shared.messages.convert import slot_to_wire
+from shared.messages.convert import slot_from_wire, slot_to_wire
 from shared.runtime.service import Service, now_ms
 from shared.runtime.topology import ROUND_STARTED
+
+# The queues whose consumers a simulated round waits for (the clock's own is not among them).
+WORKERS = ("order-intake", "matcher", "meter-collector", "ledger-writer")
+LOOP = "clock"
 
 LEASE_TTL_MS = 10_000
 RENEW_EVERY_S = 3.0
@@ -31,9 +39,13 @@ class Clock:
         self.market = service.settings.market
         self.state = service.state
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.recorded: set[tuple[int, int]] = set()
         self.wake = asyncio.Event()
         self.renewed = 0.0
+        self._inspector: aio_pika.abc.AbstractRobustConnection | None = None
+
+    async def close(self) -> None:
+        if self._inspector is not None:
+            await self._inspector.close()
 
     # --- inbound -------------------------------------------------------------------------
 
@@ -46,7 +58,7 @@ class Clock:
         self.wake.set()
 
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
-        self.recorded.add((m.slot.start, m.slot.end))
+        await self.state.mark_recorded(slot_from_wire(m.slot))  # in Redis: a restarted clock still knows
         self.wake.set()
 
     # --- the loop ---------------------------------------------------------------------------
@@ -54,6 +66,7 @@ class Clock:
     async def run(self) -> None:
         region, metrics = self.svc.region, self.svc.metrics
         while True:
+            self.svc.beat(LOOP)
             fence = await self.state.take_lease(self.holder, LEASE_TTL_MS)
             metrics.clock_leader.labels(region).set(1 if fence else 0)
             if fence is None:
@@ -93,10 +106,11 @@ class Clock:
             await self._broadcast(start, fence, final)
             if self.settings.clock_mode == "realtime":
                 await self._sleep_until_wall(start + d, fence)
+                await self.report_skipped(start)
             else:
                 await self._wait_complete(start, fence)
             self.svc.metrics.round_duration.labels(self.svc.region).observe(time.monotonic() - began)
-            await self.state.forget_round(start - d)
+            await self.state.forget_round(start - d, d)
             start += d
 
     async def _broadcast(self, start: int, fence: int, final: int) -> None:
@@ -117,6 +131,7 @@ class Clock:
         self.svc.log.info("round_started", round=start, fence=fence)
 
     async def _renew(self, fence: int) -> None:
+        self.svc.beat(LOOP)
         if await self.state.take_lease(self.holder, LEASE_TTL_MS) != fence:
             raise _LostLease
         self.renewed = time.monotonic()
@@ -130,28 +145,64 @@ class Clock:
             missing.append("participants")
         if not await self.state.is_cleared(w.last_settle):
             missing.append("clearing")
-        if (w.current_round.start, w.current_round.end) not in self.recorded:
+        if not await self.state.is_recorded(w.current_round):
             missing.append("ledger")
         return missing
 
     async def _wait_complete(self, start: int, fence: int) -> None:
-        deadline = time.monotonic() + self.settings.round_timeout_s
+        """Simulation: wait for the round's participants (at most the timeout, counted only
+        while every service consumes) and for its services (as long as it takes)."""
+        timeout = self.settings.round_timeout_s
+        deadline = time.monotonic() + timeout
+        told = 0.0
         while True:
             self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
             missing = await self._missing(start)
             if not missing:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                return
+            absent = await self._absent_services()
+            now = time.monotonic()
+            if absent or missing != ["participants"]:
+                # A service is down, behind, or still working: the participants' timeout waits too.
+                deadline = max(deadline, now + timeout) if absent else deadline
+                if now - told >= 30:
+                    self.svc.log.warning("round_waiting_for_services", round=start, missing=missing, absent=absent)
+                    told = now
+            elif now >= deadline:
                 self.svc.log.warning("round_timed_out", round=start, missing=missing)
-                for what in missing:
-                    self.svc.metrics.round_timeouts.labels(self.svc.region, what).inc()
+                self.svc.metrics.round_timeouts.labels(self.svc.region, "participants").inc()
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=min(remaining, RENEW_EVERY_S))
+                await asyncio.wait_for(self.wake.wait(), timeout=max(0.05, min(deadline - now, RENEW_EVERY_S)))
             if time.monotonic() - self.renewed >= RENEW_EVERY_S:
                 await self._renew(fence)
-        self.recorded.discard((start, start + self.market.schedule.duration))
+
+    async def _absent_services(self) -> list[str]:
+        """The worker services with no consumer on their queue, or messages waiting beyond their prefetch."""
+        if self._inspector is None or self._inspector.is_closed:
+            self._inspector = await aio_pika.connect_robust(self.settings.amqp_url)
+        absent = []
+        channel = await self._inspector.channel()
+        try:
+            for name in WORKERS:
+                queue = await channel.declare_queue(f"microte.{self.svc.region}.{name}", passive=True)
+                result = queue.declaration_result
+                if not result.consumer_count or result.message_count:
+                    absent.append(name)
+        except aio_pika.exceptions.ChannelClosed:
+            return list(WORKERS)  # a queue is missing: its service never started
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return absent
+
+    async def report_skipped(self, start: int) -> None:
+        """Real time: what the round that just ended left undone, in the log and the metrics."""
+        missing = await self._missing(start)
+        for what in missing:
+            self.svc.metrics.round_timeouts.labels(self.svc.region, what).inc()
+        if missing:
+            self.svc.log.warning("round_ended_incomplete", round=start, missing=missing)
 
     async def _wait_members(self, fence: int) -> None:
         """Simulation: hold the market until enough participants have joined."""

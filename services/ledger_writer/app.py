@@ -19,14 +19,12 @@ def create(settings: Settings) -> Service:
     store = open_ledger(settings.ledger_url)
     keys = svc.keys
     svc.consume(
-        [keys.all_to(k.ORDER_ACCEPTED), keys.all_to(k.ORDER_CANCELLED), keys.all_to(k.READING_ACCEPTED),
-         keys.fact(k.SLOT_CLEARED), keys.fact(k.SLOT_RECONCILED)],
         {
-            t.OrderAccepted: writer.on_order_accepted,
-            t.OrderCancelled: writer.on_order_cancelled,
-            t.ReadingAccepted: writer.on_reading_accepted,
-            t.SlotCleared: writer.on_slot_cleared,
-            t.SlotReconciled: writer.on_slot_reconciled,
+            keys.all_to(k.ORDER_ACCEPTED): {t.OrderAccepted: writer.on_order_accepted},
+            keys.all_to(k.ORDER_CANCELLED): {t.OrderCancelled: writer.on_order_cancelled},
+            keys.all_to(k.READING_ACCEPTED): {t.ReadingAccepted: writer.on_reading_accepted},
+            keys.fact(k.SLOT_CLEARED): {t.SlotCleared: writer.on_slot_cleared},
+            keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: writer.on_slot_reconciled},
         },
         prefetch=1000,
     )
@@ -36,5 +34,6 @@ def create(settings: Settings) -> Service:
         writer.attach(Batcher(store, after_commit=writer.after_commit))
 
     svc.on_start(open_store)
+    svc.probe("ledger", store.ping)
     svc.on_stop(store.close)
     return svc

@@ -1,5 +1,9 @@
 """Group commit: many messages' records go into one transaction; each message is
-acknowledged only after the transaction holding its records has committed."""
+acknowledged only after the transaction holding its records has committed.
+
+When a merged transaction fails on its data (not because the database is away), each
+message's records are written again on their own, so one bad record fails only its
+own message and never takes the other households' records with it."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 
 from shared.runtime.ledger import LedgerStore, RecordBatch, WriteResult
+from shared.runtime.outages import is_outage
 
 
 @dataclass
@@ -74,16 +79,33 @@ class Batcher:
             pending, self._pending = self._pending, _Pending()
             if not pending.waiters:
                 return
-            batch = merge(pending.parts)
             try:
-                started = time.perf_counter()
-                result = await self.store.write(batch)
-                await self.after_commit(batch, result, time.perf_counter() - started)
+                await self._commit(merge(pending.parts))
             except Exception as exc:
-                for waiter in pending.waiters:
-                    if not waiter.done():
-                        waiter.set_exception(exc)
+                if is_outage(exc) or len(pending.parts) == 1:
+                    _resolve(pending.waiters, exc)
+                    return
+                for part, waiter in zip(pending.parts, pending.waiters, strict=True):
+                    try:
+                        await self._commit(part)
+                    except Exception as own:
+                        _resolve([waiter], own)
+                    else:
+                        _resolve([waiter], None)
                 return
-            for waiter in pending.waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            _resolve(pending.waiters, None)
+
+    async def _commit(self, batch: RecordBatch) -> None:
+        started = time.perf_counter()
+        result = await self.store.write(batch)
+        await self.after_commit(batch, result, time.perf_counter() - started)
+
+
+def _resolve(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)

@@ -15,8 +15,10 @@ def create(settings: Settings) -> Service:
     svc = Service(NAME, settings, PORT)
     matcher = Matcher(svc)
     svc.consume(
-        [svc.keys.fact(k.ROUND_STARTED), svc.keys.fact(k.SLOT_RECORDED)],
-        {t.RoundStarted: matcher.on_round_started, t.SlotRecorded: matcher.on_slot_recorded},
+        {
+            svc.keys.fact(k.ROUND_STARTED): {t.RoundStarted: matcher.on_round_started},
+            svc.keys.fact(k.SLOT_RECORDED): {t.SlotRecorded: matcher.on_slot_recorded},
+        },
         prefetch=1,
         single_active=True,
     )

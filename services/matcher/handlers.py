@@ -27,17 +27,22 @@ class Matcher:
         self.state = service.state
 
     async def is_stale(self, m: t.RoundStarted) -> bool:
+        """Only a round the lease holder really started counts: the round and fence in
+        Redis, written by the clock before it broadcast, are the authority, not the message."""
         current = await self.state.current_round()
-        if current is not None and m.fence < current[1]:
-            self.svc.metrics.stale_fence.labels(self.svc.region, self.svc.name).inc()
-            self.svc.log.warning("stale_round_ignored", fence=m.fence, current_fence=current[1])
-            return True
-        return False
+        start = m.current_round.start
+        if current is not None and (start < current[0] or (start, m.fence) == current):
+            return False
+        self.svc.metrics.stale_fence.labels(self.svc.region, self.svc.name).inc()
+        self.svc.log.warning("round_not_from_lease_ignored", fence=m.fence, round=start,
+                             current=None if current is None else list(current))
+        return True
 
     async def on_round_started(self, m: t.RoundStarted) -> None:
         if await self.is_stale(m):
             return
-        slot = slot_from_wire(m.last_settle)
+        # The slot to clear follows from the round's start, never from what the message says.
+        slot = self.market.schedule.windows(m.current_round.start).last_settle
         upto = await self.state.reconciled_upto()
         if upto is not None and slot.end <= upto:
             return
@@ -52,7 +57,7 @@ class Matcher:
             waited += 1.0
             claim = await self.state.claim("clear", slot, self.svc.instance)
         if claim != "done":
-            await self.clear_slot(slot, matched_at_ms=m.current_round.start * 1000)
+            await self.clear_slot(slot, matched_at_ms=self.market.schedule.closes_at(slot) * 1000)
 
     async def clear_slot(self, slot: Slot, matched_at_ms: int) -> None:
         """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes."""

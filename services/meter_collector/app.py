@@ -16,14 +16,13 @@ def create(settings: Settings) -> Service:
     collector = MeterCollector(svc)
     keys = svc.keys
     svc.consume(
-        [keys.request(k.READING), keys.fact(k.SLOT_CLEARED), keys.fact(k.ROUND_STARTED), keys.fact(k.SLOT_RECORDED)],
         {
-            t.SubmitReading: collector.on_reading,
-            t.SlotCleared: collector.on_slot_cleared,
-            t.RoundStarted: collector.on_round_started,
-            t.SlotRecorded: collector.on_slot_recorded,
+            keys.request(k.READING): {t.SubmitReading: collector.on_reading},
+            keys.fact(k.SLOT_CLEARED): {t.SlotCleared: collector.on_slot_cleared},
+            keys.fact(k.ROUND_STARTED): {t.RoundStarted: collector.on_round_started},
+            keys.fact(k.SLOT_RECORDED): {t.SlotRecorded: collector.on_slot_recorded},
         },
         prefetch=64,
     )
-    svc.background(collector.tick)
+    svc.background(collector.tick, name="reconcile-tick")
     return svc

@@ -97,11 +97,9 @@ class MeterCollector:
     async def tick(self) -> None:
         """Look again every second: a deadline passes, or a member times out, without a message."""
         while True:
+            self.svc.beat("reconcile-tick")
             await asyncio.sleep(1.0)
-            try:
-                await self.reconcile_ready()
-            except Exception:
-                self.svc.log.exception("reconcile_tick_failed")
+            await self.reconcile_ready()  # a failure restarts the loop (Service._supervise)
 
     async def reconcile_ready(self) -> None:
         """Reconcile every delivered slot that is ready, oldest first, stopping at the first that is not."""

@@ -16,14 +16,12 @@ def create(settings: Settings) -> Service:
     intake = OrderIntake(svc)
     keys = svc.keys
     svc.consume(
-        [keys.request(k.ORDER), keys.request(k.CANCEL), keys.request(k.MEMBER), keys.fact(k.SLOT_RECORDED)],
         {
-            t.SubmitOrder: intake.on_order,
-            t.CancelOrder: intake.on_cancel,
-            t.JoinMarket: intake.on_join,
-            t.LeaveMarket: intake.on_leave,
-            t.Heartbeat: intake.on_heartbeat,
-            t.SlotRecorded: intake.on_slot_recorded,
+            keys.request(k.ORDER): {t.SubmitOrder: intake.on_order},
+            keys.request(k.CANCEL): {t.CancelOrder: intake.on_cancel},
+            keys.request(k.MEMBER): {t.JoinMarket: intake.on_join, t.LeaveMarket: intake.on_leave,
+                                     t.Heartbeat: intake.on_heartbeat},
+            keys.fact(k.SLOT_RECORDED): {t.SlotRecorded: intake.on_slot_recorded},
         },
         prefetch=128,
     )

@@ -32,6 +32,8 @@ def decode(raw: bytes) -> Message:
         return _decoder.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Undecodable(str(exc)) from exc
+    except RecursionError as exc:  # deeply nested containers: refuse, never crash
+        raise Undecodable("nested too deeply") from exc
 
 
 def decode_as(raw: bytes, *types: type[M]) -> M:
@@ -48,18 +50,18 @@ def sender_of(raw: bytes) -> tuple[str, str] | None:
     Used only to address a ``malformed`` rejection; never to change state.
     """
     try:
-        data = msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError:
+        sender = _sender_decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
-    if not isinstance(data, dict):
-        return None
-    pid, ref = data.get("participant_id"), data.get("client_order_id", "")
-    try:
-        sender = msgspec.convert({"participant_id": pid}, _Sender)
-    except msgspec.ValidationError:
-        return None
+    ref = sender.client_order_id
     return sender.participant_id, ref if isinstance(ref, str) and len(ref) <= 128 else ""
 
 
 class _Sender(msgspec.Struct):
+    """Only the two fields we need; every other field is skipped unread."""
+
     participant_id: Id
+    client_order_id: object = ""
+
+
+_sender_decoder = msgspec.msgpack.Decoder(_Sender)

@@ -55,6 +55,12 @@ class Metrics:
     dead_letters: Counter
     rejected_requests: Counter
     stale_fence: Counter
+    forged_messages: Counter
+    dependency_up: Gauge
+    outage_retries: Counter
+    dead_letter_overflow: Counter
+    loop_restarts: Counter
+    handler_failures: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -117,6 +123,23 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                   (*region, "service", "request", "reason"), registry=r),
         stale_fence=Counter("microte_stale_fence", "Round starts ignored because their fencing number was stale",
                             (*region, "service"), registry=r),
+        forged_messages=Counter("microte_forged_messages",
+                                "Facts and answers refused because they did not come from the region's services, "
+                                "and messages on a routing key they do not belong on, by channel and why",
+                                (*region, "service", "channel", "why"), registry=r),
+        dependency_up=Gauge("microte_dependency_up", "1 while the dependency answers, 0 during an outage",
+                            (*region, "service", "dependency"), registry=r),
+        outage_retries=Counter("microte_outage_retries",
+                               "Handler attempts that failed because a dependency was away; the message is kept "
+                               "and tried again", (*region, "service"), registry=r),
+        dead_letter_overflow=Counter("microte_dead_letter_overflow",
+                                     "Messages the full dead-letter queue refused (logged, then dropped)",
+                                     (*region, "service"), registry=r),
+        loop_restarts=Counter("microte_loop_restarts", "Background loops restarted after a failure",
+                              (*region, "service", "loop"), registry=r),
+        handler_failures=Counter("microte_handler_failures",
+                                 "Handler attempts that failed on the message's own merits, with healthy "
+                                 "dependencies", (*region, "service"), registry=r),
     )
 
 

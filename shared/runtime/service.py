@@ -1,13 +1,22 @@
 """What every service is made of: a broker, a Redis state, handlers, metrics and health.
 
-A service subscribes one durable queue to the routing keys it needs and gives a handler
-per message type. The scaffold decodes strictly, binds log context, acknowledges only
-after the handler returned (so after its work is durable), and never lets bad input
-crash the process or block the queue:
+A service subscribes one durable queue to the routing keys it needs and names, per key,
+the message types that belong on it and their handlers. The scaffold:
 
-- bytes that do not decode go to the dead-letter queue with the reason in the headers,
-  or, when they name a valid participant, get a ``malformed`` rejection;
-- a handler that fails is retried once (requeued), then dead-lettered.
+- refuses, before decoding, a request larger than ``max_request_bytes``, and any fact or
+  answer that does not come from the region's own services (``shared.runtime.trust``);
+- decodes strictly; bytes that do not decode, or a type that does not belong on its
+  key, get a ``malformed`` rejection when they name a valid participant, or go to the
+  bounded dead-letter queue with the reason in the headers;
+- checks the sender's identity on every request (``MICROTE_IDENTITY=broker_user``);
+- binds log context, runs the handler, and acknowledges only after it returned (so
+  after its work is durable);
+- tells an outage from a bad message: a handler that fails because Redis, RabbitMQ or
+  the ledger is away keeps its message unacknowledged and tries again with backoff
+  until the dependency is back, while ``/health`` says not ready; only a message that
+  fails on its own merits, three times, with healthy dependencies, is dead-lettered;
+- runs background loops under supervision: a loop that fails is restarted with
+  backoff, and a loop that stops beating makes ``/health`` fail.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
 import uvicorn
 from faststream import AckPolicy
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
@@ -31,24 +43,36 @@ from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
 from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics, initialise
+from shared.runtime.outages import backoff_s, is_outage
 from shared.runtime.settings import Settings
 from shared.runtime.state import RegionState
 from shared.runtime.topology import (
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,
+    IN,
     REJECTED,
+    TO,
     Keys,
     dead_letter_queue,
+    parse_key,
     service_queue,
 )
+from shared.runtime.trust import SIGNATURE_HEADER, Signer
 
 Handler = Callable[[Any], Awaitable[None]]
+Routes = dict[str, dict[type[Message], Handler]]  # routing key (or pattern) -> the types it carries
+Probe = Callable[[], Awaitable[object]]
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+MERIT_TRIES = 3  # a message that fails this often with healthy dependencies is dead-lettered
+LOOP_STALE_S = 60.0  # a background loop that has not beaten for this long is unhealthy
+PROBE_TIMEOUT_S = 2.0
 
 
 async def _raw(msg: StreamMessage[Any]) -> bytes:
@@ -68,6 +92,7 @@ class Service:
         self.port = settings.http_port or default_port
         self.instance = f"{socket.gethostname()}-{os.getpid()}"  # names this replica in claims and leases
         self.keys = Keys(self.region)
+        self.signer = Signer(settings.service_key)  # refuses to start without the region's key
         self.log = configure_logging(name, self.region, settings.log_level)
         self.metrics = create_metrics()
         initialise(self.metrics, self.region)
@@ -79,39 +104,55 @@ class Service:
                                                     custom_labels={"region": self.region})],
         )
         # A blocking pool waits for a free connection instead of failing when many
-        # handlers run at once (up to the prefetch count).
+        # handlers run at once (up to the prefetch count); short retries ride out a
+        # blip, longer outages surface to the scaffold, which keeps the message.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=30,
-                                               socket_timeout=30, health_check_interval=15)
+                                               socket_timeout=30, socket_connect_timeout=5,
+                                               health_check_interval=15,
+                                               retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
-        self._bindings: list[tuple[RabbitQueue, str]] = []
-        self._background: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._routes: list[tuple[RabbitQueue, Routes]] = []
+        self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self._probes: dict[str, Probe] = {"redis": self.redis.ping}
+        self._outages: dict[str, float] = {}  # dependency -> monotonic time it was last seen away
+        self._beats: dict[str, float] = {}  # loop -> monotonic time of its last beat
+        self._finished_loops: set[str] = set()
+        for dependency in ("redis", "rabbitmq"):
+            self.metrics.dependency_up.labels(self.region, name, dependency).set(1)
 
     # --- wiring ----------------------------------------------------------------------------
 
-    def consume(
-        self,
-        keys: list[str],
-        handlers: dict[type[Message], Handler],
-        *,
-        prefetch: int = 64,
-        single_active: bool = False,
-    ) -> None:
-        """Subscribe this service's queue to ``keys``; route each message type to its handler."""
+    def consume(self, routes: Routes, *, prefetch: int = 64, single_active: bool = False) -> None:
+        """Subscribe this service's queue to the keys of ``routes``; on each key only the
+        message types listed for it are accepted, each with its handler."""
+        keys = list(routes)
         queue = service_queue(self.region, self.name, keys[0], single_active=single_active)
-        self._bindings += [(queue, key) for key in keys[1:]]
+        by_place: dict[tuple[str, str], dict[type[Message], Handler]] = {}
+        for key, handlers in routes.items():
+            where = parse_key(self.region, key)
+            assert where is not None, f"{key} is not a routing key of region {self.region}"
+            by_place[where[:2]] = handlers
+        self._routes.append((queue, routes))
 
+        # The subscriber declares its queue on its own channel, so the prefetch applies
+        # (declaring it first on another channel would make the consumer use that one).
         @self.broker.subscriber(queue, EXCHANGE, ack_policy=AckPolicy.MANUAL,
                                 channel=Channel(prefetch_count=prefetch), decoder=_raw)
         async def on_message(msg: RabbitMessage) -> None:
-            await self._dispatch(msg, handlers)
+            await self._dispatch(msg, by_place)
 
-    def background(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """A loop started once consuming has begun, cancelled at shutdown."""
-        self._background.append(loop)
+    def background(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str = "") -> None:
+        """A loop started once consuming has begun, restarted if it fails, cancelled at shutdown.
+
+        A loop calls ``beat(name)`` at least every ``LOOP_STALE_S``; returning means done."""
+        self._background.append((name or loop.__name__, loop))
+
+    def beat(self, loop: str) -> None:
+        self._beats[loop] = time.monotonic()
 
     def on_start(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Runs before consuming starts; a failure stops the process."""
@@ -121,64 +162,120 @@ class Service:
         """Runs after consuming has stopped and in-flight messages are done."""
         self._on_stop.append(hook)
 
+    def probe(self, dependency: str, check: Probe) -> None:
+        """A dependency besides Redis and RabbitMQ that ``/health`` and outage detection ask."""
+        self._probes[dependency] = check
+        self.metrics.dependency_up.labels(self.region, self.name, dependency).set(1)
+
     async def _declare(self) -> None:
-        await self.broker.connect()
-        exchange = await self.broker.declare_exchange(EXCHANGE)
-        dlx = await self.broker.declare_exchange(DEAD_LETTER_EXCHANGE)
-        dead = await self.broker.declare_queue(dead_letter_queue(self.region))
-        await dead.bind(dlx, routing_key=f"{self.region}.#", robust=True)
-        for queue, key in self._bindings:
-            declared = await self.broker.declare_queue(queue)
-            await declared.bind(exchange, routing_key=key, robust=True)
+        """The exchanges, the bounded dead-letter queue and every binding, on a channel of
+        their own (see ``consume``); all durable, so they survive a broker restart."""
+        connection = await aio_pika.connect(self.settings.amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.declare_exchange(EXCHANGE.name, aio_pika.ExchangeType.TOPIC, durable=True)
+            dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
+                                                 durable=True)
+            dlq = dead_letter_queue(self.region, self.settings.dead_letter_max, self.settings.dead_letter_ttl_s)
+            dead = await channel.declare_queue(dlq.name, durable=True, arguments=dlq.arguments)
+            await dead.bind(dlx, routing_key=f"{self.region}.#")
+            for queue, routes in self._routes:
+                declared = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+                for key in routes:
+                    await declared.bind(exchange, routing_key=key)
         await self.redis.ping()
         for hook in self._on_start:
             await hook()
 
     # --- inbound ---------------------------------------------------------------------------
 
-    async def _dispatch(self, msg: RabbitMessage, handlers: dict[type[Message], Handler]) -> None:
+    async def _dispatch(self, msg: RabbitMessage, routes: dict[tuple[str, str], dict[type[Message], Handler]]) -> None:
+        routing_key = msg.raw_message.routing_key or ""
+        where = parse_key(self.region, routing_key)
+        handlers = routes.get(where[:2]) if where is not None else None
+        if where is None or handlers is None:
+            await self._refused(msg, "in" if where is None else where[0], "unexpected_routing_key")
+            return
+        channel, _kind, addressee = where
         body: bytes = msg.body
+        if channel == IN and len(body) > self.settings.max_request_bytes:
+            await self._refuse(msg, b"", f"too_large: {len(body)} bytes, at most {self.settings.max_request_bytes}")
+            return
+        if channel != IN and not self._authentic(msg, routing_key, body):
+            await self._refused(msg, channel, "unauthenticated")
+            return
         try:
             message = decode(body)
         except Undecodable as exc:
             await self._refuse(msg, body, str(exc))
             return
         handler = handlers.get(type(message))
-        if handler is None or message.region != self.region:
-            why = "wrong_region" if handler is not None else f"unexpected {type(message).__name__}"
-            await self.dead_letter(msg, why)
+        if handler is None:
+            self.metrics.forged_messages.labels(self.region, self.name, channel, "wrong_type").inc()
+            await self._refuse(msg, body if channel == IN else b"",
+                               f"a {type(message).__name__} does not belong on {routing_key}")
             return
-        if not await self._identity_holds(msg, message):
+        if message.region != self.region:
+            await self.dead_letter(msg, "wrong_region")
             return
-        context = {"message_id": msg.message_id, "message_type": type(message).__name__}
-        if (pid := getattr(message, "participant_id", None)) is not None:
-            context["participant_id"] = pid
-        if isinstance(message, RoundStarted):
-            context["round"] = str(message.current_round.start)
-        elif isinstance(message, FinishRound):
-            context["round"] = str(message.round_start)
-        if (slot := getattr(message, "slot", None)) is not None:
-            context["slot"] = f"{slot.start}-{slot.end}"
-        with bind_context(**context):
+        if channel == TO and getattr(message, "participant_id", None) != addressee:
+            await self._refused(msg, channel, "misaddressed")
+            return
+        if channel == IN and not await self._identity_holds(msg, message):
+            return
+        with bind_context(**_context(msg, message)):
+            if await self._handle(msg, handler, message):
+                await self._settle(msg.ack())
+
+    async def _handle(self, msg: RabbitMessage, handler: Handler, message: Message) -> bool:
+        """Run ``handler`` until it succeeds; False when the message was dead-lettered or
+        its channel went away (the broker then delivers it again)."""
+        outage_attempt = merit_failures = 0
+        while True:
             try:
                 await handler(message)
+                self._recovered()
+                return True
             except Exception as exc:
-                if msg.raw_message.redelivered:
-                    self.log.exception("handler_failed_dead_lettered")
-                    await self.dead_letter(msg, f"handler_error: {type(exc).__name__}")
-                else:
-                    self.log.exception("handler_failed_will_retry")
-                    await msg.nack(requeue=True)
-                return
-        await msg.ack()
+                away = is_outage(exc) or await self._away()
+                if away:
+                    self.metrics.outage_retries.labels(self.region, self.name).inc()
+                    if outage_attempt == 0:
+                        self.log.warning("dependency_away_will_retry", error=f"{type(exc).__name__}: {exc}"[:300])
+                    if _channel_closed(msg):
+                        return False  # unacknowledged on a dead channel: the broker redelivers it
+                    await asyncio.sleep(backoff_s(outage_attempt))
+                    outage_attempt += 1
+                    continue
+                merit_failures += 1
+                self.metrics.handler_failures.labels(self.region, self.name).inc()
+                if merit_failures >= MERIT_TRIES:
+                    self.log.exception("handler_failed_dead_lettered", attempts=merit_failures)
+                    await self.dead_letter(msg, f"handler_error: {type(exc).__name__}: {exc}"[:500])
+                    return False
+                self.log.exception("handler_failed_will_retry", attempt=merit_failures)
+                await asyncio.sleep(backoff_s(merit_failures, first=0.1))
+
+    def _authentic(self, msg: RabbitMessage, routing_key: str, body: bytes) -> bool:
+        users = self.settings.service_users
+        if users and msg.raw_message.user_id not in users:
+            return False
+        return self.signer.verify(routing_key, body, (msg.headers or {}).get(SIGNATURE_HEADER))
+
+    async def _refused(self, msg: RabbitMessage, channel: str, why: str) -> None:
+        """A message that is not what its key says: logged, counted, parked, never acted on."""
+        self.log.warning("message_refused", why=why, routing_key=msg.raw_message.routing_key,
+                         user=msg.raw_message.user_id)
+        self.metrics.forged_messages.labels(self.region, self.name, channel, why).inc()
+        await self.dead_letter(msg, why)
 
     async def _identity_holds(self, msg: RabbitMessage, message: Message) -> bool:
         """With broker identity, a request counts only from the user it names."""
         pid = getattr(message, "participant_id", None)
-        if self.settings.identity != "broker_user" or pid is None or ".in." not in (msg.raw_message.routing_key or ""):
+        if self.settings.identity != "broker_user":
             return True
         user = msg.raw_message.user_id
-        if user == pid:
+        if pid is not None and user == pid:
             return True
         self.log.warning("identity_mismatch", claimed=pid, user=user)
         self.metrics.rejected_requests.labels(self.region, self.name, type(message).__name__, "identity_mismatch").inc()
@@ -188,49 +285,136 @@ class Service:
                                         reason="identity_mismatch",
                                         detail=f"connected as {user!r}, sent as {pid!r}"),
                                self.keys.to(user, REJECTED))
-            await msg.ack()
+            await self._settle(msg.ack())
         else:
             await self.dead_letter(msg, "identity_mismatch: no user_id")
         return False
 
     async def _refuse(self, msg: RabbitMessage, body: bytes, why: str) -> None:
-        sender = sender_of(body)
+        """A request that cannot be read: a ``malformed`` answer if it names a valid sender."""
+        sender = sender_of(body) if body else None
         routing_key = msg.raw_message.routing_key or ""
-        if sender is not None and ".in." in routing_key:
+        if sender is not None and parse_key(self.region, routing_key) is not None and f".{IN}." in routing_key:
             pid, reference = sender
-            self.log.warning("request_malformed", participant_id=pid, reason=why)
+            if self.settings.identity == "broker_user" and msg.raw_message.user_id != pid:
+                await self.dead_letter(msg, f"undecodable: {why}")  # never answer a participant it is not
+                return
+            self.log.warning("request_malformed", participant_id=pid, reason=why[:300])
             self.metrics.rejected_requests.labels(self.region, self.name, "unknown", "malformed").inc()
             await self.publish(Rejected(region=self.region, participant_id=pid, request="unknown",
                                         reason="malformed", detail=why[:1000], reference=reference),
                                self.keys.to(pid, REJECTED))
-            await msg.ack()
+            await self._settle(msg.ack())
             return
         await self.dead_letter(msg, f"undecodable: {why}")
 
     async def dead_letter(self, msg: RabbitMessage, reason: str) -> None:
-        """Park a message in the region's dead-letter queue, with why, then acknowledge it."""
-        self.log.warning("dead_lettered", reason=reason, routing_key=msg.raw_message.routing_key)
+        """Park a message in the region's bounded dead-letter queue, with why, then acknowledge it.
+
+        When the queue is full the broker refuses the message: it is counted, logged and dropped."""
+        self.log.warning("dead_lettered", reason=reason[:300], routing_key=msg.raw_message.routing_key)
         self.metrics.dead_letters.labels(self.region, self.name, reason.split(":")[0]).inc()
-        await self.broker.publish(
-            msg.body, exchange=DEAD_LETTER_EXCHANGE, routing_key=msg.raw_message.routing_key or self.region,
-            persist=True, headers={"x-microte-reason": reason[:500], "x-microte-service": self.name},
-            message_id=msg.message_id, content_type=msg.content_type or "application/octet-stream",
-        )
-        await msg.ack()
+        try:
+            await self.broker.publish(
+                msg.body, exchange=DEAD_LETTER_EXCHANGE, routing_key=msg.raw_message.routing_key or self.region,
+                persist=True, headers={"x-microte-reason": reason[:500], "x-microte-service": self.name},
+                message_id=msg.message_id, content_type=msg.content_type or "application/octet-stream",
+            )
+        except (aio_pika.exceptions.DeliveryError, aiormq.exceptions.PublishError):
+            self.metrics.dead_letter_overflow.labels(self.region, self.name).inc()
+            self.log.error("dead_letter_queue_full_message_dropped", reason=reason[:300])
+        await self._settle(msg.ack())
+
+    async def _settle(self, ack: Awaitable[None]) -> None:
+        """Acknowledge; on a channel that died meanwhile the broker redelivers, which is harmless."""
+        try:
+            await ack
+        except (aiormq.exceptions.AMQPError, aio_pika.exceptions.AMQPException, RuntimeError) as exc:
+            self.log.warning("ack_failed_will_be_redelivered", error=type(exc).__name__)
+
+    # --- dependencies ----------------------------------------------------------------------
+
+    async def _check(self, dependency: str, check: Probe) -> bool:
+        try:
+            ok = bool(await asyncio.wait_for(check(), timeout=PROBE_TIMEOUT_S))
+        except Exception:
+            ok = False
+        if not ok:
+            self._outages[dependency] = time.monotonic()
+        self.metrics.dependency_up.labels(self.region, self.name, dependency).set(1 if ok else 0)
+        return ok
+
+    async def _away(self) -> bool:
+        """Ask every dependency; True when any is away (the failure is then not the message's)."""
+        results = [await self._check(dep, check) for dep, check in self._probes.items()]
+        broker_ok = bool(self.broker.running) and await self._broker_connected()
+        self.metrics.dependency_up.labels(self.region, self.name, "rabbitmq").set(1 if broker_ok else 0)
+        if not broker_ok:
+            self._outages["rabbitmq"] = time.monotonic()
+        return not (all(results) and broker_ok)
+
+    async def _broker_connected(self) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
+        except Exception:
+            return False
+
+    def _recovered(self) -> None:
+        if self._outages:
+            for dependency in self._outages:
+                self.metrics.dependency_up.labels(self.region, self.name, dependency).set(1)
+            self.log.info("dependencies_back", dependencies=sorted(self._outages))
+            self._outages.clear()
+
+    async def healthy(self) -> tuple[bool, list[str]]:
+        """Ready to work: every dependency answers and every background loop is alive."""
+        problems = [] if await self._broker_connected() else ["rabbitmq"]
+        problems += [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
+        if not problems:
+            self._recovered()
+        stale = time.monotonic() - LOOP_STALE_S
+        for name, _ in self._background:
+            if name not in self._finished_loops and self._beats.get(name, time.monotonic()) < stale:
+                problems.append(f"loop:{name}")
+        return not problems, problems
 
     # --- outbound --------------------------------------------------------------------------
 
     async def publish(self, message: Message, routing_key: str) -> None:
-        """Persistent, confirmed. The id is the content's hash, so a replay is recognisable."""
+        """Persistent, confirmed, signed. The id is the content's hash, so a replay is recognisable."""
         body = encode(message)
         message_id = hashlib.blake2b(body, digest_size=12).hexdigest()
+        headers: dict[str, Any] = {"x-microte-service": self.name,
+                                   SIGNATURE_HEADER: self.signer.sign(routing_key, body)}
         for _ in range(2 if self.settings.duplicate_delivery else 1):
             await self.broker.publish(body, exchange=EXCHANGE, routing_key=routing_key, persist=True,
                                       content_type=CONTENT_TYPE, message_id=message_id,
-                                      timestamp=None, headers={"x-microte-service": self.name})
+                                      timestamp=None, headers=headers)
 
     async def publish_all(self, items: list[tuple[Message, str]]) -> None:
         await asyncio.gather(*(self.publish(m, k) for m, k in items))
+
+    # --- background loops ------------------------------------------------------------------
+
+    async def _supervise(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a loop; restart it with backoff when it fails, so that it never dies silently."""
+        attempt = 0
+        while True:
+            self.beat(name)
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.loop_restarts.labels(self.region, self.name, name).inc()
+                level = self.log.warning if is_outage(exc) else self.log.exception
+                level("loop_failed_will_restart", loop=name, error=f"{type(exc).__name__}: {exc}"[:300])
+                await asyncio.sleep(backoff_s(attempt, first=0.5))
+                attempt += 1
+                continue
+            self._finished_loops.add(name)
+            self.log.info("loop_finished", loop=name)
+            return
 
     # --- the process -----------------------------------------------------------------------
 
@@ -239,12 +423,9 @@ class Service:
 
         @get
         async def health(scope: Any) -> AsgiResponse:
-            try:
-                ok = service.broker.running and await service.broker.ping(timeout=2.0)
-                ok = ok and bool(await service.redis.ping())
-            except Exception:
-                ok = False
-            return AsgiResponse(b"ok" if ok else b"unavailable", status_code=200 if ok else 503)
+            ok, problems = await service.healthy()
+            body = b"ok" if ok else ("unavailable: " + ", ".join(problems)).encode()
+            return AsgiResponse(body, status_code=200 if ok else 503)
 
         @get
         async def live(scope: Any) -> AsgiResponse:
@@ -259,7 +440,7 @@ class Service:
 
         @app.after_startup
         async def start_background() -> None:
-            self._tasks = [asyncio.create_task(loop()) for loop in self._background]
+            self._tasks = [asyncio.create_task(self._supervise(name, loop)) for name, loop in self._background]
             self.log.info("service_started", port=self.port)
 
         @app.on_shutdown
@@ -276,6 +457,24 @@ class Service:
             self.log.info("service_stopped")
 
         return app
+
+
+def _context(msg: RabbitMessage, message: Message) -> dict[str, str]:
+    context = {"message_id": msg.message_id or "", "message_type": type(message).__name__}
+    if (pid := getattr(message, "participant_id", None)) is not None:
+        context["participant_id"] = pid
+    if isinstance(message, RoundStarted):
+        context["round"] = str(message.current_round.start)
+    elif isinstance(message, FinishRound):
+        context["round"] = str(message.round_start)
+    if (slot := getattr(message, "slot", None)) is not None:
+        context["slot"] = f"{slot.start}-{slot.end}"
+    return context
+
+
+def _channel_closed(msg: RabbitMessage) -> bool:
+    channel = getattr(msg.raw_message, "channel", None)
+    return bool(getattr(channel, "is_closed", False))
 
 
 def serve(service: Service) -> int:

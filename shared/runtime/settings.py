@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shared.market import PricingRule, Schedule, Tariff
+from shared.runtime.trust import service_users as parse_users
 
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -52,6 +53,13 @@ class Settings:
     # "broker_user": it must equal the AMQP user_id, which RabbitMQ checks against the
     # connection's credentials (MARKET.md section 3).
     identity: str = "message"
+    # Facts and answers are acted on only when signed with this key (shared.runtime.trust)
+    # and, if service_users is set, only from those AMQP users.
+    service_key: str = ""
+    service_users: frozenset[str] = frozenset()
+    max_request_bytes: int = 1 << 20  # a request body larger than this is refused unread
+    dead_letter_max: int = 100_000  # the dead-letter queue keeps at most this many messages ...
+    dead_letter_ttl_s: int = 7 * 86400  # ... for at most this long
 
     @property
     def region(self) -> str:
@@ -66,6 +74,13 @@ def _identity(value: str) -> str:
 
 def _get(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(f"MICROTE_{name}", default)
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = int(_get(env, name, str(default)))
+    if value <= 0:
+        raise SettingsError(f"MICROTE_{name} must be a positive integer, got {value}")
+    return value
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +126,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             min_members=int(_get(e, "MIN_MEMBERS", "0")),
             duplicate_delivery=_get(e, "DUPLICATE_DELIVERY", "0") == "1",
             identity=_identity(_get(e, "IDENTITY", "message")),
+            service_key=_get(e, "SERVICE_KEY", ""),
+            service_users=parse_users(_get(e, "SERVICE_USERS", "")),
+            max_request_bytes=_positive(e, "MAX_REQUEST_BYTES", 1 << 20),
+            dead_letter_max=_positive(e, "DEAD_LETTER_MAX", 100_000),
+            dead_letter_ttl_s=_positive(e, "DEAD_LETTER_TTL_S", 7 * 86400),
         )
     except (ValueError, ArithmeticError) as exc:
         raise SettingsError(f"bad microte setting: {exc}") from exc

@@ -42,7 +42,8 @@ _ADVANCE_ROUND = """
 local fence, start = tonumber(ARGV[2]), tonumber(ARGV[1])
 local cur_fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '-1')
 local cur_start = tonumber(redis.call('HGET', KEYS[1], 'start') or '-1')
-if fence < cur_fence or start < cur_start or (fence == cur_fence and start == cur_start) then return 0 end
+if fence < cur_fence or start < cur_start then return 0 end
+if fence == cur_fence and start == cur_start then return 1 end  -- the same holder again: idempotent
 redis.call('HSET', KEYS[1], 'start', ARGV[1], 'fence', ARGV[2], 'at_ms', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 if redis.call('GET', KEYS[3]) == false then redis.call('SET', KEYS[3], ARGV[1]) end
@@ -78,6 +79,8 @@ return 'duplicate'
 _CLAIM = """
 local state = redis.call('GET', KEYS[1])
 if state == 'done' then return 'done' end
+-- reconciled (and perhaps cleaned up) already: never claim it anew
+if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(ARGV[3]) then return 'done' end
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 'busy' end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
@@ -152,8 +155,16 @@ class RegionState:
         members = await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("finished", str(round_start))))
         return {m.decode() for m in members}
 
-    async def forget_round(self, round_start: int) -> None:
-        await self.redis.delete(self.key("finished", str(round_start)))
+    async def mark_recorded(self, slot: Slot) -> None:
+        """The ledger holds everything of ``slot`` (kept a day, for the clock's barrier)."""
+        await self.redis.set(self.key("recorded", _s(slot)), 1, ex=86400)
+
+    async def is_recorded(self, slot: Slot) -> bool:
+        return bool(await self.redis.exists(self.key("recorded", _s(slot))))
+
+    async def forget_round(self, round_start: int, duration: int) -> None:
+        await self.redis.delete(self.key("finished", str(round_start)),
+                                self.key("recorded", _s(Slot(round_start, round_start + duration))))
 
     # --- membership --------------------------------------------------------------------
 
@@ -217,8 +228,8 @@ class RegionState:
     # --- clearing and reconciliation -------------------------------------------------------
 
     async def claim(self, kind: Literal["clear", "reconcile"], slot: Slot, holder: str) -> Claim:
-        keys = [self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot))]
-        return cast(Claim, (await self._claim(keys=keys, args=[holder, CLAIM_LEASE_MS])).decode())
+        keys = [self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot)), self.key("done", "reconcile")]
+        return cast(Claim, (await self._claim(keys=keys, args=[holder, CLAIM_LEASE_MS, slot.end])).decode())
 
     async def is_cleared(self, slot: Slot) -> bool:
         if await self.redis.get(self.key("claim", "clear", _s(slot))) == b"done":

@@ -40,6 +40,27 @@ class Keys:
         return f"{self.region}.to.*.{kind}"
 
 
+# The three channels of a routing key: requests from participants, answers to one
+# participant, facts between services.
+IN, TO, FACT = "in", "to", "fact"
+
+
+def parse_key(region: str, routing_key: str) -> tuple[str, str, str] | None:
+    """(channel, kind, addressee) of one of ``region``'s routing keys, or None if it is not one.
+
+    ``addressee`` is the participant of a ``to`` key and empty otherwise. Patterns made by
+    ``Keys`` parse the same way (``to.*.kind`` gives addressee ``*``).
+    """
+    parts = routing_key.split(".")
+    if len(parts) < 3 or parts[0] != region:
+        return None
+    if parts[1] in (IN, FACT) and len(parts) == 3:
+        return parts[1], parts[2], ""
+    if parts[1] == TO and len(parts) == 4:
+        return TO, parts[3], parts[2]
+    return None
+
+
 # Request kinds and the message types they carry.
 ORDER, CANCEL, READING, MEMBER, FINISH = "order", "cancel", "reading", "member", "finish"
 # Fact kinds.
@@ -57,5 +78,8 @@ def service_queue(region: str, service: str, first_key: str, *, single_active: b
     return RabbitQueue(f"microte.{region}.{service}", durable=True, routing_key=first_key, arguments=arguments)
 
 
-def dead_letter_queue(region: str) -> RabbitQueue:
-    return RabbitQueue(f"microte.{region}.dead", durable=True, routing_key=f"{region}.#")
+def dead_letter_queue(region: str, max_length: int = 100_000, ttl_s: int = 7 * 86400) -> RabbitQueue:
+    """Bounded in length and age. When full it refuses new messages (``reject-publish``),
+    so the oldest evidence stays and the publisher counts what overflowed."""
+    arguments: Any = {"x-max-length": max_length, "x-message-ttl": ttl_s * 1000, "x-overflow": "reject-publish"}
+    return RabbitQueue(f"microte.{region}.dead", durable=True, routing_key=f"{region}.#", arguments=arguments)

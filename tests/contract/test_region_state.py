@@ -59,7 +59,8 @@ async def test_a_client_order_id_is_stored_once(state: RegionState) -> None:
 async def test_a_round_start_with_a_lower_fence_is_refused(state: RegionState) -> None:
     assert await state.advance_round(600, 2, 0)
     assert not await state.advance_round(660, 1, 0)
-    assert not await state.advance_round(600, 2, 0)  # the same round again moves nothing
+    assert await state.advance_round(600, 2, 0)  # the same holder restating its round (a restarted loop) ...
+    assert await state.current_round() == (600, 2)  # ... moves nothing
     assert await state.advance_round(600, 3, 0)  # a new clock may restate the round under a higher fence
     assert not await state.advance_round(540, 4, 0)  # but never move the market back
     assert await state.current_round() == (600, 3)
@@ -104,3 +105,21 @@ async def test_finishing_a_slot_that_was_cleaned_up_leaves_no_key(state: RegionS
     await state.drop_delivery(slot)
     await state.finish_reconciling(slot)
     assert await state.redis.exists(state.key("claim", "reconcile", "600:660")) == 0
+
+
+async def test_a_slot_reconciled_and_cleaned_up_is_never_claimed_anew(state: RegionState) -> None:
+    slot = Slot(600, 660)
+    assert await state.claim("reconcile", slot, "a") == "new"
+    await state.finish_reconciling(slot)
+    await state.drop_delivery(slot)  # the ledger recorded it: its claim keys are gone
+    assert await state.claim("reconcile", slot, "b") == "done"
+    assert await state.claim("clear", slot, "b") == "done"
+
+
+async def test_the_clock_sees_a_recorded_slot_until_it_forgets_the_round(state: RegionState) -> None:
+    slot = Slot(600, 660)
+    assert not await state.is_recorded(slot)
+    await state.mark_recorded(slot)
+    assert await state.is_recorded(slot)
+    await state.forget_round(600, 60)
+    assert not await state.is_recorded(slot)

@@ -83,6 +83,9 @@ class LedgerStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> bool:
+        """True when the store answers a trivial query now (for health checks)."""
+
     async def write(self, batch: RecordBatch) -> WriteResult:
         """One transaction, all or nothing; rows already stored are skipped."""
 

@@ -58,6 +58,9 @@ class MemoryLedgerStore:
     async def close(self) -> None:
         self._open = False
 
+    async def ping(self) -> bool:
+        return self._open
+
     def _ready(self) -> _Tables:
         if not self._open:
             raise StoreNotOpen("the ledger store is not open")

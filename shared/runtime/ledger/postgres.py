@@ -239,6 +239,10 @@ class PostgresLedgerStore:
         if pool is not None:
             await pool.close()
 
+    async def ping(self) -> bool:
+        async with self._ready().acquire(timeout=5) as conn:
+            return bool(await conn.fetchval("SELECT 1"))
+
     def _ready(self) -> Any:
         if self._pool is None:
             raise StoreNotOpen("the ledger store is not open")

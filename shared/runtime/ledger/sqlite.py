@@ -216,6 +216,9 @@ class SqliteLedgerStore:
                 await asyncio.get_running_loop().run_in_executor(thread, conn.close)
                 thread.shutdown(wait=True)
 
+    async def ping(self) -> bool:
+        return bool(await self._run(lambda conn: conn.execute("SELECT 1").fetchone()))
+
     async def write(self, batch: RecordBatch) -> WriteResult:
         if self._conn is None:
             raise StoreNotOpen("the ledger store is not open")
