@@ -2,8 +2,10 @@
 
 Every overlay is rendered with `kubectl kustomize` and every rendered object is validated
 against the Kubernetes JSON schemas (kubernetes-validate, pinned versions). The custom
-resources (ServiceMonitor, ScaledObject, PrometheusRule, ...) have no schema there: they
-are checked structurally, and against the objects they point at.
+resources (ServiceMonitor, ScaledObject, PrometheusRule, the RabbitMQ topology operator's
+User/Permission/TopicPermission, ...) have no schema there: they are checked structurally
+(test_broker_accounts.py has a schema of its own for the broker accounts), and against the
+objects they point at.
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ REGION_SETTINGS = (
     "MICROTE_READING_DEADLINE_S",
     "MICROTE_HTTP_PORT",
     "MICROTE_LOG_LEVEL",
+    "MICROTE_SERVICE_USERS",
 )
-SECRET_ENV = {"MICROTE_AMQP_URL": "amqp-url", "MICROTE_REDIS_URL": "redis-url", "MICROTE_LEDGER_URL": "ledger-url"}
+# Secret keys of the environment variables that carry credentials; {service} is the Deployment.
+SECRET_ENV = {
+    "MICROTE_AMQP_URL": "amqp-url-{service}",  # every service its own broker account
+    "MICROTE_SERVICE_KEY": "service-key",
+    "MICROTE_REDIS_URL": "redis-url",
+    "MICROTE_LEDGER_URL": "ledger-url",
+}
 CREDENTIALS_SECRET = "microte-credentials"
 PRICING_RULES = {"midpoint", "equal_price", "pay_as_bid"}
 REGION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -50,7 +59,7 @@ REGION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CUSTOM_KINDS = {
     "monitoring.coreos.com/v1": {"ServiceMonitor", "PrometheusRule", "PodMonitor"},
     "keda.sh/v1alpha1": {"ScaledObject", "TriggerAuthentication"},
-    "rabbitmq.com/v1beta1": {"RabbitmqCluster"},
+    "rabbitmq.com/v1beta1": {"RabbitmqCluster", "User", "Permission", "TopicPermission"},
     "postgresql.cnpg.io/v1": {"Cluster"},
     "redis.redis.opstreelabs.in/v1beta2": {"Redis"},
 }
@@ -219,13 +228,14 @@ def test_settings_come_from_the_config_map_and_credentials_from_secret_reference
         c = container(d)
         assert c.get("envFrom") == [{"configMapRef": {"name": config_name}}], name
         env = {e["name"]: e for e in c.get("env", [])}
-        wanted = {"MICROTE_AMQP_URL", "MICROTE_REDIS_URL"}
+        wanted = {"MICROTE_AMQP_URL", "MICROTE_REDIS_URL", "MICROTE_SERVICE_KEY"}
         if name == "ledger-writer":
             wanted.add("MICROTE_LEDGER_URL")
         assert wanted <= env.keys(), f"{name} lacks {wanted - env.keys()}"
         for var in env.keys() & SECRET_ENV.keys():
             ref = env[var].get("valueFrom", {}).get("secretKeyRef")
-            assert ref == {"name": CREDENTIALS_SECRET, "key": SECRET_ENV[var]}, f"{name} {var} must be a secretKeyRef"
+            key = SECRET_ENV[var].format(service=name)
+            assert ref == {"name": CREDENTIALS_SECRET, "key": key}, f"{name} {var} must be a secretKeyRef to {key}"
         if name != "ledger-writer":
             assert "MICROTE_LEDGER_URL" not in env, f"{name} does not need the ledger's credentials"
         assert not env.keys() & set(REGION_SETTINGS), f"{name}: region settings belong in the ConfigMap"
@@ -352,7 +362,9 @@ def test_order_intake_scales_with_keda_on_its_queue_with_credentials_from_the_se
     assert meta["queueName"] == f"microte.{region}.order-intake"
     assert "host" not in meta, "the AMQP URL with its password belongs in the TriggerAuthentication"
     auth = one(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert auth["spec"]["secretTargetRef"] == [{"parameter": "host", "name": CREDENTIALS_SECRET, "key": "amqp-url"}]
+    # KEDA's own broker account, which may only look at that queue (components/broker-accounts)
+    keda = {"parameter": "host", "name": CREDENTIALS_SECRET, "key": "amqp-url-keda"}
+    assert auth["spec"]["secretTargetRef"] == [keda]
 
 
 def test_meter_collector_scales_on_cpu_which_its_pods_request(
