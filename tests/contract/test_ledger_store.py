@@ -39,6 +39,7 @@ from shared.market import (
 )
 from shared.runtime.ledger import (
     ConstraintViolation,
+    HeldSlot,
     InvalidRecord,
     LedgerStore,
     PostgresLedgerStore,
@@ -306,6 +307,24 @@ async def test_cancellations_written_come_back_by_slot_then_order_id(store: Ledg
     assert (await store.write(RecordBatch(cancellations=cancelled))).cancellations == 0
     assert await store.cancelled_orders("north") == ["o-5", "o-2", "o-9"]
     assert await store.cancelled_orders("south") == ["o-1"]
+
+
+async def test_held_slots_come_back_by_slot_and_the_first_record_of_a_slot_stands(store: LedgerStore) -> None:
+    later = Slot(T0 + 60, T0 + 120)
+    held = [("north", later, "reconciliation", "KeyError: 'h1'"), ("north", SLOT, "clearing", "ValueError: x"),
+            ("south", SLOT, "clearing", "boom")]
+
+    assert (await store.write(RecordBatch(held=held))).held == 3
+    assert (await store.write(RecordBatch(held=[("north", SLOT, "reconciliation", "again")]))).held == 0
+    assert await store.held_slots("north") == [HeldSlot(SLOT, "clearing", "ValueError: x"),
+                                               HeldSlot(later, "reconciliation", "KeyError: 'h1'")]
+    assert await store.held_slots("south") == [HeldSlot(SLOT, "clearing", "boom")]
+
+
+async def test_a_held_slot_of_an_unknown_stage_is_refused(store: LedgerStore) -> None:
+    with pytest.raises(ConstraintViolation):
+        await store.write(RecordBatch(held=[("north", SLOT, "lunch", "")]))
+    assert await store.held_slots("north") == []
 
 
 async def test_a_whole_batch_is_written_and_counted(store: LedgerStore) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from shared.runtime.ledger.base import (
     SCHEMA_VERSION,
     ConstraintViolation,
+    HeldSlot,
     InvalidRecord,
     LedgerStore,
     RecordBatch,
@@ -28,6 +29,7 @@ from shared.runtime.ledger.sqlite import SqliteLedgerStore
 __all__ = [
     "SCHEMA_VERSION",
     "ConstraintViolation",
+    "HeldSlot",
     "InvalidRecord",
     "LedgerStore",
     "MemoryLedgerStore",

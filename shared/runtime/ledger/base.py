@@ -41,6 +41,16 @@ class ConstraintViolation(InvalidRecord):
     """The schema (NOT NULL, CHECK) refused a record; the whole batch was rolled back."""
 
 
+@dataclass(frozen=True)
+class HeldSlot:
+    slot: Slot
+    stage: str  # "clearing" or "reconciliation"
+    error: str
+
+
+HELD_STAGES = ("clearing", "reconciliation")
+
+
 class StoreNotOpen(RuntimeError):
     """The store was used before ``open()`` or after ``close()``."""
 
@@ -53,6 +63,9 @@ class RecordBatch:
     readings: Sequence[tuple[str, Reading, int]] = ()  # (region, reading, received_at_ms)
     reconciled: Sequence[tuple[str, Slot, int]] = ()  # (region, slot, entry_count): slot fully recorded
     cancellations: Sequence[tuple[str, str, Slot]] = ()  # (region, order_id, slot): cancelled before its gate
+    # (region, slot, stage, error): a slot the services could not clear or reconcile; it has
+    # no settlements or entries until an operator replays it (``microte replay-slot``).
+    held: Sequence[tuple[str, Slot, str, str]] = ()
 
     def regions(self) -> set[str]:
         return (
@@ -62,6 +75,7 @@ class RecordBatch:
             | {r for r, _, _ in self.readings}
             | {r for r, _, _ in self.reconciled}
             | {r for r, _, _ in self.cancellations}
+            | {r for r, _, _, _ in self.held}
         )
 
 
@@ -75,6 +89,7 @@ class WriteResult:
     readings: int = 0
     reconciled: int = 0
     cancellations: int = 0
+    held: int = 0
 
 
 class LedgerStore(Protocol):
@@ -102,6 +117,10 @@ class LedgerStore(Protocol):
         """By slot, then participant id."""
 
     async def reconciled_slots(self, region: str) -> list[Slot]: ...
+
+    async def held_slots(self, region: str) -> list[HeldSlot]:
+        """Slots held because clearing or reconciliation failed, by slot (replayed ones too:
+        a held slot that is also reconciled has been replayed)."""
 
     async def cancelled_orders(self, region: str) -> list[str]:
         """Ids of the orders cancelled before their gate closed, by slot, then order id."""
@@ -203,6 +222,12 @@ def check_types(batch: RecordBatch) -> None:
         _text(what, "region", region)
         _text(what, "order_id", order_id)
         _slot(what, slot)
+    for region, slot, stage, error in batch.held:
+        what = f"held slot {slot}"
+        _text(what, "region", region)
+        _slot(what, slot)
+        _text(what, "stage", stage)
+        _text(what, "error", error)
 
 
 # --- The schema's CHECK constraints, for the in-memory twin -------------------------
@@ -239,3 +264,6 @@ def check_constraints(batch: RecordBatch) -> None:
     for _, slot, entry_count in batch.reconciled:
         if entry_count < 0:
             fail("reconciled_slots", "entry_count >= 0", str(slot))
+    for _, slot, stage, _ in batch.held:
+        if stage not in HELD_STAGES:
+            fail("held_slots", "stage in (clearing, reconciliation)", str(slot))

@@ -17,6 +17,7 @@ from shared.market.orders import Order
 from shared.market.reconciliation import Reading
 from shared.market.timing import Slot
 from shared.runtime.ledger.base import (
+    HeldSlot,
     RecordBatch,
     StoreNotOpen,
     WriteResult,
@@ -37,6 +38,7 @@ class _Tables:
     readings: dict[tuple[str, str, int, int], Reading] = field(default_factory=dict)
     reconciled: dict[tuple[str, int, int], int] = field(default_factory=dict)
     cancellations: dict[tuple[str, str], Slot] = field(default_factory=dict)
+    held: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
 
 
 _NAMED: dict[str, _Tables] = {}
@@ -103,7 +105,12 @@ class MemoryLedgerStore:
             if (region, slot.start, slot.end) not in t.reconciled:
                 t.reconciled[region, slot.start, slot.end] = entry_count
                 reconciled += 1
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations)
+        held = 0
+        for region, slot, stage, error in batch.held:
+            if (region, slot.start, slot.end) not in t.held:
+                t.held[region, slot.start, slot.end] = (stage, error)
+                held += 1
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
 
     async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
         rows = [
@@ -129,6 +136,10 @@ class MemoryLedgerStore:
 
     async def reconciled_slots(self, region: str) -> list[Slot]:
         return sorted(Slot(start, end) for (r, start, end) in self._ready().reconciled if r == region)
+
+    async def held_slots(self, region: str) -> list[HeldSlot]:
+        return [HeldSlot(Slot(start, end), stage, error)
+                for (r, start, end), (stage, error) in sorted(self._ready().held.items()) if r == region]
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = [(slot.start, slot.end, oid) for (r, oid), slot in self._ready().cancellations.items() if r == region]

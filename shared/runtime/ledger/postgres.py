@@ -30,6 +30,7 @@ from shared.runtime.ledger.base import (
     ENTRY_KINDS,
     SCHEMA_VERSION,
     ConstraintViolation,
+    HeldSlot,
     InvalidRecord,
     RecordBatch,
     StoreNotOpen,
@@ -125,6 +126,15 @@ CREATE TABLE IF NOT EXISTS reconciled_slots (
     PRIMARY KEY (region, slot_start, slot_end)
 );
 
+CREATE TABLE IF NOT EXISTS held_slots (
+    region       text    NOT NULL,
+    slot_start   bigint  NOT NULL,
+    slot_end     bigint  NOT NULL CHECK (slot_end > slot_start),
+    stage        text    NOT NULL CHECK (stage IN ('clearing', 'reconciliation')),
+    error        text    NOT NULL,  -- why the services could not go on with the slot
+    PRIMARY KEY (region, slot_start, slot_end)
+);
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       text   NOT NULL,
     order_id     text   NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -196,6 +206,7 @@ _READINGS = _Table("meter_readings", rows.READING_COLUMNS)
 _ENTRIES = _Table("ledger_entries", rows.ENTRY_COLUMNS)
 _RECONCILED = _Table("reconciled_slots", rows.RECONCILED_COLUMNS)
 _CANCELLATIONS = _Table("order_cancellations", rows.CANCELLATION_COLUMNS)
+_HELD = _Table("held_slots", rows.HELD_COLUMNS)
 
 
 def _inserted(status: str) -> int:
@@ -259,6 +270,7 @@ class PostgresLedgerStore:
             (_ENTRIES, [rows.entry_row(e) for e in batch.entries]),
             (_RECONCILED, [rows.reconciled_row(*r) for r in batch.reconciled]),
             (_CANCELLATIONS, [rows.cancellation_row(*c) for c in batch.cancellations]),
+            (_HELD, [rows.held_row(*h) for h in batch.held]),
         )
         for attempt in range(self._retries + 1):
             try:
@@ -272,8 +284,8 @@ class PostgresLedgerStore:
                 raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations = counts
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations)
+        _, orders, settlements, readings, entries, reconciled, cancellations, held = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
 
     async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
         if not values:
@@ -336,6 +348,13 @@ class PostgresLedgerStore:
             region,
         )
         return [Slot(rows.as_int(row[0]), rows.as_int(row[1])) for row in found]
+
+    async def held_slots(self, region: str) -> list[HeldSlot]:
+        found = await self._fetch(
+            "SELECT slot_start, slot_end, stage, error FROM held_slots WHERE region = $1 ORDER BY slot_start, slot_end",
+            region,
+        )
+        return [HeldSlot(Slot(rows.as_int(r[0]), rows.as_int(r[1])), str(r[2]), str(r[3])) for r in found]
 
     async def regions(self) -> list[str]:
         return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]

@@ -77,6 +77,7 @@ READING_COLUMNS = (
 )
 RECONCILED_COLUMNS = ("region", "slot_start", "slot_end", "entry_count")
 CANCELLATION_COLUMNS = ("region", "order_id", "slot_start", "slot_end")
+HELD_COLUMNS = ("region", "slot_start", "slot_end", "stage", "error")
 
 # Column positions (in the *_COLUMNS order) holding a price; the rest are text or int.
 ENTRY_PRICES = (9, 10)
@@ -166,6 +167,10 @@ def reconciled_row(region: str, slot: Slot, entry_count: int) -> Row:
 
 def cancellation_row(region: str, order_id: str, slot: Slot) -> Row:
     return (region, order_id, slot.start, slot.end)
+
+
+def held_row(region: str, slot: Slot, stage: str, error: str) -> Row:
+    return (region, slot.start, slot.end, stage, error)
 
 
 def _refuse_float(text: str) -> int:

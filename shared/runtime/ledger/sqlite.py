@@ -28,6 +28,7 @@ from shared.runtime.ledger.base import (
     ENTRY_KINDS,
     SCHEMA_VERSION,
     ConstraintViolation,
+    HeldSlot,
     RecordBatch,
     StoreNotOpen,
     WriteResult,
@@ -123,6 +124,15 @@ CREATE TABLE IF NOT EXISTS reconciled_slots (
     PRIMARY KEY (region, slot_start, slot_end)
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS held_slots (
+    region       TEXT    NOT NULL,
+    slot_start   INTEGER NOT NULL,
+    slot_end     INTEGER NOT NULL CHECK (slot_end > slot_start),
+    stage        TEXT    NOT NULL CHECK (stage IN ('clearing', 'reconciliation')),
+    error        TEXT    NOT NULL,  -- why the services could not go on with the slot
+    PRIMARY KEY (region, slot_start, slot_end)
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       TEXT    NOT NULL,
     order_id     TEXT    NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -149,6 +159,7 @@ _INSERT_READING = _insert("meter_readings", rows.READING_COLUMNS)
 _INSERT_ENTRY = _insert("ledger_entries", rows.ENTRY_COLUMNS)
 _INSERT_RECONCILED = _insert("reconciled_slots", rows.RECONCILED_COLUMNS)
 _INSERT_CANCELLATION = _insert("order_cancellations", rows.CANCELLATION_COLUMNS)
+_INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
 
 
 def _priced(row: rows.Row, prices: tuple[int, ...]) -> rows.Row:
@@ -231,6 +242,7 @@ class SqliteLedgerStore:
             (_INSERT_ENTRY, [_priced(rows.entry_row(e), rows.ENTRY_PRICES) for e in batch.entries]),
             (_INSERT_RECONCILED, [rows.reconciled_row(*r) for r in batch.reconciled]),
             (_INSERT_CANCELLATION, [rows.cancellation_row(*c) for c in batch.cancellations]),
+            (_INSERT_HELD, [rows.held_row(*h) for h in batch.held]),
         )
 
         def transaction(conn: sqlite3.Connection) -> list[int]:
@@ -250,10 +262,10 @@ class SqliteLedgerStore:
             return inserted
 
         try:
-            _, orders, settlements, readings, entries, reconciled, cancellations = await self._run(transaction)
+            _, orders, settlements, readings, entries, reconciled, cancellations, held = await self._run(transaction)
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations)
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
 
     async def _select(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -301,6 +313,13 @@ class SqliteLedgerStore:
             region,
         )
         return [Slot(rows.as_int(start), rows.as_int(end)) for start, end in found]
+
+    async def held_slots(self, region: str) -> list[HeldSlot]:
+        found = await self._select(
+            "SELECT slot_start, slot_end, stage, error FROM held_slots WHERE region = ? ORDER BY slot_start, slot_end",
+            region,
+        )
+        return [HeldSlot(Slot(rows.as_int(r[0]), rows.as_int(r[1])), str(r[2]), str(r[3])) for r in found]
 
     async def regions(self) -> list[str]:
         return [str(r) for (r,) in await self._select("SELECT region FROM regions ORDER BY region")]
