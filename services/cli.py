@@ -66,6 +66,35 @@ def _report_cmd(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+async def _replay(settings: Settings, slot_start: int) -> str:
+    from shared.runtime.ledger import open_ledger
+    from shared.runtime.replay import replay_slot
+
+    store = open_ledger(settings.ledger_url)
+    await store.open()
+    try:
+        done = await replay_slot(store, settings.market, slot_start)
+    finally:
+        await store.close()
+    return (f"replayed slot {done.slot.start}-{done.slot.end} of region {settings.region}: "
+            f"{len(done.settlements)} settlements, {len(done.entries)} entries written")
+
+
+def _replay_cmd(args: argparse.Namespace) -> int:
+    from shared.runtime.replay import ReplayRefused
+
+    env = dict(os.environ)
+    if args.ledger:
+        env["MICROTE_LEDGER_URL"] = args.ledger
+    env["MICROTE_REGION"] = args.region
+    try:
+        print(asyncio.run(_replay(from_env(env), args.slot)))
+    except ReplayRefused as exc:
+        print(f"microte: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -112,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--ledger")
     rep.add_argument("--region")
     rep.set_defaults(run=_report_cmd)
+    replay = sub.add_parser("replay-slot", help="clear and reconcile a held slot from the ledger's records "
+                            "(market settings from MICROTE_* variables, as the region's services have them)")
+    replay.add_argument("--region", required=True)
+    replay.add_argument("--slot", type=int, required=True, help="the held slot's start, UNIX seconds")
+    replay.add_argument("--ledger", help="the region's ledger URL (default: MICROTE_LEDGER_URL)")
+    replay.set_defaults(run=_replay_cmd)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

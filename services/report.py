@@ -70,4 +70,8 @@ async def report(store: LedgerStore, market: MarketSettings) -> tuple[str, bool]
     lines.append(f"  ledger invariants and re-derivation of {checked.slots} slots, "
                  f"{checked.entries} entries: {verdict}")
     lines += [f"    {p}" for p in checked.problems[:20]]
+    if checked.held:
+        lines.append(f"  held slots awaiting `microte replay-slot` (nobody is billed for them yet): "
+                     f"{len(checked.held)}")
+        lines += [f"    {h.slot.start}-{h.slot.end} ({h.stage}): {h.error[:200]}" for h in checked.held[:20]]
     return "\n".join(lines), verdict == "PASS"

@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from shared.market import LedgerEntry, Order, Reading, Settlement, Slot, clear, reconcile, violations
-from shared.runtime.ledger import LedgerStore
+from shared.runtime.ledger import HeldSlot, LedgerStore
 from shared.runtime.settings import MarketSettings
 
 
@@ -18,6 +18,7 @@ class Audit:
     entries: int = 0
     settlements: int = 0
     problems: list[str] = field(default_factory=list)
+    held: list[HeldSlot] = field(default_factory=list)  # not replayed yet: no entries, not a problem
 
     @property
     def ok(self) -> bool:
@@ -70,7 +71,9 @@ async def audit(store: LedgerStore, market: MarketSettings) -> Audit:
         result.problems += [f"slot {slot}: {v}" for v in violations(recorded, readings, stored)]
         result.entries += len(stored)
         result.settlements += len(recorded)
-    unreconciled = set(by_slot_entries) - set(await store.reconciled_slots(region))
+    reconciled = set(await store.reconciled_slots(region))
+    result.held = [h for h in await store.held_slots(region) if h.slot not in reconciled]
+    unreconciled = set(by_slot_entries) - reconciled
     if unreconciled:
         result.problems.append(f"entries for {len(unreconciled)} slots that are not marked reconciled")
     return result
