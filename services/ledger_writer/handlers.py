@@ -46,10 +46,15 @@ class LedgerWriter:
         await self._write(RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)]))
 
     async def on_slot_cleared(self, m: t.SlotCleared) -> None:
+        # A held slot (m.failure) has no settlements; it is recorded as held once the
+        # meter-collector reaches it, so that its readings are all in first.
         await self._write(RecordBatch(settlements=settlements_from_wire(m)))
 
     async def on_slot_reconciled(self, m: t.SlotReconciled) -> None:
         slot = slot_from_wire(m.slot)
+        if m.held:
+            await self._write(RecordBatch(held=[(m.region, slot, m.held, m.failure)]))
+            return
         entries = entries_from_wire(m.region, slot, m.entries)
         self._settled_wh[(m.region, slot.start, slot.end)] = m.settled_wh
         await self._write(RecordBatch(entries=entries, reconciled=[(m.region, slot, len(entries))]))
@@ -72,5 +77,9 @@ class LedgerWriter:
             metrics.slots_recorded.labels(region).inc()
             await self.svc.publish(t.SlotRecorded(region=slot_region, slot=slot_to_wire(slot),
                                                   entry_count=len(entries)), self.svc.keys.fact(SLOT_RECORDED))
+        for slot_region, slot, stage, _error in batch.held:  # recorded as held: the region goes on
+            self.svc.log.error("slot_recorded_as_held", slot=str(slot), stage=stage)
+            await self.svc.publish(t.SlotRecorded(region=slot_region, slot=slot_to_wire(slot), entry_count=0),
+                                   self.svc.keys.fact(SLOT_RECORDED))
         if self.batcher is not None:
             metrics.ledger_backlog.labels(region).set(self.batcher.backlog)

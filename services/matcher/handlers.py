@@ -60,13 +60,22 @@ class Matcher:
             await self.clear_slot(slot, matched_at_ms=self.market.schedule.closes_at(slot) * 1000)
 
     async def clear_slot(self, slot: Slot, matched_at_ms: int) -> None:
-        """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes."""
+        """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes.
+
+        A book that cannot be cleared (it fails to decode, or clearing raises) fails every
+        time: the slot is held instead (no settlements; see ``microte replay-slot``), and
+        the region goes on."""
         metrics, region = self.svc.metrics, self.svc.region
-        orders = [order_from_wire(decode_as(raw, t.OrderAccepted)) for raw in await self.state.book(slot)]
+        book = await self.state.book(slot)
         started = time.perf_counter()
-        settlements = clear(orders, region=region, slot=slot, rule=self.market.rule, matched_at_ms=matched_at_ms)
+        try:
+            orders = [order_from_wire(decode_as(raw, t.OrderAccepted)) for raw in book]
+            settlements = clear(orders, region=region, slot=slot, rule=self.market.rule, matched_at_ms=matched_at_ms)
+            records = [settlement_to_wire(s) for s in settlements]
+        except Exception as exc:
+            await self.hold(slot, matched_at_ms, len(book), f"{type(exc).__name__}: {exc}")
+            return
         metrics.clearing_duration.labels(region).observe(time.perf_counter() - started)
-        records = [settlement_to_wire(s) for s in settlements]
         wire_slot = slot_to_wire(slot)
         by_party: dict[str, list[t.SettlementRecord]] = defaultdict(list)
         for record in records:
@@ -93,6 +102,16 @@ class Matcher:
             metrics.slot_price.labels(region).set(float(paid / energy))  # display only
         self.svc.log.info("slot_cleared", slot=str(slot), orders=len(orders), settlements=len(settlements),
                           energy_wh=energy)
+
+    async def hold(self, slot: Slot, matched_at_ms: int, order_count: int, error: str) -> None:
+        """A poison slot: say it is held, with why, so that the region goes on without it."""
+        self.svc.log.exception("slot_held", slot=str(slot), stage="clearing", error=error[:500])
+        self.svc.metrics.slots_held.labels(self.svc.region, "clearing").inc()
+        held = t.SlotCleared(region=self.svc.region, slot=slot_to_wire(slot), rule=str(self.market.rule),
+                             matched_at_ms=matched_at_ms, order_count=order_count, settlements=[],
+                             failure=error[:1000])
+        await self.svc.publish(held, self.svc.keys.fact(SLOT_CLEARED))
+        await self.state.finish_clearing(slot)
 
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
         await self.state.drop_claim("clear", slot_from_wire(m.slot))

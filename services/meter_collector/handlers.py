@@ -133,13 +133,20 @@ class MeterCollector:
         if claim in ("done", "busy"):
             return claim == "done"  # busy: another replica is on it; if it dies, a later event retries
         # From here on the slot's readings are frozen: a redo computes the same entries.
-        raw = await self.state.settlements(slot)
-        settlements = settlements_from_wire(decode_as(raw, t.SlotCleared)) if raw else []
-        readings = [reading_from_wire(decode_as(b, t.ReadingAccepted))
-                    for _, b in sorted((await self.state.readings(slot)).items())]
+        raw, stored = await self.state.settlements(slot), await self.state.readings(slot)
         started = time.perf_counter()
-        entries = reconcile(region=region, slot=slot, settlements=settlements, readings=readings,
-                            grid=self.market.tariff.prices_at(slot.start))
+        try:
+            cleared = decode_as(raw, t.SlotCleared) if raw else None
+            if cleared is not None and cleared.failure:
+                await self.hold(slot, "clearing", cleared.failure)
+                return True
+            settlements = settlements_from_wire(cleared) if cleared else []
+            readings = [reading_from_wire(decode_as(b, t.ReadingAccepted)) for _, b in sorted(stored.items())]
+            entries = reconcile(region=region, slot=slot, settlements=settlements, readings=readings,
+                                grid=self.market.tariff.prices_at(slot.start))
+        except Exception as exc:  # a poison slot fails every time: hold it, go on with the next
+            await self.hold(slot, "reconciliation", f"{type(exc).__name__}: {exc}")
+            return True
         metrics.reconciliation_duration.labels(region).observe(time.perf_counter() - started)
         active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
         missing = sorted(active - {r.participant_id for r in readings})
@@ -164,6 +171,20 @@ class MeterCollector:
                 metrics.grid_energy.labels(region, "export").inc(e.quantity_wh * JOULES_PER_WH)
         self.svc.log.info("slot_reconciled", slot=str(slot), entries=len(entries), missing=len(missing))
         return True
+
+
+    async def hold(self, slot: Slot, stage: str, error: str) -> None:
+        """No entries for the slot until an operator replays it; the readings it has are in
+        the ledger already (each was recorded when it was accepted)."""
+        log = self.svc.log.error if stage == "clearing" else self.svc.log.exception
+        log("slot_held", slot=str(slot), stage=stage, error=error[:500])
+        if stage == "reconciliation":
+            self.svc.metrics.slots_held.labels(self.svc.region, stage).inc()
+        await self.svc.publish(t.SlotReconciled(region=self.svc.region, slot=slot_to_wire(slot),
+                                                reconciled_at_ms=slot.end * 1000, missing_readings=[], entries=[],
+                                                held=stage, failure=error[:1000]),
+                               self.svc.keys.fact(SLOT_RECONCILED))
+        await self.state.finish_reconciling(slot)
 
 
 def _as_duplicate(stored: t.ReadingAccepted) -> t.ReadingAccepted:

@@ -61,6 +61,7 @@ class Metrics:
     dead_letter_overflow: Counter
     loop_restarts: Counter
     handler_failures: Counter
+    slots_held: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -140,6 +141,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         handler_failures=Counter("microte_handler_failures",
                                  "Handler attempts that failed on the message's own merits, with healthy "
                                  "dependencies", (*region, "service"), registry=r),
+        slots_held=Counter("microte_slots_held", "Slots that could not be cleared or reconciled and are held for "
+                           "`microte replay-slot`, by stage", (*region, "stage"), registry=r),
     )
 
 
