@@ -22,6 +22,11 @@ from shared.messages import types as t
 from shared.runtime import topology as k
 from shared.runtime.topology import Keys
 
+# A household waits this long for the market's answer to each request. In simulation the
+# market takes as long as its services need (an outage delays a round, never changes it),
+# so the households wait much longer than any round timeout.
+ANSWER_TIMEOUT_S = 600
+
 
 @dataclass
 class Tally:
@@ -72,14 +77,14 @@ class Participant:
                                             asyncio.get_running_loop().create_future())
         await c.send(t.CancelOrder(region=c.region, participant_id=self.pid, client_order_id=order.client_order_id,
                                    slot=order.slot), k.CANCEL)
-        if not isinstance(await asyncio.wait_for(cancelled, timeout=60), t.OrderCancelled):
+        if not isinstance(await asyncio.wait_for(cancelled, timeout=ANSWER_TIMEOUT_S), t.OrderCancelled):
             return
         again = f"{order.client_order_id}-r"
         answered = self.answers.setdefault(again, asyncio.get_running_loop().create_future())
         await c.send(t.SubmitOrder(region=c.region, participant_id=self.pid, client_order_id=again, side=order.side,
                                    quantity_wh=max(1, order.quantity_wh // 2), price=order.price,
                                    source=order.source, slot=order.slot), k.ORDER)
-        await asyncio.wait_for(answered, timeout=60)
+        await asyncio.wait_for(answered, timeout=ANSWER_TIMEOUT_S)
 
     def _answered(self, client_order_id: str, message: t.Message) -> None:
         waiting = self.answers.pop(client_order_id, None)
@@ -112,7 +117,7 @@ class Participant:
                                                   slot=r.next_settle), k.ORDER))
         await asyncio.gather(*sends)
         # Done with the round only once the market has answered every order.
-        results = await asyncio.wait_for(asyncio.gather(*answers), timeout=60)
+        results = await asyncio.wait_for(asyncio.gather(*answers), timeout=ANSWER_TIMEOUT_S)
         changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
         if results and isinstance(results[0], t.OrderAccepted) and changes_mind:
             await self.requote(results[0])

@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.exceptions
@@ -73,6 +74,7 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MERIT_TRIES = 3  # a message that fails this often with healthy dependencies is dead-lettered
 LOOP_STALE_S = 60.0  # a background loop that has not beaten for this long is unhealthy
 PROBE_TIMEOUT_S = 2.0
+DEAD_LETTER_KEEP_BYTES = 64 * 1024  # a larger body is parked truncated
 
 
 async def _raw(msg: StreamMessage[Any]) -> bytes:
@@ -93,6 +95,10 @@ class Service:
         self.instance = f"{socket.gethostname()}-{os.getpid()}"  # names this replica in claims and leases
         self.keys = Keys(self.region)
         self.signer = Signer(settings.service_key)  # refuses to start without the region's key
+        # RabbitMQ validates a message's user_id against the connection's user only when it
+        # is set: set it, so that consumers can tell the region's service accounts.
+        user = urlsplit(settings.amqp_url).username
+        self.broker_user = unquote(user) if user else None
         self.log = configure_logging(name, self.region, settings.log_level)
         self.metrics = create_metrics()
         initialise(self.metrics, self.region)
@@ -294,7 +300,8 @@ class Service:
         """A request that cannot be read: a ``malformed`` answer if it names a valid sender."""
         sender = sender_of(body) if body else None
         routing_key = msg.raw_message.routing_key or ""
-        if sender is not None and parse_key(self.region, routing_key) is not None and f".{IN}." in routing_key:
+        where = parse_key(self.region, routing_key)
+        if sender is not None and where is not None and where[0] == IN:
             pid, reference = sender
             if self.settings.identity == "broker_user" and msg.raw_message.user_id != pid:
                 await self.dead_letter(msg, f"undecodable: {why}")  # never answer a participant it is not
@@ -314,10 +321,15 @@ class Service:
         When the queue is full the broker refuses the message: it is counted, logged and dropped."""
         self.log.warning("dead_lettered", reason=reason[:300], routing_key=msg.raw_message.routing_key)
         self.metrics.dead_letters.labels(self.region, self.name, reason.split(":")[0]).inc()
+        body: bytes = msg.body
+        headers: dict[str, Any] = {"x-microte-reason": reason[:500], "x-microte-service": self.name}
+        if len(body) > DEAD_LETTER_KEEP_BYTES:  # evidence, not a second copy of a flood
+            headers["x-microte-truncated-from"] = len(body)
+            body = body[:DEAD_LETTER_KEEP_BYTES]
         try:
             await self.broker.publish(
-                msg.body, exchange=DEAD_LETTER_EXCHANGE, routing_key=msg.raw_message.routing_key or self.region,
-                persist=True, headers={"x-microte-reason": reason[:500], "x-microte-service": self.name},
+                body, exchange=DEAD_LETTER_EXCHANGE, routing_key=msg.raw_message.routing_key or self.region,
+                persist=True, headers=headers,
                 message_id=msg.message_id, content_type=msg.content_type or "application/octet-stream",
             )
         except (aio_pika.exceptions.DeliveryError, aiormq.exceptions.PublishError):
@@ -389,7 +401,7 @@ class Service:
         for _ in range(2 if self.settings.duplicate_delivery else 1):
             await self.broker.publish(body, exchange=EXCHANGE, routing_key=routing_key, persist=True,
                                       content_type=CONTENT_TYPE, message_id=message_id,
-                                      timestamp=None, headers=headers)
+                                      timestamp=None, headers=headers, user_id=self.broker_user)
 
     async def publish_all(self, items: list[tuple[Message, str]]) -> None:
         await asyncio.gather(*(self.publish(m, k) for m, k in items))
