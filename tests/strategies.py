@@ -8,16 +8,22 @@ with duplicates (the order id then decides).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 
 from builders import SLOT, order
 from hypothesis import strategies as st
 
-from shared.market import Order
+from shared.market import MAX_ORDER_WH, Order
 
 SOURCES = ("solar", "wind", "bess")
 MAX_TICKS = 100_000  # the default cap, 10 $/kWh
+INT64_MAX = 2**63 - 1
+
+# Quantities at and beyond the order limit, up to int64: where cumulative sums wrap.
+HUGE_WH = (MAX_ORDER_WH - 1, MAX_ORDER_WH, MAX_ORDER_WH + 1, 2**31, 2**53, 2**61, 2**62 - 1, 2**62, 2**62 + 1,
+           3 * 2**61, INT64_MAX - 1, INT64_MAX)
 
 
 def price_of(ticks: int) -> Decimal:
@@ -54,6 +60,20 @@ def books(draw: st.DrawFn, max_orders: int = 40) -> list[Order]:
     seqs = draw(st.one_of(st.permutations(range(n)),
                           st.lists(st.integers(0, max(n // 2, 1)), min_size=n, max_size=n)))
     return build(rows, list(seqs))
+
+
+def huge_quantities() -> st.SearchStrategy[int]:
+    """Any quantity a book can hold (1 to int64), the edges and the near-int64 values often."""
+    return st.one_of(st.integers(1, 50), st.sampled_from(HUGE_WH), st.integers(2**62, INT64_MAX),
+                     st.integers(1, INT64_MAX))
+
+
+@st.composite
+def huge_books(draw: st.DrawFn, max_orders: int = 40) -> list[Order]:
+    """A ``books()`` book in which some quantities are huge: no total needs to fit int64."""
+    book = draw(books(max_orders))
+    huge = draw(st.lists(st.one_of(st.none(), huge_quantities()), min_size=len(book), max_size=len(book)))
+    return [o if q is None else dataclasses.replace(o, quantity_wh=q) for o, q in zip(book, huge, strict=True)]
 
 
 def random_book(rng: random.Random, max_orders: int = 40) -> list[Order]:

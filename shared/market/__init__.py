@@ -7,7 +7,17 @@ decode, call these functions, and persist or publish the results.
 from shared.market.invariants import violations
 from shared.market.ledger import GRID, MARKET, Bill, EntryKind, LedgerEntry, bills, entry_id
 from shared.market.matching import Book, PricingRule, Settlement, clear, match_book, settlement_id
-from shared.market.numbers import PRICE_TICK, amount, parse_price, price_to_ticks
+from shared.market.numbers import (
+    MAX_ORDER_WH,
+    MAX_PRICE,
+    MAX_READING_SOURCES,
+    MAX_READING_WH,
+    PRICE_TICK,
+    amount,
+    check_price_cap,
+    parse_price,
+    price_to_ticks,
+)
 from shared.market.orders import (
     SOURCES,
     Order,
@@ -27,6 +37,10 @@ from shared.market.timing import RoundWindows, Schedule, Slot
 __all__ = [
     "GRID",
     "MARKET",
+    "MAX_ORDER_WH",
+    "MAX_PRICE",
+    "MAX_READING_SOURCES",
+    "MAX_READING_WH",
     "PRICE_TICK",
     "SOURCES",
     "Bill",
@@ -50,6 +64,7 @@ __all__ = [
     "accept",
     "amount",
     "bills",
+    "check_price_cap",
     "check_reading",
     "classify_source",
     "clear",

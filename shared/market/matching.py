@@ -58,6 +58,7 @@ _SOURCES = tuple(SOURCE_POOLS)
 _SOURCE_CODES = {source: code for code, source in enumerate(_SOURCES)}
 _POOL_OF_CODE = np.array([POOL_ORDER.index(SOURCE_POOLS[s]) for s in _SOURCES], dtype=np.int64)
 _BID, _ASK = 0, 1
+_INT64_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,12 @@ class Book:
 
     @classmethod
     def from_orders(cls, orders: Iterable[Order]) -> Book:
+        """Raises ValueError for an order whose quantity is not in [1, 2**63 - 1] Wh, or
+        whose price ticks or sequence do not fit int64: the columns are int64.
+
+        Quantities above ``MAX_ORDER_WH`` are cleared exactly: validation keeps new ones
+        out, and an order already stored must not stop its whole slot from clearing.
+        """
         rows = list(orders)
         n = len(rows)
         owners: dict[str, int] = {}
@@ -81,15 +88,21 @@ class Book:
         def column(values: Iterable[int]) -> IntArray:
             return np.fromiter(values, dtype=np.int64, count=n)
 
-        return cls(
-            orders=rows,
-            is_ask=column(o.side == Side.ASK for o in rows),
-            price=column(o.price_ticks for o in rows),
-            qty=column(o.quantity_wh for o in rows),
-            seq=column(o.seq for o in rows),
-            owner=column(owners.setdefault(o.participant_id, len(owners)) for o in rows),
-            source=column(_SOURCE_CODES[o.source] for o in rows),
-        )
+        try:
+            book = cls(
+                orders=rows,
+                is_ask=column(o.side == Side.ASK for o in rows),
+                price=column(o.price_ticks for o in rows),
+                qty=column(o.quantity_wh for o in rows),
+                seq=column(o.seq for o in rows),
+                owner=column(owners.setdefault(o.participant_id, len(owners)) for o in rows),
+                source=column(_SOURCE_CODES[o.source] for o in rows),
+            )
+        except OverflowError:
+            book = None
+        if book is None or (n and int(book.qty.min()) < 1):
+            raise ValueError(_out_of_range(rows))
+        return book
 
     def ranked(self) -> dict[tuple[int, bool], IntArray]:
         """Rows of each (pool, side) in priority order, from one sort of the whole book."""
@@ -118,6 +131,17 @@ class Book:
         ids = np.array([o.order_id for o in self.orders])
         keys.insert(0, np.unique(ids, return_inverse=True)[1].astype(np.int64))
         return np.lexsort(keys)
+
+
+def _out_of_range(rows: list[Order]) -> str:
+    for o in rows:
+        if not 1 <= o.quantity_wh <= _INT64_MAX:
+            return f"order {o.order_id} has quantity_wh {o.quantity_wh}; a book holds 1 to 2**63 - 1 Wh"
+        if not -_INT64_MAX <= o.price_ticks <= _INT64_MAX:
+            return f"order {o.order_id} has price {o.price}: its ticks do not fit int64"
+        if not -_INT64_MAX <= o.seq <= _INT64_MAX:
+            return f"order {o.order_id} has seq {o.seq}, which does not fit int64"
+    return "an order does not fit the book's int64 columns"
 
 
 def _walk_rows(book: Book, bids: IntArray, asks: IntArray) -> Fills:

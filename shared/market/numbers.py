@@ -14,6 +14,31 @@ ZERO = Decimal(0)
 # Arithmetic on money must never round silently: this context raises instead.
 EXACT = Context(prec=60, traps=[Inexact, InvalidOperation])
 
+# --- upper bounds on what a participant may send (enforced by validation) -------------
+#
+# Every quantity is an exact Python int in the core, but the matcher keeps its columns in
+# numpy int64 and the ledger stores int64; the bounds keep every sum far inside that range.
+
+# One order: 1 GWh. Far above any household or community battery in one slot (a 1 MW
+# community battery delivers 1 MWh = 10**6 Wh in an hour), yet a million orders of this
+# size sum to 10**15 Wh, about 1/9000 of the int64 range: no cumulative sum can overflow.
+MAX_ORDER_WH = 10**9
+
+# One meter value (import_wh, or one source's export_wh / self_consumed_wh): 1 GWh, on the
+# same reasoning as an order; a meter that reports more is broken or lying.
+MAX_READING_WH = 10**9
+
+# Sources in one meter map: only the known sources (solar, wind, bess) make sense, and a
+# map cannot name one twice. ``shared.market.orders.SOURCES`` has exactly this many.
+MAX_READING_SOURCES = 3
+
+# The hard ceiling on the configurable price cap, in $/kWh: some fifty times the highest
+# wholesale market price cap in the world (AEMO's, about 17.5 $/kWh in 2024-25). Its tick
+# count (10**7) and the money of a full order at it (10**9 $) are small, exact numbers.
+# Settings refuse a larger ``price_cap`` (``check_price_cap``); validation never lets a
+# price above it through, whatever cap it is given.
+MAX_PRICE = Decimal("1000")
+
 
 class InvalidPrice(ValueError):
     """A price that is not a finite, non-negative multiple of the 0.0001 tick."""
@@ -55,3 +80,11 @@ def parse_price(value: Decimal | str | int) -> Decimal:
         raise InvalidPrice(f"price {value!r} is not a number") from exc
     price_to_ticks(price)
     return price
+
+
+def check_price_cap(cap: Decimal) -> Decimal:
+    """``cap`` if it can be a region's price cap: on the tick, within [0, ``MAX_PRICE``]."""
+    price_to_ticks(cap)
+    if cap < 0 or cap > MAX_PRICE:
+        raise InvalidPrice(f"price cap {cap} must be within [0, {MAX_PRICE}] $/kWh")
+    return cap

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from shared.market.numbers import InvalidPrice, price_to_ticks
+from shared.market.numbers import MAX_ORDER_WH, MAX_PRICE, InvalidPrice, price_to_ticks
 from shared.market.reasons import RejectReason
 from shared.market.timing import Schedule, Slot
 
@@ -103,12 +103,17 @@ def validate_order(
         return Rejection(RejectReason.INVALID_SIDE, f"side must be 'bid' or 'ask', got {side!r}")
     if isinstance(quantity_wh, bool) or not isinstance(quantity_wh, int) or quantity_wh <= 0:
         return Rejection(RejectReason.INVALID_QUANTITY, f"quantity_wh must be an integer > 0, got {quantity_wh!r}")
+    if quantity_wh > MAX_ORDER_WH:
+        return Rejection(RejectReason.QUANTITY_TOO_LARGE,
+                         f"quantity_wh {quantity_wh} is above the limit of {MAX_ORDER_WH} Wh per order")
     try:
         price_to_ticks(price)
     except InvalidPrice as exc:
         return Rejection(RejectReason.INVALID_PRICE, str(exc))
-    if price < 0 or price > price_cap:
-        return Rejection(RejectReason.INVALID_PRICE, f"price {price} must be within [0, {price_cap}]")
+    # MAX_PRICE holds even when the configured cap is larger (settings should refuse it).
+    cap = min(price_cap, MAX_PRICE)
+    if price < 0 or price > cap:
+        return Rejection(RejectReason.INVALID_PRICE, f"price {price} must be within [0, {cap}]")
     classified = classify_source(source)
     if classified is None:
         return Rejection(RejectReason.UNKNOWN_SOURCE, f"source {source!r} is not one of {', '.join(SOURCES)}")

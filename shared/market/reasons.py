@@ -8,6 +8,7 @@ from enum import StrEnum
 class RejectReason(StrEnum):
     MALFORMED = "malformed"
     INVALID_QUANTITY = "invalid_quantity"
+    QUANTITY_TOO_LARGE = "quantity_too_large"  # above numbers.MAX_ORDER_WH
     INVALID_PRICE = "invalid_price"
     UNKNOWN_SOURCE = "unknown_source"
     INVALID_SIDE = "invalid_side"
@@ -19,6 +20,7 @@ class RejectReason(StrEnum):
     IDENTITY_MISMATCH = "identity_mismatch"
     UNKNOWN_ORDER = "unknown_order"
     INVALID_READING = "invalid_reading"
+    READING_TOO_LARGE = "reading_too_large"  # a value above numbers.MAX_READING_WH
     SLOT_NOT_DELIVERED = "slot_not_delivered"
     ALREADY_RECONCILED = "already_reconciled"
     WRONG_REGION = "wrong_region"

@@ -20,6 +20,7 @@ from decimal import Decimal
 
 from shared.market.ledger import GRID, EntryKind, LedgerEntry, entry_id
 from shared.market.matching import Settlement
+from shared.market.numbers import MAX_READING_SOURCES, MAX_READING_WH
 from shared.market.orders import BESS, POOL_ORDER, SOURCE_POOLS, SOURCES, Pool
 from shared.market.reasons import RejectReason
 from shared.market.tariff import GridPrices
@@ -38,9 +39,16 @@ class Reading:
 
 
 def check_reading(reading: Reading) -> tuple[RejectReason, str] | None:
-    """Why a reading cannot be accepted, or None."""
+    """Why a reading cannot be accepted, or None.
+
+    Every value is an integer in [0, ``MAX_READING_WH``]; each map names at most
+    ``MAX_READING_SOURCES`` sources, all of them known.
+    """
     values: list[tuple[str, object]] = [("import_wh", reading.import_wh)]
     for name, by_source in (("export_wh", reading.export_wh), ("self_consumed_wh", reading.self_consumed_wh)):
+        if len(by_source) > MAX_READING_SOURCES:
+            return RejectReason.INVALID_READING, (
+                f"{name} names {len(by_source)} sources; at most {MAX_READING_SOURCES} ({', '.join(SOURCES)})")
         for source, wh in by_source.items():
             if source not in SOURCE_POOLS:
                 return RejectReason.UNKNOWN_SOURCE, f"{name} has unknown source {source!r}"
@@ -48,6 +56,9 @@ def check_reading(reading: Reading) -> tuple[RejectReason, str] | None:
     for name, value in values:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             return RejectReason.INVALID_READING, f"{name} must be an integer >= 0, got {value!r}"
+    for name, value in values:
+        if isinstance(value, int) and value > MAX_READING_WH:
+            return RejectReason.READING_TOO_LARGE, f"{name} {value} is above the limit of {MAX_READING_WH} Wh"
     return None
 
 

@@ -14,6 +14,13 @@ O((n + k) log n) for n orders and k fills:
 While no ask is waiting, the walk is a merge of the two cumulative-quantity sequences,
 which numpy does in bulk (``_merge``) until the first pair with the same owner; the
 plain walk resolves that pair and hands back once nothing waits.
+
+Quantities are exact for any int64 value >= 1. The bulk merge adds quantities up in
+int64, so it runs only when no side's total can exceed the int64 range (``_fits``);
+otherwise the whole walk is the plain one, in Python ints, which never overflow. (Before
+this check a wrapped cumulative sum made the merge report negative fills, index past its
+arrays, or make no progress while claiming no conflict: the driver then widened its
+window, forever.)
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ IntArray = npt.NDArray[np.int64]
 Fills = tuple[IntArray, IntArray, IntArray]  # bid index, ask index, quantity
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+_INT64_MAX = 2**63 - 1
+
+
+def _fits(quantities: IntArray) -> bool:
+    """Every cumulative sum of ``quantities`` fits in int64 (checked in Python ints)."""
+    return int(quantities.max()) * len(quantities) <= _INT64_MAX
 
 
 def _sift_down(heap: list[tuple[int, int]], pos: int) -> None:
@@ -68,12 +81,13 @@ class _Walk:
         self.fills_b: list[int] = []
         self.fills_a: list[int] = []
         self.fills_q: list[int] = []
+        self.bulk = _fits(bid_qty) and _fits(ask_qty)  # else the int64 merge could wrap
 
     def run(self) -> Fills:
         nb, na = len(self.bp), len(self.ap)
         window, plain_bids = 256, 0
         while self.bid < nb and (self.main < na or self.heap):
-            if self.heap or plain_bids > 0:
+            if self.heap or plain_bids > 0 or not self.bulk:
                 self._walk_bid()
                 plain_bids = max(plain_bids - 1, 0)
                 continue
@@ -225,7 +239,13 @@ def walk(
     ask_qty: IntArray,
     ask_owner: IntArray,
 ) -> Fills:
-    """Fills of the walk, in the order the walk makes them. Inputs in priority order."""
+    """Fills of the walk, in the order the walk makes them. Inputs in priority order.
+
+    Every quantity must be at least 1 Wh (raises ValueError otherwise); any int64 value
+    above that is walked exactly.
+    """
     if len(bid_price) == 0 or len(ask_price) == 0:
         return _EMPTY, _EMPTY, _EMPTY
+    if int(bid_qty.min()) < 1 or int(ask_qty.min()) < 1:
+        raise ValueError("every order quantity must be at least 1 Wh")
     return _Walk(bid_price, bid_qty, bid_owner, ask_price, ask_qty, ask_owner).run()

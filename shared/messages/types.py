@@ -6,6 +6,10 @@ field. Messages only grow: new fields get defaults; nothing is renamed or retype
 
 Prices travel as exact decimal text (``"0.1449"``), never as binary floats; the market
 core judges their value (tick, range) so that a bad price gets ``invalid_price``.
+
+Every integer is bounded here too, but loosely: the decoder refuses only absurd values
+(as malformed), and the market core judges the rest, so that an order of 10**9 + 1 Wh
+gets ``quantity_too_large``, 0 Wh gets ``invalid_quantity``, and neither is malformed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,19 @@ PriceText = Annotated[str, Meta(pattern=r"^-?[0-9]{1,9}(\.[0-9]{1,12})?\Z")]
 Reason = Annotated[str, Meta(max_length=64)]
 Text = Annotated[str, Meta(max_length=1000)]
 Source = Annotated[str, Meta(max_length=32)]
-EnergyBySource = dict[Source, int]
+
+# Wire bounds, looser than the market's own limits (shared.market.numbers: MAX_ORDER_WH,
+# MAX_READING_WH = 10**9, MAX_READING_SOURCES = 3) so that a value just beyond those still
+# decodes and is refused with its own reason. 2**53 is the largest integer that every
+# JSON reader holds exactly, and a thousand such values still sum inside int64.
+WIRE_MAX_WH = 2**53
+WIRE_MAX_INT = 2**53  # UNIX seconds and milliseconds, sequence numbers, counts
+WIRE_MAX_SOURCES = 8  # keys of one meter map
+
+# Signed on purpose: 0 and negative quantities decode, and the core says invalid_quantity.
+Wh = Annotated[int, Meta(ge=-WIRE_MAX_WH, le=WIRE_MAX_WH)]
+Int = Annotated[int, Meta(ge=-WIRE_MAX_INT, le=WIRE_MAX_INT)]
+EnergyBySource = Annotated[dict[Source, Wh], Meta(max_length=WIRE_MAX_SOURCES)]
 
 
 class Message(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=True, kw_only=True):
@@ -29,8 +45,8 @@ class Message(msgspec.Struct, frozen=True, tag=True, forbid_unknown_fields=True,
 
 
 class Slot(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
-    start: int
-    end: int
+    start: Int
+    end: Int
 
 
 # --- requests from participants -------------------------------------------------------
@@ -52,7 +68,7 @@ class SubmitOrder(Message, frozen=True):
     participant_id: Id
     client_order_id: Id
     side: Annotated[str, Meta(max_length=8)]
-    quantity_wh: int
+    quantity_wh: Wh
     price: PriceText
     source: Source
     slot: Slot
@@ -67,7 +83,7 @@ class CancelOrder(Message, frozen=True):
 class SubmitReading(Message, frozen=True):
     participant_id: Id
     slot: Slot
-    import_wh: int
+    import_wh: Wh
     export_wh: EnergyBySource = {}
     self_consumed_wh: EnergyBySource = {}
 
@@ -76,7 +92,7 @@ class FinishRound(Message, frozen=True):
     """A participant is done with the round that started at ``round_start``."""
 
     participant_id: Id
-    round_start: int
+    round_start: Int
 
 
 # --- answers to participants ----------------------------------------------------------
@@ -84,7 +100,7 @@ class FinishRound(Message, frozen=True):
 
 class MemberJoined(Message, frozen=True):
     participant_id: Id
-    joined_at_ms: int
+    joined_at_ms: Int
 
 
 class MemberLeft(Message, frozen=True):
@@ -96,12 +112,12 @@ class OrderAccepted(Message, frozen=True):
     client_order_id: Id
     participant_id: Id
     side: str
-    quantity_wh: int
+    quantity_wh: Wh
     price: PriceText
     source: Source
     slot: Slot
-    seq: int
-    submitted_at_ms: int
+    seq: Int
+    submitted_at_ms: Int
     duplicate: bool = False
 
 
@@ -125,10 +141,10 @@ class Rejected(Message, frozen=True):
 class ReadingAccepted(Message, frozen=True):
     participant_id: Id
     slot: Slot
-    import_wh: int
+    import_wh: Wh
     export_wh: EnergyBySource
     self_consumed_wh: EnergyBySource
-    received_at_ms: int
+    received_at_ms: Int
     duplicate: bool = False
 
 
@@ -139,7 +155,7 @@ class SettlementRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     seller: Id
     bid_id: Id
     ask_id: Id
-    quantity_wh: int
+    quantity_wh: Wh
     buy_price: PriceText
     sell_price: PriceText
 
@@ -156,11 +172,11 @@ class EntryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     seller: Id
     buyer: Id
     source: Source
-    quantity_wh: int
+    quantity_wh: Wh
     buy_price: PriceText
     sell_price: PriceText
     settlement_id: Id | None = None
-    matched_at_ms: int | None = None
+    matched_at_ms: Int | None = None
 
 
 class Statement(Message, frozen=True):
@@ -179,37 +195,40 @@ class GridQuote(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
 
 class RoundStarted(Message, frozen=True):
-    fence: int
-    started_at_ms: int
-    duration: int
-    close_steps: int
+    fence: Int
+    started_at_ms: Int
+    duration: Int
+    close_steps: Int
     timezone: Text
     current_round: Slot
     last_settle: Slot
     next_settle: Slot
     grid: list[GridQuote]  # current_round and next_settle, each priced for itself
-    final_round_start: int = 0  # simulation: the last round that will start (0: open-ended)
+    final_round_start: Int = 0  # simulation: the last round that will start (0: open-ended)
 
 
 class SlotCleared(Message, frozen=True):
     slot: Slot
     rule: Reason
-    matched_at_ms: int
-    order_count: int
+    matched_at_ms: Int
+    order_count: Int
     settlements: list[SettlementRecord]
+    failure: Text = ""  # not empty: the slot could not be cleared (why); it is held, with no settlements
 
 
 class SlotReconciled(Message, frozen=True):
     slot: Slot
-    reconciled_at_ms: int
+    reconciled_at_ms: Int
     missing_readings: list[Id]
     entries: list[EntryRecord]
-    settled_wh: int = 0  # energy of the slot's settlements, for the ledger's balance check
+    settled_wh: Wh = 0  # energy of the slot's settlements, for the ledger's balance check
+    held: Reason = ""  # "clearing" or "reconciliation": the slot is held, with no entries, for a replay
+    failure: Text = ""  # why it is held
 
 
 class SlotRecorded(Message, frozen=True):
     slot: Slot
-    entry_count: int
+    entry_count: Int
 
 
 REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound)

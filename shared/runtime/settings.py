@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from shared.market import PricingRule, Schedule, Tariff
+from shared.market import PricingRule, Schedule, Tariff, check_price_cap
 from shared.runtime.trust import service_users as parse_users
 
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -104,7 +104,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             schedule=schedule,
             tariff=tariff,
             rule=PricingRule(_get(e, "PRICING_RULE", "midpoint")),
-            price_cap=Decimal(_get(e, "PRICE_CAP", "10")),
+            price_cap=check_price_cap(Decimal(_get(e, "PRICE_CAP", "10"))),
             reading_deadline_s=int(_get(e, "READING_DEADLINE_S", "120")),
             member_timeout_s=int(_get(e, "MEMBER_TIMEOUT_S", "300")),
         )

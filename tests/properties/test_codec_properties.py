@@ -19,7 +19,6 @@ from shared.messages import Undecodable, decode, encode
 from shared.messages import types as t
 
 inspect = msgspec.inspect
-INT64 = st.integers(-(2**63), 2**63 - 1)
 FEWER = max(settings.default.max_examples // 3, 10)  # per message type; 19 types add up
 DIGITS = "0123456789"
 
@@ -35,6 +34,13 @@ KNOWN_PATTERNS: dict[str, st.SearchStrategy[str]] = {
 }
 
 
+def integers(kind: inspect.IntType) -> st.SearchStrategy[int]:
+    """Integers within the field's declared bounds, their edges often: int64 if it has none."""
+    lo = kind.ge if kind.ge is not None else (kind.gt + 1 if kind.gt is not None else -(2**63))
+    hi = kind.le if kind.le is not None else (kind.lt - 1 if kind.lt is not None else 2**63 - 1)
+    return st.one_of(st.integers(lo, hi), st.sampled_from([lo, hi, 0, 1, -1]).filter(lambda x: lo <= x <= hi))
+
+
 def strategy(kind: inspect.Type) -> st.SearchStrategy[Any]:
     if isinstance(kind, inspect.StrType):
         if kind.pattern is not None:
@@ -43,7 +49,7 @@ def strategy(kind: inspect.Type) -> st.SearchStrategy[Any]:
             return text.filter(lambda s: kind.max_length is None or len(s) <= kind.max_length)
         return st.text(max_size=min(kind.max_length or 50, 50))
     if isinstance(kind, inspect.IntType):
-        return INT64
+        return integers(kind)
     if isinstance(kind, inspect.BoolType):
         return st.booleans()
     if isinstance(kind, inspect.NoneType):
@@ -51,9 +57,11 @@ def strategy(kind: inspect.Type) -> st.SearchStrategy[Any]:
     if isinstance(kind, inspect.UnionType):
         return st.one_of(*(strategy(k) for k in kind.types))
     if isinstance(kind, inspect.DictType):
-        return st.dictionaries(strategy(kind.key_type), strategy(kind.value_type), max_size=4)
+        return st.dictionaries(strategy(kind.key_type), strategy(kind.value_type),
+                               max_size=min(4, kind.max_length if kind.max_length is not None else 4))
     if isinstance(kind, inspect.ListType):
-        return st.lists(strategy(kind.item_type), max_size=3)
+        return st.lists(strategy(kind.item_type),
+                        max_size=min(3, kind.max_length if kind.max_length is not None else 3))
     if isinstance(kind, inspect.StructType):
         return messages(kind.cls)
     raise NotImplementedError(f"no strategy for {kind!r}: add one here")
@@ -117,3 +125,36 @@ def test_a_corrupted_message_decodes_to_a_valid_message_or_raises_undecodable(
         return
     # Whatever got through is a well-formed message: it survives its own round trip.
     assert decode(encode(message)) == message
+
+
+def int_fields(cls: type[msgspec.Struct]) -> list[tuple[str, inspect.IntType]]:
+    """The message's own integer fields (optional ones included), with their bounds."""
+    info = inspect.type_info(cls)
+    assert isinstance(info, inspect.StructType)
+    out = []
+    for f in info.fields:
+        kinds = f.type.types if isinstance(f.type, inspect.UnionType) else (f.type,)
+        out += [(f.name, k) for k in kinds if isinstance(k, inspect.IntType)]
+    return out
+
+
+BOUNDED_FIELDS = [(kind, name, bounds) for kind in t.ALL_MESSAGES for name, bounds in int_fields(kind)]
+
+
+def test_the_messages_have_integer_fields_to_check() -> None:
+    assert {(kind, name) for kind, name, _ in BOUNDED_FIELDS} >= {(t.SubmitOrder, "quantity_wh"),
+                                                                  (t.SlotReconciled, "settled_wh")}
+
+
+@settings(max_examples=FEWER)
+@given(data=st.data(), field=st.sampled_from(BOUNDED_FIELDS))
+def test_an_integer_outside_its_fields_bounds_is_undecodable(
+    data: st.DataObject, field: tuple[type[t.Message], str, inspect.IntType]
+) -> None:
+    kind, name, bounds = field
+    assert bounds.ge is not None and bounds.le is not None
+    value = data.draw(st.one_of(st.integers(bounds.le + 1, 2**64 - 1), st.integers(-(2**63), bounds.ge - 1)))
+    fields = msgspec.to_builtins(data.draw(messages(kind)))
+    raw = msgspec.msgpack.encode({**fields, name: value})
+    with pytest.raises(Undecodable):
+        decode(raw)

@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from shared.market import MAX_ORDER_WH, MAX_READING_SOURCES, MAX_READING_WH
 from shared.messages import Undecodable, decode, decode_as, encode, sender_of
 from shared.messages import types as t
 
@@ -253,3 +254,126 @@ def test_a_reading_that_names_a_source_twice_in_different_cases_is_refused() -> 
     same = t.SubmitReading(region="r1", participant_id="p1", slot=t.Slot(0, 60), import_wh=0,
                            export_wh={"SOLAR": 100})
     assert dict(reading_from_wire(same).export_wh) == {"solar": 100}
+
+
+# --- bounds: loose on the wire, so that the market core gives the reason ----------------
+
+# Every energy field of every message, as (type, path): a path into the message's dict.
+ENERGY = [
+    (t.SubmitOrder, ("quantity_wh",)),
+    (t.SubmitReading, ("import_wh",)),
+    (t.SubmitReading, ("export_wh", "solar")),
+    (t.SubmitReading, ("self_consumed_wh", "solar")),
+    (t.OrderAccepted, ("quantity_wh",)),
+    (t.ReadingAccepted, ("import_wh",)),
+    (t.ReadingAccepted, ("self_consumed_wh", "wind")),
+    (t.SettlementsNotice, ("settlements", 0, "quantity_wh")),
+    (t.Statement, ("entries", 0, "quantity_wh")),
+    (t.SlotCleared, ("settlements", 0, "quantity_wh")),
+    (t.SlotReconciled, ("entries", 0, "quantity_wh")),
+    (t.SlotReconciled, ("settled_wh",)),
+]
+# Times, sequence numbers and counts, slots included.
+OTHER_INTS = [
+    (t.SubmitOrder, ("slot", 0)), (t.SubmitOrder, ("slot", 1)), (t.SubmitReading, ("slot", 1)),
+    (t.FinishRound, ("round_start",)), (t.MemberJoined, ("joined_at_ms",)), (t.OrderAccepted, ("seq",)),
+    (t.OrderAccepted, ("submitted_at_ms",)), (t.ReadingAccepted, ("received_at_ms",)),
+    (t.Statement, ("entries", 0, "matched_at_ms")), (t.RoundStarted, ("fence",)),
+    (t.RoundStarted, ("started_at_ms",)), (t.RoundStarted, ("duration",)), (t.RoundStarted, ("close_steps",)),
+    (t.RoundStarted, ("final_round_start",)), (t.RoundStarted, ("grid", 0, "slot", 0)),
+    (t.SlotCleared, ("matched_at_ms",)), (t.SlotCleared, ("order_count",)),
+    (t.SlotReconciled, ("reconciled_at_ms",)), (t.SlotRecorded, ("entry_count",)),
+]
+BOUNDED = [
+    pytest.param(kind, path, bound, id=".".join([kind.__name__, *map(str, path)]))
+    for fields, bound in ((ENERGY, t.WIRE_MAX_WH), (OTHER_INTS, t.WIRE_MAX_INT)) for kind, path in fields
+]
+
+
+def with_value(kind: type[t.Message], path: tuple[str | int, ...], value: int) -> bytes:
+    data: Any = as_dict(SAMPLES[kind])
+    inner = data
+    for step in path[:-1]:
+        inner = inner[step]
+    inner[path[-1]] = value
+    return msgspec.msgpack.encode(data)
+
+
+def read_value(message: t.Message, path: tuple[str | int, ...]) -> Any:
+    value: Any = msgspec.to_builtins(message)
+    for step in path:
+        value = value[step]
+    return value
+
+
+def test_the_wire_bounds_are_looser_than_the_market_limits_and_int64_safe() -> None:
+    assert MAX_ORDER_WH < t.WIRE_MAX_WH and MAX_READING_WH < t.WIRE_MAX_WH
+    assert MAX_READING_SOURCES < t.WIRE_MAX_SOURCES
+    assert 1000 * max(t.WIRE_MAX_WH, t.WIRE_MAX_INT) <= 2**63 - 1
+
+
+@pytest.mark.parametrize(("kind", "path", "bound"), BOUNDED)
+@pytest.mark.parametrize("edge", ["zero", "minus one", "just inside", "at the bound", "negative bound"])
+def test_an_integer_up_to_its_wire_bound_either_way_decodes(
+    kind: type[t.Message], path: tuple[str | int, ...], bound: int, edge: str
+) -> None:
+    value = {"zero": 0, "minus one": -1, "just inside": bound - 1, "at the bound": bound,
+             "negative bound": -bound}[edge]
+    assert read_value(decode(with_value(kind, path, value)), path) == value
+
+
+@pytest.mark.parametrize(("kind", "path", "bound"), BOUNDED)
+@pytest.mark.parametrize("beyond", ["bound + 1", "bound + 2", "2**62", "int64 max", "uint64 max",
+                                    "-bound - 1", "-2**62", "int64 min"])
+def test_an_integer_beyond_its_wire_bound_is_undecodable(
+    kind: type[t.Message], path: tuple[str | int, ...], bound: int, beyond: str
+) -> None:
+    value = {"bound + 1": bound + 1, "bound + 2": bound + 2, "2**62": 2**62, "int64 max": 2**63 - 1,
+             "uint64 max": 2**64 - 1, "-bound - 1": -bound - 1, "-2**62": -(2**62), "int64 min": -(2**63)}[beyond]
+    with pytest.raises(Undecodable):
+        decode(with_value(kind, path, value))
+
+
+@pytest.mark.parametrize("quantity", [MAX_ORDER_WH + 1, 2**40, t.WIRE_MAX_WH])
+def test_an_order_just_or_far_above_the_market_limit_still_decodes_so_it_gets_its_own_reason(quantity: int) -> None:
+    message = decode(with_value(t.SubmitOrder, ("quantity_wh",), quantity))
+    assert isinstance(message, t.SubmitOrder) and message.quantity_wh == quantity
+
+
+@pytest.mark.parametrize("kind", [t.SubmitReading, t.ReadingAccepted])
+@pytest.mark.parametrize("field", ["export_wh", "self_consumed_wh"])
+def test_a_meter_map_decodes_up_to_its_wire_size_and_is_undecodable_beyond(
+    kind: type[t.Message], field: str
+) -> None:
+    def sources(n: int) -> dict[str, int]:
+        return {f"s{i}": 1 for i in range(n)}
+
+    message = decode_changed(SAMPLES[kind], **{field: sources(t.WIRE_MAX_SOURCES)})
+    assert len(getattr(message, field)) == t.WIRE_MAX_SOURCES  # the core answers unknown_source
+    with pytest.raises(Undecodable, match="length"):
+        decode_changed(SAMPLES[kind], **{field: sources(t.WIRE_MAX_SOURCES + 1)})
+
+
+def test_every_integer_of_every_message_is_bounded_on_the_wire() -> None:
+    unbounded: list[str] = []
+
+    def visit(kind: msgspec.inspect.Type, where: str, seen: set[type]) -> None:
+        if isinstance(kind, msgspec.inspect.IntType):
+            if kind.ge is None or kind.le is None or max(-kind.ge, kind.le) > 2**62:
+                unbounded.append(where)
+        elif isinstance(kind, msgspec.inspect.UnionType):
+            for k in kind.types:
+                visit(k, where, seen)
+        elif isinstance(kind, msgspec.inspect.DictType):
+            if kind.max_length is None:
+                unbounded.append(f"{where} (size)")
+            visit(kind.value_type, f"{where}[]", seen)
+        elif isinstance(kind, msgspec.inspect.ListType):
+            visit(kind.item_type, f"{where}[]", seen)
+        elif isinstance(kind, msgspec.inspect.StructType) and kind.cls not in seen:
+            for f in kind.fields:
+                visit(f.type, f"{kind.cls.__name__}.{f.name}", seen | {kind.cls})
+
+    for message in t.ALL_MESSAGES:
+        visit(msgspec.inspect.type_info(message), message.__name__, set())
+    assert unbounded == []

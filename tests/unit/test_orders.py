@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from shared.market import (
+    MAX_ORDER_WH,
+    MAX_PRICE,
     OrderTerms,
     Pool,
     Rejection,
@@ -19,6 +21,8 @@ from shared.market import (
     classify_source,
     validate_order,
 )
+from shared.market.numbers import InvalidPrice, amount, check_price_cap, price_to_ticks
+from shared.market.orders import DEFAULT_PRICE_CAP
 
 SCHEDULE = Schedule(duration=60, close_steps=2)
 ROUND = 6000
@@ -55,10 +59,22 @@ def test_a_quantity_that_is_not_a_positive_integer_is_invalid_quantity(quantity:
     assert reason_of(validate(quantity_wh=quantity)) is RejectReason.INVALID_QUANTITY
 
 
-@pytest.mark.parametrize("quantity", [1, 2**40])
-def test_any_positive_integer_quantity_is_accepted(quantity: int) -> None:
+@pytest.mark.parametrize("quantity", [1, 2, 1500, MAX_ORDER_WH - 1, MAX_ORDER_WH])
+def test_any_integer_quantity_from_1_wh_up_to_the_limit_is_accepted(quantity: int) -> None:
     result = validate(quantity_wh=quantity)
     assert isinstance(result, OrderTerms) and result.quantity_wh == quantity
+
+
+@pytest.mark.parametrize("quantity", [MAX_ORDER_WH + 1, 2 * MAX_ORDER_WH, 2**40, 2**53, 2**62, 2**63 - 1, 2**64])
+def test_a_quantity_above_the_limit_is_quantity_too_large_and_the_detail_names_the_limit(quantity: int) -> None:
+    result = validate(quantity_wh=quantity)
+    assert isinstance(result, Rejection) and result.reason is RejectReason.QUANTITY_TOO_LARGE
+    assert str(MAX_ORDER_WH) in result.detail and str(quantity) in result.detail
+
+
+def test_the_order_limit_is_one_gwh_and_a_million_orders_at_it_sum_far_inside_int64() -> None:
+    assert MAX_ORDER_WH == 10**9
+    assert 10**6 * MAX_ORDER_WH < (2**63 - 1) // 1000
 
 
 @pytest.mark.parametrize(
@@ -90,6 +106,41 @@ def test_prices_from_zero_up_to_the_cap_on_the_tick_are_accepted(price: str) -> 
 def test_the_price_cap_is_configurable() -> None:
     assert reason_of(validate(price=Decimal("0.5001"), price_cap=Decimal("0.5"))) is RejectReason.INVALID_PRICE
     assert isinstance(validate(price=Decimal("0.5"), price_cap=Decimal("0.5")), OrderTerms)
+
+
+@pytest.mark.parametrize("price", ["999.9999", "1000", "1000.0000"])
+def test_a_price_up_to_the_hard_ceiling_is_accepted_under_a_cap_that_high(price: str) -> None:
+    assert isinstance(validate(price=Decimal(price), price_cap=MAX_PRICE), OrderTerms)
+
+
+@pytest.mark.parametrize("cap", [MAX_PRICE, Decimal("5000"), Decimal("1E+9")])
+def test_a_price_above_the_hard_ceiling_is_invalid_price_whatever_cap_validation_is_given(cap: Decimal) -> None:
+    result = validate(price=Decimal("1000.0001"), price_cap=cap)
+    assert isinstance(result, Rejection) and result.reason is RejectReason.INVALID_PRICE
+    assert str(MAX_PRICE) in result.detail
+
+
+@pytest.mark.parametrize("cap", ["0", "0.0001", "10", "999.9999", "1000", "1000.0000"])
+def test_a_price_cap_on_the_tick_up_to_the_hard_ceiling_is_a_valid_setting(cap: str) -> None:
+    assert check_price_cap(Decimal(cap)) == Decimal(cap)
+
+
+@pytest.mark.parametrize("cap", ["1000.0001", "1001", "1E+6"])
+def test_a_price_cap_above_the_hard_ceiling_is_refused_and_the_error_names_the_ceiling(cap: str) -> None:
+    with pytest.raises(InvalidPrice, match=f"within \\[0, {MAX_PRICE}\\]"):
+        check_price_cap(Decimal(cap))
+
+
+@pytest.mark.parametrize("cap", ["-0.0001", "-1", "0.00001", "NaN", "Infinity"])
+def test_a_price_cap_that_is_negative_off_the_tick_or_not_finite_is_refused(cap: str) -> None:
+    with pytest.raises(InvalidPrice):
+        check_price_cap(Decimal(cap))
+
+
+def test_the_hard_price_ceiling_is_above_the_default_cap_and_a_full_order_at_it_costs_an_exact_billion() -> None:
+    assert check_price_cap(DEFAULT_PRICE_CAP) == DEFAULT_PRICE_CAP
+    assert price_to_ticks(MAX_PRICE) == 10**7
+    assert amount(MAX_ORDER_WH, MAX_PRICE) == Decimal(10**9)
 
 
 @pytest.mark.parametrize("source", ["grid", "GRID", "coal", "", "sol ar", "solar ", "bess2"])
@@ -141,7 +192,8 @@ def test_an_order_for_a_slot_beyond_the_horizon_is_beyond_horizon() -> None:
 
 
 def test_every_rejection_says_why_in_words() -> None:
-    for changes in ({"quantity_wh": 0}, {"price": Decimal("-1")}, {"source": "grid"}, {"slot": Slot(0, 60)}):
+    for changes in ({"quantity_wh": 0}, {"quantity_wh": MAX_ORDER_WH + 1}, {"price": Decimal("-1")},
+                    {"source": "grid"}, {"slot": Slot(0, 60)}):
         result = validate(**changes)
         assert isinstance(result, Rejection) and result.detail
 

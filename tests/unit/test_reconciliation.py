@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from builders import GRID, GRID_BUY, GRID_SELL, MATCHED_AT_MS, REGION, SLOT, reading, rows, settlement
@@ -19,6 +20,9 @@ from builders import GRID, GRID_BUY, GRID_SELL, MATCHED_AT_MS, REGION, SLOT, rea
 from shared.market import GRID as GRID_ID
 from shared.market import (
     MARKET,
+    MAX_READING_SOURCES,
+    MAX_READING_WH,
+    SOURCES,
     LedgerEntry,
     Reading,
     RejectReason,
@@ -429,3 +433,62 @@ def test_a_reading_with_a_negative_non_integer_or_unknown_value_is_refused(bad: 
 
 def test_a_reading_of_zeros_is_acceptable() -> None:
     assert check_reading(reading("A", export_wh={"solar": 0}, self_consumed_wh={"bess": 0})) is None
+
+
+# --- bounds -----------------------------------------------------------------------------
+
+FIELDS = [
+    pytest.param(lambda wh: reading("A", import_wh=wh), "import_wh", id="import"),
+    pytest.param(lambda wh: reading("A", export_wh={"solar": 1, "wind": wh}), "export_wh[wind]", id="export"),
+    pytest.param(lambda wh: reading("A", self_consumed_wh={"bess": wh}), "self_consumed_wh[bess]", id="self"),
+]
+
+
+@pytest.mark.parametrize(("make", "name"), FIELDS)
+@pytest.mark.parametrize("wh", [0, 1, MAX_READING_WH - 1, MAX_READING_WH])
+def test_every_reading_value_from_zero_up_to_the_limit_is_acceptable(make: Any, name: str, wh: int) -> None:
+    assert check_reading(make(wh)) is None
+
+
+@pytest.mark.parametrize(("make", "name"), FIELDS)
+@pytest.mark.parametrize("wh", [MAX_READING_WH + 1, 2**53, 2**62, 2**63 - 1, 2**63, 2**64])
+def test_a_reading_value_above_the_limit_is_reading_too_large_and_the_detail_names_field_and_limit(
+    make: Any, name: str, wh: int
+) -> None:
+    problem = check_reading(make(wh))
+    assert problem is not None and problem[0] is RejectReason.READING_TOO_LARGE
+    assert name in problem[1] and str(MAX_READING_WH) in problem[1]
+
+
+def test_a_negative_value_is_invalid_reading_even_when_another_value_is_too_large() -> None:
+    problem = check_reading(reading("A", import_wh=MAX_READING_WH + 1, export_wh={"solar": -1}))
+    assert problem is not None and problem[0] is RejectReason.INVALID_READING
+
+
+def test_the_source_limit_is_the_number_of_known_sources_and_a_map_of_them_all_is_acceptable() -> None:
+    assert MAX_READING_SOURCES == len(SOURCES) == 3
+    every = dict.fromkeys(SOURCES, MAX_READING_WH)
+    assert check_reading(reading("A", export_wh=every, self_consumed_wh=every)) is None
+
+
+@pytest.mark.parametrize("field", ["export_wh", "self_consumed_wh"])
+def test_a_meter_map_naming_more_sources_than_there_are_is_invalid_reading_and_names_the_limit(field: str) -> None:
+    too_many = {**dict.fromkeys(SOURCES, 1), "tidal": 1}
+    bad = reading("A", export_wh=too_many) if field == "export_wh" else reading("A", self_consumed_wh=too_many)
+    problem = check_reading(bad)
+    assert problem is not None and problem[0] is RejectReason.INVALID_READING
+    assert field in problem[1] and f"at most {MAX_READING_SOURCES}" in problem[1]
+
+
+def test_reconciliation_sums_are_exact_far_beyond_int64() -> None:
+    # Stored data from before the limits: the core must still add these up exactly.
+    big = 2**63 - 1
+    settlements = [settlement("S", "B", "solar", big, name="1"), settlement("S", "B", "solar", big, name="2"),
+                   settlement("S", "B", "bess", big, name="3")]
+    readings = [reading("S", export_wh={"solar": big, "bess": 2 * big}), reading("B", import_wh=4 * big)]
+    entries = run(settlements, readings)
+    by_kind: dict[str, int] = {}
+    for e in entries:
+        assert e.quantity_wh > 0
+        by_kind[str(e.kind)] = by_kind.get(str(e.kind), 0) + e.quantity_wh
+    assert by_kind == {"p2p": 2 * big, "bess_cover": big, "grid_import": big}
