@@ -118,8 +118,20 @@ def test_the_exported_metric_list_follows_the_prometheus_naming_conventions() ->
         assert not name.endswith((*HISTOGRAM_SUFFIXES, "_created")), f"{name}: list histograms by base name"
         # base units (seconds, joules, bytes); a price may be quoted per kWh, as tariffs are
         assert not re.search(r"_(milliseconds|ms|minutes|hours)(_|$)|(?<!_per)_k?wh(_|$)", name), f"{name}: base units"
-    services = [n for n, s in metrics.items() if s == "services"]
-    assert len(services) == 29, "the 29 microte_ metrics of the service contract"
+
+
+def test_the_services_section_lists_exactly_the_metrics_that_the_services_declare() -> None:
+    """shared/runtime/metrics.py defines every microte_ metric once; the list must follow it
+    (names as exposed: counters with _total, histograms by their base name)."""
+    from prometheus_client.exposition import generate_latest
+
+    from shared.runtime.metrics import create_metrics
+
+    exposition = generate_latest(create_metrics().registry).decode()
+    declared = set(re.findall(r"^# TYPE (\S+) ", exposition, re.MULTILINE))
+    listed = {n for n, s in exported_metrics().items() if s == "services"}
+    assert sorted(declared - listed) == [], "declared in shared/runtime/metrics.py, missing from the list"
+    assert sorted(listed - declared) == [], "listed, but no service declares them"
 
 
 # --------------------------------------------------------------------------- alert rules
