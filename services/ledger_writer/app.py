@@ -25,6 +25,9 @@ def create(settings: Settings) -> Service:
             keys.all_to(k.READING_ACCEPTED): {t.ReadingAccepted: writer.on_reading_accepted},
             keys.fact(k.SLOT_CLEARED): {t.SlotCleared: writer.on_slot_cleared},
             keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: writer.on_slot_reconciled},
+            # The round state's record, for a rebuild of Redis (shared.runtime.rebuild):
+            keys.fact(k.ROUND_STARTED): {t.RoundStarted: writer.on_round_started},
+            keys.all_to(k.MEMBERSHIP): {t.MemberJoined: writer.on_member_joined, t.MemberLeft: writer.on_member_left},
         },
         prefetch=1000,
     )

@@ -45,6 +45,15 @@ class LedgerWriter:
     async def on_reading_accepted(self, m: t.ReadingAccepted) -> None:
         await self._write(RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)]))
 
+    async def on_round_started(self, m: t.RoundStarted) -> None:
+        await self._write(RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)]))
+
+    async def on_member_joined(self, m: t.MemberJoined) -> None:
+        await self._write(RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)]))
+
+    async def on_member_left(self, m: t.MemberLeft) -> None:
+        await self._write(RecordBatch(memberships=[(m.region, m.participant_id, "left", m.left_at_ms)]))
+
     async def on_slot_cleared(self, m: t.SlotCleared) -> None:
         # A held slot (m.failure) has no settlements; it is recorded as held once the
         # meter-collector reaches it, so that its readings are all in first.

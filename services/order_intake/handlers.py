@@ -51,7 +51,7 @@ class OrderIntake:
         if not await self.state.leave(m.participant_id):
             await self.reject(m, m.participant_id, RejectReason.NOT_A_MEMBER, "participant never joined")
             return
-        await self.svc.publish(t.MemberLeft(region=m.region, participant_id=m.participant_id),
+        await self.svc.publish(t.MemberLeft(region=m.region, participant_id=m.participant_id, left_at_ms=now_ms()),
                                self.svc.keys.to(m.participant_id, MEMBERSHIP))
 
     async def on_heartbeat(self, m: t.Heartbeat) -> None:

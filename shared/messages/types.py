@@ -105,6 +105,7 @@ class MemberJoined(Message, frozen=True):
 
 class MemberLeft(Message, frozen=True):
     participant_id: Id
+    left_at_ms: Int = 0
 
 
 class OrderAccepted(Message, frozen=True):

@@ -327,6 +327,32 @@ async def test_a_held_slot_of_an_unknown_stage_is_refused(store: LedgerStore) ->
     assert await store.held_slots("north") == []
 
 
+async def test_rounds_come_back_by_start_then_fence_once_each(store: LedgerStore) -> None:
+    rounds = [("north", T0 + 60, 2, 5), ("north", T0, 1, 1), ("north", T0, 2, 3), ("south", T0, 7, 1)]
+
+    assert (await store.write(RecordBatch(rounds=rounds))).rounds == 4
+    assert (await store.write(RecordBatch(rounds=rounds[:2]))).rounds == 0
+    assert await store.rounds("north") == [(T0, 1), (T0, 2), (T0 + 60, 2)]
+    assert await store.rounds("south") == [(T0, 7)]
+
+
+async def test_members_are_those_whose_last_event_is_a_join(store: LedgerStore) -> None:
+    events = [("north", "a", "joined", 10), ("north", "b", "joined", 10), ("north", "b", "left", 20),
+              ("north", "c", "joined", 10), ("north", "c", "left", 20), ("north", "c", "joined", 30),
+              ("north", "d", "joined", 40), ("north", "d", "left", 40), ("south", "z", "joined", 1)]
+
+    assert (await store.write(RecordBatch(memberships=events))).memberships == len(events)
+    assert (await store.write(RecordBatch(memberships=events))).memberships == 0
+    assert await store.members("north") == ["a", "c"]
+    assert await store.members("south") == ["z"]
+
+
+async def test_a_membership_event_of_an_unknown_kind_is_refused(store: LedgerStore) -> None:
+    with pytest.raises(ConstraintViolation):
+        await store.write(RecordBatch(memberships=[("north", "a", "visited", 1)]))
+    assert await store.members("north") == []
+
+
 async def test_a_whole_batch_is_written_and_counted(store: LedgerStore) -> None:
     batch = market_batch()
 

@@ -16,7 +16,7 @@ constraints; the SQL back-ends leave those to the database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
@@ -49,6 +49,7 @@ class HeldSlot:
 
 
 HELD_STAGES = ("clearing", "reconciliation")
+MEMBERSHIP_EVENTS = ("joined", "left")
 
 
 class StoreNotOpen(RuntimeError):
@@ -66,6 +67,9 @@ class RecordBatch:
     # (region, slot, stage, error): a slot the services could not clear or reconcile; it has
     # no settlements or entries until an operator replays it (``microte replay-slot``).
     held: Sequence[tuple[str, Slot, str, str]] = ()
+    # The round state's record, from which the services rebuild Redis if it is lost:
+    rounds: Sequence[tuple[str, int, int, int]] = ()  # (region, round start, fence, started_at_ms)
+    memberships: Sequence[tuple[str, str, str, int]] = ()  # (region, participant, "joined" | "left", at_ms)
 
     def regions(self) -> set[str]:
         return (
@@ -76,6 +80,8 @@ class RecordBatch:
             | {r for r, _, _ in self.reconciled}
             | {r for r, _, _ in self.cancellations}
             | {r for r, _, _, _ in self.held}
+            | {r for r, _, _, _ in self.rounds}
+            | {r for r, _, _, _ in self.memberships}
         )
 
 
@@ -90,6 +96,8 @@ class WriteResult:
     reconciled: int = 0
     cancellations: int = 0
     held: int = 0
+    rounds: int = 0
+    memberships: int = 0
 
 
 class LedgerStore(Protocol):
@@ -121,6 +129,12 @@ class LedgerStore(Protocol):
     async def held_slots(self, region: str) -> list[HeldSlot]:
         """Slots held because clearing or reconciliation failed, by slot (replayed ones too:
         a held slot that is also reconciled has been replayed)."""
+
+    async def rounds(self, region: str) -> list[tuple[int, int]]:
+        """(round start, fence) of every round started, by start then fence."""
+
+    async def members(self, region: str) -> list[str]:
+        """Participants whose last membership event is a join, by id."""
 
     async def cancelled_orders(self, region: str) -> list[str]:
         """Ids of the orders cancelled before their gate closed, by slot, then order id."""
@@ -222,6 +236,16 @@ def check_types(batch: RecordBatch) -> None:
         _text(what, "region", region)
         _text(what, "order_id", order_id)
         _slot(what, slot)
+    for region, start, fence, at_ms in batch.rounds:
+        what = f"round {start}"
+        _text(what, "region", region)
+        for name, number in (("round_start", start), ("fence", fence), ("started_at_ms", at_ms)):
+            _whole(what, name, number)
+    for region, pid, event, at_ms in batch.memberships:
+        what = f"membership of {pid!r}"
+        for name, text in (("region", region), ("participant_id", pid), ("event", event)):
+            _text(what, name, text)
+        _whole(what, "at_ms", at_ms)
     for region, slot, stage, error in batch.held:
         what = f"held slot {slot}"
         _text(what, "region", region)
@@ -267,3 +291,17 @@ def check_constraints(batch: RecordBatch) -> None:
     for _, slot, stage, _ in batch.held:
         if stage not in HELD_STAGES:
             fail("held_slots", "stage in (clearing, reconciliation)", str(slot))
+    for _, pid, event, _ in batch.memberships:
+        if event not in MEMBERSHIP_EVENTS:
+            fail("membership_events", "event in (joined, left)", pid)
+
+
+def current_members(events: Iterable[tuple[str, str, int]]) -> list[str]:
+    """Participants whose last (participant, event, at_ms) is a join; a join and a leave at
+    the same millisecond count as a leave."""
+    last: dict[str, tuple[int, int]] = {}
+    for pid, event, at_ms in events:
+        key = (at_ms, 1 if event == "left" else 0)
+        if pid not in last or key > last[pid]:
+            last[pid] = key
+    return sorted(pid for pid, (_, left) in last.items() if not left)

@@ -23,6 +23,7 @@ from shared.runtime.ledger.base import (
     WriteResult,
     check_constraints,
     check_types,
+    current_members,
 )
 
 
@@ -39,6 +40,8 @@ class _Tables:
     reconciled: dict[tuple[str, int, int], int] = field(default_factory=dict)
     cancellations: dict[tuple[str, str], Slot] = field(default_factory=dict)
     held: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
+    rounds: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    memberships: set[tuple[str, str, str, int]] = field(default_factory=set)
 
 
 _NAMED: dict[str, _Tables] = {}
@@ -110,7 +113,15 @@ class MemoryLedgerStore:
             if (region, slot.start, slot.end) not in t.held:
                 t.held[region, slot.start, slot.end] = (stage, error)
                 held += 1
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
+        rounds = 0
+        for region, start, fence, at_ms in batch.rounds:
+            if (region, start, fence) not in t.rounds:
+                t.rounds[region, start, fence] = at_ms
+                rounds += 1
+        memberships = len(set(batch.memberships) - t.memberships)
+        t.memberships |= set(batch.memberships)
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds,
+                           memberships)
 
     async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
         rows = [
@@ -140,6 +151,13 @@ class MemoryLedgerStore:
     async def held_slots(self, region: str) -> list[HeldSlot]:
         return [HeldSlot(Slot(start, end), stage, error)
                 for (r, start, end), (stage, error) in sorted(self._ready().held.items()) if r == region]
+
+    async def rounds(self, region: str) -> list[tuple[int, int]]:
+        return sorted((start, fence) for (r, start, fence) in self._ready().rounds if r == region)
+
+    async def members(self, region: str) -> list[str]:
+        return current_members((pid, event, at_ms) for r, pid, event, at_ms in self._ready().memberships
+                               if r == region)
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = [(slot.start, slot.end, oid) for (r, oid), slot in self._ready().cancellations.items() if r == region]

@@ -36,6 +36,7 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
+    current_members,
 )
 
 _KINDS = ", ".join(f"'{k}'" for k in ENTRY_KINDS)
@@ -135,6 +136,22 @@ CREATE TABLE IF NOT EXISTS held_slots (
     PRIMARY KEY (region, slot_start, slot_end)
 );
 
+CREATE TABLE IF NOT EXISTS rounds (
+    region         text    NOT NULL,
+    round_start    bigint  NOT NULL,
+    fence          bigint  NOT NULL,
+    started_at_ms  bigint  NOT NULL,
+    PRIMARY KEY (region, round_start, fence)
+);
+
+CREATE TABLE IF NOT EXISTS membership_events (
+    region          text    NOT NULL,
+    participant_id  text    NOT NULL,
+    event           text    NOT NULL CHECK (event IN ('joined', 'left')),
+    at_ms           bigint  NOT NULL,
+    PRIMARY KEY (region, participant_id, event, at_ms)
+);
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       text   NOT NULL,
     order_id     text   NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -159,6 +176,10 @@ _TYPES = {
     "import_wh": "bigint",
     "received_at_ms": "bigint",
     "entry_count": "integer",
+    "round_start": "bigint",
+    "fence": "bigint",
+    "started_at_ms": "bigint",
+    "at_ms": "bigint",
     "price": "numeric",
     "buy_price": "numeric",
     "sell_price": "numeric",
@@ -207,6 +228,8 @@ _ENTRIES = _Table("ledger_entries", rows.ENTRY_COLUMNS)
 _RECONCILED = _Table("reconciled_slots", rows.RECONCILED_COLUMNS)
 _CANCELLATIONS = _Table("order_cancellations", rows.CANCELLATION_COLUMNS)
 _HELD = _Table("held_slots", rows.HELD_COLUMNS)
+_ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
+_MEMBERSHIPS = _Table("membership_events", rows.MEMBERSHIP_COLUMNS)
 
 
 def _inserted(status: str) -> int:
@@ -271,6 +294,8 @@ class PostgresLedgerStore:
             (_RECONCILED, [rows.reconciled_row(*r) for r in batch.reconciled]),
             (_CANCELLATIONS, [rows.cancellation_row(*c) for c in batch.cancellations]),
             (_HELD, [rows.held_row(*h) for h in batch.held]),
+            (_ROUNDS, list(batch.rounds)),
+            (_MEMBERSHIPS, list(batch.memberships)),
         )
         for attempt in range(self._retries + 1):
             try:
@@ -284,8 +309,8 @@ class PostgresLedgerStore:
                 raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held = counts
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members)
 
     async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
         if not values:
@@ -355,6 +380,16 @@ class PostgresLedgerStore:
             region,
         )
         return [HeldSlot(Slot(rows.as_int(r[0]), rows.as_int(r[1])), str(r[2]), str(r[3])) for r in found]
+
+    async def rounds(self, region: str) -> list[tuple[int, int]]:
+        found = await self._fetch("SELECT round_start, fence FROM rounds WHERE region = $1 ORDER BY round_start, fence",
+                                  region)
+        return [(rows.as_int(r[0]), rows.as_int(r[1])) for r in found]
+
+    async def members(self, region: str) -> list[str]:
+        found = await self._fetch("SELECT participant_id, event, at_ms FROM membership_events WHERE region = $1",
+                                  region)
+        return current_members((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in found)
 
     async def regions(self) -> list[str]:
         return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]

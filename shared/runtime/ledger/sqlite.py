@@ -33,6 +33,7 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
+    current_members,
 )
 
 T = TypeVar("T")
@@ -133,6 +134,22 @@ CREATE TABLE IF NOT EXISTS held_slots (
     PRIMARY KEY (region, slot_start, slot_end)
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS rounds (
+    region         TEXT    NOT NULL,
+    round_start    INTEGER NOT NULL,
+    fence          INTEGER NOT NULL,
+    started_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (region, round_start, fence)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS membership_events (
+    region          TEXT    NOT NULL,
+    participant_id  TEXT    NOT NULL,
+    event           TEXT    NOT NULL CHECK (event IN ('joined', 'left')),
+    at_ms           INTEGER NOT NULL,
+    PRIMARY KEY (region, participant_id, event, at_ms)
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       TEXT    NOT NULL,
     order_id     TEXT    NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -160,6 +177,8 @@ _INSERT_ENTRY = _insert("ledger_entries", rows.ENTRY_COLUMNS)
 _INSERT_RECONCILED = _insert("reconciled_slots", rows.RECONCILED_COLUMNS)
 _INSERT_CANCELLATION = _insert("order_cancellations", rows.CANCELLATION_COLUMNS)
 _INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
+_INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
+_INSERT_MEMBERSHIP = _insert("membership_events", rows.MEMBERSHIP_COLUMNS)
 
 
 def _priced(row: rows.Row, prices: tuple[int, ...]) -> rows.Row:
@@ -243,6 +262,8 @@ class SqliteLedgerStore:
             (_INSERT_RECONCILED, [rows.reconciled_row(*r) for r in batch.reconciled]),
             (_INSERT_CANCELLATION, [rows.cancellation_row(*c) for c in batch.cancellations]),
             (_INSERT_HELD, [rows.held_row(*h) for h in batch.held]),
+            (_INSERT_ROUND, list(batch.rounds)),
+            (_INSERT_MEMBERSHIP, list(batch.memberships)),
         )
 
         def transaction(conn: sqlite3.Connection) -> list[int]:
@@ -262,10 +283,11 @@ class SqliteLedgerStore:
             return inserted
 
         try:
-            _, orders, settlements, readings, entries, reconciled, cancellations, held = await self._run(transaction)
+            counts = await self._run(transaction)
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held)
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members)
 
     async def _select(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -320,6 +342,16 @@ class SqliteLedgerStore:
             region,
         )
         return [HeldSlot(Slot(rows.as_int(r[0]), rows.as_int(r[1])), str(r[2]), str(r[3])) for r in found]
+
+    async def rounds(self, region: str) -> list[tuple[int, int]]:
+        found = await self._select("SELECT round_start, fence FROM rounds WHERE region = ? ORDER BY round_start, fence",
+                                   region)
+        return [(rows.as_int(r[0]), rows.as_int(r[1])) for r in found]
+
+    async def members(self, region: str) -> list[str]:
+        found = await self._select("SELECT participant_id, event, at_ms FROM membership_events WHERE region = ?",
+                                   region)
+        return current_members((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in found)
 
     async def regions(self) -> list[str]:
         return [str(r) for (r,) in await self._select("SELECT region FROM regions ORDER BY region")]
