@@ -1,5 +1,5 @@
 # The verbs the README names. Each one installs what it needs first.
-.PHONY: simulate test lint unit bench venv services clean
+.PHONY: simulate test lint unit faults bench venv services clean
 
 VENV := .venv/bin
 ARGS ?=
@@ -20,6 +20,9 @@ lint: venv
 
 unit: venv  ## the tests that need no servers, in seconds
 	$(VENV)/pytest tests/unit tests/properties $(ARGS)
+
+faults: venv  ## the fault suite alone: private servers, faults and attacks at round 20-25 (README, "Tests")
+	$(VENV)/pytest tests/faults $(ARGS)
 
 bench: venv  ## the clearing benchmark (README, "Benchmarks")
 	$(VENV)/python bench/clearing.py $(ARGS)

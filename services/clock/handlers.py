@@ -67,6 +67,7 @@ class Clock:
         region, metrics = self.svc.region, self.svc.metrics
         while True:
             self.svc.beat(LOOP)
+            await self.svc.state_ready()  # never take a lease in a Redis that lost the round state
             fence = await self.state.take_lease(self.holder, LEASE_TTL_MS)
             metrics.clock_leader.labels(region).set(1 if fence else 0)
             if fence is None:
@@ -84,6 +85,7 @@ class Clock:
 
     async def _lead(self, fence: int) -> None:
         d = self.market.schedule.duration
+        await self.svc.state_ready()
         current = await self.state.current_round()
         if current is not None:
             start = current[0]  # resume: broadcast the current round again under the new fence
@@ -92,6 +94,7 @@ class Clock:
         else:
             start = self.settings.start_time - self.settings.start_time % d
         while True:
+            await self.svc.state_ready()
             first = await self.state.first_round() or start
             final = first + (self.settings.rounds - 1) * d if self.settings.rounds else 0
             if final and start > final:
@@ -157,6 +160,7 @@ class Clock:
         told = 0.0
         while True:
             self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
+            await self.svc.state_ready()
             missing = await self._missing(start)
             if not missing:
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.ledger_writer.batcher import Batcher
+from services.ledger_writer.guardian import GUARDIAN, StateGuardian
 from services.ledger_writer.handlers import LedgerWriter
 from shared.messages import types as t
 from shared.runtime import topology as k
@@ -38,5 +39,9 @@ def create(settings: Settings) -> Service:
 
     svc.on_start(open_store)
     svc.probe("ledger", store.ping)
+    svc.needs_state = False  # it records; it keeps the round state's record, and rebuilds it if lost
+    guardian = StateGuardian(svc, store, writer)
+    svc.background(guardian.run, name=GUARDIAN)
+    svc.on_stop(guardian.close)
     svc.on_stop(store.close)
     return svc

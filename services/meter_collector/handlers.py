@@ -99,6 +99,7 @@ class MeterCollector:
         while True:
             self.svc.beat("reconcile-tick")
             await asyncio.sleep(1.0)
+            await self.svc.state_ready()
             await self.reconcile_ready()  # a failure restarts the loop (Service._supervise)
 
     async def reconcile_ready(self) -> None:

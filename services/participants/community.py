@@ -26,6 +26,7 @@ from shared.runtime.topology import Keys
 # market takes as long as its services need (an outage delays a round, never changes it),
 # so the households wait much longer than any round timeout.
 ANSWER_TIMEOUT_S = 600
+SEND_TRIES = 30  # about two minutes of a broker away
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Participant:
         self.c = community
         self.soc_wh = home.battery_wh // 2
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
+        self.counted: set[str] = set()  # settlement ids already in ``sold``: a notice may come twice
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
         self.played: set[int] = set()
@@ -65,7 +67,8 @@ class Participant:
         elif isinstance(message, t.SettlementsNotice):
             sold = self.sold.setdefault((message.slot.start, message.slot.end), {})
             for s in message.settlements:
-                if s.seller == self.pid:
+                if s.seller == self.pid and s.settlement_id not in self.counted:
+                    self.counted.add(s.settlement_id)
                     sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
         elif isinstance(message, t.RoundStarted):
             await self.play(message)
@@ -105,8 +108,8 @@ class Participant:
         sends = [c.send(reading, k.READING)]
         answers: list[asyncio.Future[t.Message]] = []
         target = Slot(r.next_settle.start, r.next_settle.end)
-        if not r.final_round_start or target.start <= r.final_round_start:
-            quote = next(q for q in r.grid if q.slot == r.next_settle)
+        quote = next((q for q in r.grid if q.slot == r.next_settle), None)
+        if quote is not None and (not r.final_round_start or target.start <= r.final_round_start):
             grid = GridPrices(buy_price=Decimal(quote.buy_price), sell_price=Decimal(quote.sell_price))
             for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh)):
                 client_order_id = f"{target.start}-{i}"
@@ -144,20 +147,29 @@ class Community:
         self._exchange: AbstractExchange | None = None
 
     async def send(self, message: t.Message, kind: str) -> None:
+        """Persistent and confirmed, sent again until the broker has it: a household's
+        reading is not answered by anything it waits for, so an unconfirmed one lost in a
+        broker restart would be lost for good. Every request is idempotent on the market's
+        side (client order id, one reading per slot), so a repeat changes nothing."""
         assert self._exchange is not None
+        body = encode(message)
         for _ in range(2 if self.duplicate else 1):
-            await self._exchange.publish(
-                aio_pika.Message(encode(message), content_type=CONTENT_TYPE,
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=self.keys.request(kind))
+            for attempt in range(SEND_TRIES):
+                try:
+                    await self._exchange.publish(
+                        aio_pika.Message(body, content_type=CONTENT_TYPE,
+                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        routing_key=self.keys.request(kind))
+                    break
+                except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+                    if attempt == SEND_TRIES - 1:
+                        raise
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))  # the robust connection reconnects
 
     async def run(self, joined: asyncio.Event | None = None) -> Tally:
         connection = await aio_pika.connect_robust(self.amqp_url)
         async with connection:
-            # No publisher confirms here: a confirmed persistent publish waits for the broker's disk
-            # sync (about 50 ms on this machine), and a household already waits for the market's
-            # own answer to each order, which acknowledges more than the broker can.
-            self._channel = channel = await connection.channel(publisher_confirms=False)
+            self._channel = channel = await connection.channel()  # publisher confirms: see send()
             await channel.set_qos(prefetch_count=32)
             self._exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
                                                             durable=True)

@@ -62,6 +62,7 @@ class Metrics:
     loop_restarts: Counter
     handler_failures: Counter
     slots_held: Counter
+    state_rebuilds: Counter
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -143,6 +144,8 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                  "dependencies", (*region, "service"), registry=r),
         slots_held=Counter("microte_slots_held", "Slots that could not be cleared or reconciled and are held for "
                            "`microte replay-slot`, by stage", (*region, "stage"), registry=r),
+        state_rebuilds=Counter("microte_state_rebuilds", "Round states rebuilt in Redis from the ledger after "
+                               "Redis lost them", region, registry=r),
     )
 
 

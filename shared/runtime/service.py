@@ -44,7 +44,7 @@ from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
@@ -53,7 +53,7 @@ from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics, initialise
 from shared.runtime.outages import backoff_s, is_outage
 from shared.runtime.settings import Settings
-from shared.runtime.state import RegionState
+from shared.runtime.state import RegionState, RegionStateLost
 from shared.runtime.topology import (
     DEAD_LETTER_EXCHANGE,
     EXCHANGE,
@@ -110,12 +110,13 @@ class Service:
                                                     custom_labels={"region": self.region})],
         )
         # A blocking pool waits for a free connection instead of failing when many
-        # handlers run at once (up to the prefetch count); short retries ride out a
-        # blip, longer outages surface to the scaffold, which keeps the message.
+        # handlers run at once (up to the prefetch count). No silent retries: a command
+        # retried across a Redis restart could act on an emptied state; every failure
+        # surfaces to the scaffold, which keeps the message and starts the handler again,
+        # generation check first.
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=30,
                                                socket_timeout=30, socket_connect_timeout=5,
-                                               health_check_interval=15,
-                                               retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3))
+                                               health_check_interval=15, retry=Retry(NoBackoff(), 0))
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
         self._routes: list[tuple[RabbitQueue, Routes]] = []
@@ -127,6 +128,11 @@ class Service:
         self._outages: dict[str, float] = {}  # dependency -> monotonic time it was last seen away
         self._beats: dict[str, float] = {}  # loop -> monotonic time of its last beat
         self._finished_loops: set[str] = set()
+        # Whether this service acts on the region's round state in Redis, and so must wait
+        # while it is lost (shared.runtime.rebuild); the ledger-writer does not.
+        self.needs_state = True
+        self._state_seen = False  # this process has seen the state's generation
+        self.in_flight = 0  # messages being handled now
         for dependency in ("redis", "rabbitmq"):
             self.metrics.dependency_up.labels(self.region, name, dependency).set(1)
 
@@ -229,9 +235,13 @@ class Service:
             return
         if channel == IN and not await self._identity_holds(msg, message):
             return
-        with bind_context(**_context(msg, message)):
-            if await self._handle(msg, handler, message):
-                await self._settle(msg.ack())
+        self.in_flight += 1
+        try:
+            with bind_context(**_context(msg, message)):
+                if await self._handle(msg, handler, message):
+                    await self._settle(msg.ack())
+        finally:
+            self.in_flight -= 1
 
     async def _handle(self, msg: RabbitMessage, handler: Handler, message: Message) -> bool:
         """Run ``handler`` until it succeeds; False when the message was dead-lettered or
@@ -239,6 +249,7 @@ class Service:
         outage_attempt = merit_failures = 0
         while True:
             try:
+                await self.state_ready()
                 await handler(message)
                 self._recovered()
                 return True
@@ -378,10 +389,22 @@ class Service:
             self.log.info("dependencies_back", dependencies=sorted(self._outages))
             self._outages.clear()
 
+    async def state_ready(self) -> None:
+        """Raise ``RegionStateLost`` (an outage: wait and retry) while Redis holds no round
+        state for the region; the ledger-writer rebuilds it from the ledger."""
+        if self.needs_state:
+            await self.state.require_generation()
+            self._state_seen = True
+
     async def healthy(self) -> tuple[bool, list[str]]:
         """Ready to work: every dependency answers and every background loop is alive."""
         problems = [] if await self._broker_connected() else ["rabbitmq"]
         problems += [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
+        if "redis" not in problems and self._state_seen and self.needs_state:
+            try:
+                await self.state.require_generation()
+            except RegionStateLost:
+                problems.append("redis:round_state_lost")
         if not problems:
             self._recovered()
         stale = time.monotonic() - LOOP_STALE_S
@@ -413,6 +436,7 @@ class Service:
         attempt = 0
         while True:
             self.beat(name)
+            started = time.monotonic()
             try:
                 await loop()
             except asyncio.CancelledError:
@@ -421,7 +445,8 @@ class Service:
                 self.metrics.loop_restarts.labels(self.region, self.name, name).inc()
                 level = self.log.warning if is_outage(exc) else self.log.exception
                 level("loop_failed_will_restart", loop=name, error=f"{type(exc).__name__}: {exc}"[:300])
-                await asyncio.sleep(backoff_s(attempt, first=0.5))
+                attempt = 0 if time.monotonic() - started > 60 else attempt  # a new failure, not the same one
+                await asyncio.sleep(backoff_s(attempt, first=0.25, cap=5.0))
                 attempt += 1
                 continue
             self._finished_loops.add(name)

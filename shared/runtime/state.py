@@ -18,7 +18,8 @@ Atomicity:
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Literal, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 
@@ -98,6 +99,30 @@ if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1
 """
 
+@dataclass
+class Snapshot:
+    """A region's round state as rebuilt from the ledger (see shared.runtime.rebuild); the
+    values are already encoded as the services store them."""
+
+    round_start: int | None = None
+    fence: int = 0
+    first_round: int = 0
+    reconciled_upto: int = 0
+    seq: int = 0
+    members: list[str] = field(default_factory=list)
+    books: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)  # order id -> OrderAccepted
+    client_ids: dict[Slot, dict[str, str]] = field(default_factory=dict)  # participant/client id -> order id
+    readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)  # participant -> ReadingAccepted
+    cleared: dict[Slot, bytes] = field(default_factory=dict)  # SlotCleared of slots cleared before this round
+    recorded: list[Slot] = field(default_factory=list)
+
+
+class RegionStateLost(ConnectionError):
+    """Redis holds no round state for the region (no generation key): a restart without
+    persistence, a flush, or a failover to an empty replica. The services wait (it is an
+    outage) until the ledger-writer has rebuilt the state from the ledger."""
+
+
 Claim = Literal["new", "again", "busy", "done"]
 CLAIM_LEASE_MS = 30_000
 InsertResult = Literal["ok", "duplicate", "moved"]
@@ -124,6 +149,56 @@ class RegionState:
 
     def key(self, *parts: str) -> str:
         return self._p + ":".join(parts)
+
+    # --- the state's generation -------------------------------------------------------
+    # A random token, written once when the region's state is born or rebuilt. Every
+    # service checks it before it acts: without it the state is not to be trusted.
+
+    async def generation(self) -> str | None:
+        value = await cast(Awaitable[bytes | None], self.redis.get(self.key("gen")))
+        return None if value is None else value.decode()
+
+    async def require_generation(self) -> None:
+        if not await self.redis.exists(self.key("gen")):
+            raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
+
+    async def create_generation(self, token: str) -> bool:
+        """Birth of a region with no history: True when this call created it."""
+        return bool(await self.redis.set(self.key("gen"), token, nx=True))
+
+    async def lock_rebuild(self, holder: str, ttl_ms: int) -> bool:
+        return bool(await self.redis.set(self.key("rebuild-lock"), holder, nx=True, px=ttl_ms))
+
+    async def unlock_rebuild(self, holder: str) -> None:
+        await self._release(keys=[self.key("rebuild-lock")], args=[holder])
+
+    async def restore(self, snapshot: Snapshot, token: str, now_ms: int) -> None:
+        """Write a rebuilt round state and, last, its generation: all of it in one transaction."""
+        k = self.key
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(k("lease"))  # whoever led before must take the lease again, under a higher fence
+        if snapshot.round_start is not None:
+            pipe.hset(k("round"), mapping={"start": snapshot.round_start, "fence": snapshot.fence, "at_ms": now_ms})
+            pipe.set(k("fence"), snapshot.fence)
+            pipe.set(k("first-round"), snapshot.first_round)
+            pipe.set(k("done", "reconcile"), snapshot.reconciled_upto)
+        pipe.set(k("seq"), snapshot.seq)
+        if snapshot.members:
+            pipe.hset(k("members"), mapping={p: now_ms for p in snapshot.members})
+        for slot, entries in snapshot.books.items():
+            if entries:
+                pipe.hset(k("book", _s(slot)), mapping=dict(entries))
+        for slot, coids in snapshot.client_ids.items():
+            pipe.hset(k("coid", _s(slot)), mapping=dict[Any, Any](coids))
+        for slot, readings in snapshot.readings.items():
+            pipe.hset(k("readings", _s(slot)), mapping=dict[Any, Any](readings))
+        for slot, cleared in snapshot.cleared.items():
+            pipe.set(k("settled", _s(slot)), cleared)
+            pipe.set(k("claim", "clear", _s(slot)), "done")
+        for slot in snapshot.recorded:
+            pipe.set(k("recorded", _s(slot)), 1, ex=86400)
+        pipe.set(k("gen"), token)
+        await pipe.execute()
 
     # --- rounds and the clock --------------------------------------------------------
 

@@ -41,11 +41,11 @@ def user() -> Iterator[tuple[str, str]]:
 async def test_a_participant_can_only_act_as_the_broker_user_it_connected_as(
         region: str, user: tuple[str, str], tmp_path: Path) -> None:
     name, password = user
-    env = {"MICROTE_REGION": region, "MICROTE_IDENTITY": "broker_user"}
+    env = {"MICROTE_REGION": region, "MICROTE_IDENTITY": "broker_user", "MICROTE_LEDGER_URL": "memory://"}
     settings = from_env(env)
     ensemble = Ensemble(env, tmp_path / "logs")
     try:
-        await ensemble.start_all(("order-intake",))
+        await ensemble.start_all(("ledger-writer", "order-intake"))  # the ledger-writer gives the region its state
         connection = await aio_pika.connect(f"amqp://{name}:{password}@127.0.0.1:5672/")
         async with connection:
             channel = await connection.channel()

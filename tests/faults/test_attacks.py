@@ -70,11 +70,30 @@ async def slot_reconciled(f: FaultContext) -> None:
 
 
 async def round_started_with_a_huge_fence(f: FaultContext) -> None:
-    start = current_round(f) + D  # the next round, early: it would clear the open slot
-    await to_key(f, "fact.round_started", t.RoundStarted(
+    """The next round, early and under a huge fence: it would clear the open slot.
+
+    The simulated households are clients: they cannot check the service key, so a forged
+    round start on the topic they listen to would fool them (in a deployment they cannot
+    publish facts at all: topic permissions). With the one broker user of the local
+    simulation, the attacker may bind queues, so it reaches the services alone through an
+    exchange of its own; the routing key the services see is the real one."""
+    start = current_round(f) + D
+    body = encode(t.RoundStarted(
         region=f.region, fence=10**12, started_at_ms=0, duration=D, close_steps=2, timezone="UTC",
         current_round=t.Slot(start, start + D), last_settle=t.Slot(start + D, start + 2 * D),
         next_settle=t.Slot(start + 2 * D, start + 3 * D), grid=[]))
+    connection = await aio_pika.connect(f.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        evil = await channel.declare_exchange(f"evil-{f.region}", aio_pika.ExchangeType.TOPIC, auto_delete=True)
+        for service in ("matcher", "meter-collector"):
+            queue = await channel.declare_queue(f"microte.{f.region}.{service}", passive=True)
+            await queue.bind(evil, routing_key=f"{f.region}.fact.round_started")
+        await evil.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                           routing_key=f"{f.region}.fact.round_started")
+        for service in ("matcher", "meter-collector"):
+            queue = await channel.declare_queue(f"microte.{f.region}.{service}", passive=True)
+            await queue.unbind(evil, routing_key=f"{f.region}.fact.round_started")
 
 
 async def facts_on_the_reading_key(f: FaultContext) -> None:

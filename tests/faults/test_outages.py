@@ -12,6 +12,7 @@ import pytest
 
 from tests.faults.harness import Simulator
 from tests.faults.inject import FaultContext
+from tests.faults.servers import PrivateRedis
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
@@ -47,3 +48,19 @@ async def test_a_server_restart_changes_nothing(sim: Simulator, server: str, sec
         await f.server_down_for(server, seconds)
 
     await sim.check_against_baseline(fault, name=f"restart-{server}")
+
+
+@pytest.mark.timeout(1800)
+async def test_redis_restarted_without_persistence_is_rebuilt_from_the_ledger(
+        sim: Simulator, volatile_redis: PrivateRedis) -> None:
+    """Every key is gone after the restart: the services wait, the ledger-writer records what
+    is still in its queue and rebuilds the round state from the ledger, and the region goes on."""
+    async def fault(f: FaultContext) -> None:
+        await f.at_round(22)
+        f.note("Redis (no persistence) restarted: every key lost")
+        await f.servers.redis.arestart()
+
+    got = await sim.check_against_baseline(fault, servers=sim.servers.with_redis(volatile_redis), name="redis-lost")
+    rebuilt = [line for line in (got.log_dir / "ledger-writer.log").read_text().splitlines()  # type: ignore[operator]
+               if "round_state_rebuilt" in line]
+    assert rebuilt, "the ledger-writer did not rebuild the round state"

@@ -1,0 +1,92 @@
+"""Rebuilding a region's round state in Redis from the ledger.
+
+Redis holds the round state; the ledger holds its record: every round started (with its
+fence), every join and leave, every accepted order, cancellation and reading, every
+settlement, reconciled and held slot. When Redis has lost the state (no generation key,
+``RegionStateLost``), every service waits; the ledger-writer first records everything
+still in its queue, then rebuilds the state from the ledger with ``snapshot`` and writes it
+with ``RegionState.restore``, generation last. The services then go on where they were:
+
+- the current round, its fence (the clock takes the lease again above it), the first
+  round, the reconciliation watermark and the acceptance sequence;
+- the members (each seen now, so that no one times out for the outage);
+- the book and the client order ids of every slot not yet reconciled;
+- the readings of every slot not yet reconciled;
+- the clearing of every slot whose gate closed before the current round and which is not
+  yet reconciled, cleared again from its book (deterministic: the same bytes); the slot
+  whose gate closed at the current round is left to the matcher, which clears it when the
+  clock states the round again.
+
+Lost for good, and harmless: who had finished the current round (the round waits for its
+timeout instead) and claims in progress (redone, deterministically).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from shared.market import Order, Slot, clear
+from shared.messages import encode
+from shared.messages import types as t
+from shared.messages.convert import order_to_wire, reading_to_wire, settlement_to_wire, slot_to_wire
+from shared.runtime.ledger import LedgerStore
+from shared.runtime.settings import MarketSettings
+from shared.runtime.state import Snapshot
+
+
+async def has_history(store: LedgerStore, region: str) -> bool:
+    """Whether the ledger knows anything of the region's round state (else it is new)."""
+    return bool(await store.rounds(region) or await store.members(region) or await store.orders(region))
+
+
+async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
+    region, schedule = market.region, market.schedule
+    rounds = await store.rounds(region)
+    orders = await store.orders(region)
+    cancelled = set(await store.cancelled_orders(region))
+    snap = Snapshot(members=await store.members(region), seq=max((o.seq for o in orders), default=0))
+    if not rounds:
+        return snap
+    snap.round_start, snap.fence = rounds[-1]
+    snap.first_round = rounds[0][0]
+    done = [s.end for s in await store.reconciled_slots(region)] + [h.slot.end for h in await store.held_slots(region)]
+    snap.reconciled_upto = upto = max(done, default=snap.first_round)
+    current = snap.round_start
+    snap.recorded = [s for s in await store.reconciled_slots(region) if s.start >= current - schedule.duration]
+    snap.recorded += [h.slot for h in await store.held_slots(region) if h.slot.start >= current - schedule.duration]
+
+    open_orders: defaultdict[Slot, list[Order]] = defaultdict(list)
+    for o in orders:
+        if o.slot.end > upto:
+            open_orders[o.slot].append(o)
+            snap.client_ids.setdefault(o.slot, {})[f"{o.participant_id}/{o.client_order_id}"] = o.order_id
+            if o.order_id not in cancelled:
+                snap.books.setdefault(o.slot, []).append((o.order_id, encode(order_to_wire(o, region=region))))
+    for r in await store.readings(region):
+        if r.slot.end > upto:
+            accepted = reading_to_wire(r, region=region, received_at_ms=0)
+            snap.readings.setdefault(r.slot, {})[r.participant_id] = encode(accepted)
+
+    # Slots cleared in an earlier round and not yet reconciled: the meter-collector needs
+    # their clearing. Each is cleared again from its book, exactly as the matcher did.
+    d = schedule.duration
+    slot = Slot(upto, upto + d)
+    while schedule.closes_at(slot) < current:
+        if schedule.closes_at(slot) >= snap.first_round:
+            snap.cleared[slot] = encode(_cleared(market, slot, [o for o in open_orders.get(slot, [])
+                                                                if o.order_id not in cancelled]))
+        slot = Slot(slot.end, slot.end + d)
+    return snap
+
+
+def _cleared(market: MarketSettings, slot: Slot, orders: list[Order]) -> t.SlotCleared:
+    matched_at_ms = market.schedule.closes_at(slot) * 1000
+    try:
+        settlements = clear(orders, region=market.region, slot=slot, rule=market.rule, matched_at_ms=matched_at_ms)
+    except Exception as exc:  # the matcher held it too: hold it again
+        return t.SlotCleared(region=market.region, slot=slot_to_wire(slot), rule=str(market.rule),
+                             matched_at_ms=matched_at_ms, order_count=len(orders), settlements=[],
+                             failure=f"{type(exc).__name__}: {exc}"[:1000])
+    return t.SlotCleared(region=market.region, slot=slot_to_wire(slot), rule=str(market.rule),
+                         matched_at_ms=matched_at_ms, order_count=len(orders),
+                         settlements=[settlement_to_wire(s) for s in settlements])
