@@ -8,8 +8,10 @@ between it and the ledger; tests/e2e/test_identity.py covers per-household users
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import aio_pika
 import pytest
@@ -188,7 +190,7 @@ def _metric(f: FaultContext, service: str, name: str) -> float:
 async def test_a_flood_of_junk_and_a_50_mb_body_leave_memory_and_the_dead_letter_queue_bounded(
         sim: Simulator) -> None:
     cap, junk = 5_000, 100_000
-    seen: dict[str, int] = {}
+    seen: dict[str, object] = {}
 
     async def hook(f: FaultContext) -> None:
         await f.at_round(21)
@@ -205,12 +207,20 @@ async def test_a_flood_of_junk_and_a_50_mb_body_leave_memory_and_the_dead_letter
                 _metric(f, "order-intake", "microte_dead_letters_total") >= junk + 1
 
         await wait_until(drained, 600, "order-intake worked through the flood", every_s=0.5)
+        # The broker itself says that each service consumes under its prefetch limit.
+        prefetch = {c["queue_name"]: int(c["prefetch_count"])
+                    for c in await asyncio.to_thread(f.servers.rabbit.consumers)
+                    if str(c["queue_name"]).startswith(f"microte.{f.region}.") and "participant" not in c["queue_name"]}
+        seen["prefetch"] = prefetch
         seen.update(before=before, peak=peak, dead=await _queue_depth(f, dead),
                     overflow=int(_metric(f, "order-intake", "microte_dead_letter_overflow_total")))
 
     got = await sim.check_against_baseline(hook, {"MICROTE_DEAD_LETTER_MAX": str(cap)}, name="flood")
     print(f"\nflood: {got.summary()}; order-intake RSS {seen['before']} -> peak {seen['peak']} KiB; "
           f"dead-letter queue {seen['dead']}, overflowed {seen['overflow']}")
+    prefetch = cast(dict[str, int], seen["prefetch"])
+    assert {q.rsplit(".", 1)[1] for q in prefetch} >= {"order-intake", "matcher", "meter-collector", "ledger-writer"}
+    assert all(0 < n <= 1000 for n in prefetch.values()), prefetch
     assert seen["dead"] <= cap
     assert seen["overflow"] >= junk + 1 - cap
     assert seen["peak"] < seen["before"] + 300 * 1024, "order-intake's memory grew with the backlog"
