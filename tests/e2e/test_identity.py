@@ -63,9 +63,19 @@ async def test_a_participant_can_only_act_as_the_broker_user_it_connected_as(
                 await exchange.publish(aio_pika.Message(encode(t.JoinMarket(region=region, participant_id=as_id)),
                                                         user_id=user_id), routing_key=f"{region}.in.member")
 
+            redis = Redis.from_url(settings.redis_url)
+            try:
+                await RegionState(redis, region).join("dave", 0)  # another member, as if it had joined
+            finally:
+                await redis.aclose()
             await join(name, name)
             assert isinstance(await asyncio.wait_for(answers.get(), 30), t.MemberJoined)
             await join("bob", name)  # claims to be someone else
+            refused = await asyncio.wait_for(answers.get(), 30)
+            assert isinstance(refused, t.Rejected) and refused.reason == "identity_mismatch"
+            # A member's leave sent in its name by someone else: refused, and the member stays.
+            await exchange.publish(aio_pika.Message(encode(t.LeaveMarket(region=region, participant_id="dave")),
+                                                    user_id=name), routing_key=f"{region}.in.member")
             refused = await asyncio.wait_for(answers.get(), 30)
             assert isinstance(refused, t.Rejected) and refused.reason == "identity_mismatch"
             await join("carol", None)  # says nothing of who it is
@@ -79,6 +89,7 @@ async def test_a_participant_can_only_act_as_the_broker_user_it_connected_as(
         try:
             state = RegionState(redis, region)
             assert await state.is_member(name)
+            assert await state.is_member("dave")
             assert not await state.is_member("bob")
             assert not await state.is_member("carol")
         finally:
