@@ -32,7 +32,7 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from shared.runtime import topology
 from shared.runtime.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, Keys
-from tests.deploy.private_rabbit import BrokerUnavailable, PrivateRabbit
+from tests.faults.servers import PrivateRabbit, ServerError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -644,13 +644,14 @@ def test_each_overlay_deployment_has_its_own_broker_account_and_the_region_lists
 @pytest.fixture(scope="module")
 def broker() -> Iterator[PrivateRabbit]:
     """A private RabbitMQ node that boots from the compose stack's definitions.json."""
+    node = PrivateRabbit(DEFINITIONS)
     try:
-        node = PrivateRabbit(DEFINITIONS)
         node.start()
-    except BrokerUnavailable as exc:
+    except ServerError as exc:
+        node.close()
         pytest.fail(str(exc), pytrace=False)  # fails, never skips, like a missing tool
     yield node
-    node.stop()
+    node.close()
 
 
 def _password(name: str) -> str:
@@ -706,7 +707,7 @@ async def test_the_definitions_load_into_rabbitmq_and_each_service_can_do_its_wo
     r = COMPOSE_REGION
     for service in SERVICES:
         user = service_user(r, service)
-        url = broker.url(user, _password(user))
+        url = broker.url_for(user, _password(user))
         assert await _allowed(url, _service_setup(r, service)), f"{service} cannot declare its topology"
         allowed = set().union(*(u.keys(r) for u in published(service)))
         for key in sorted(allowed):
@@ -730,7 +731,7 @@ async def test_the_definitions_load_into_rabbitmq_and_each_service_can_do_its_wo
 async def test_in_rabbitmq_participants_can_only_send_requests(broker: PrivateRabbit) -> None:
     r = COMPOSE_REGION
     for name in (HOUSEHOLD, COMMUNITY):
-        url = broker.url(name, _password(name))
+        url = broker.url_for(name, _password(name))
         assert await _allowed(url, _publish(X, Keys(r).request(topology.ORDER), name))
         for key in (Keys(r).fact(topology.SLOT_CLEARED), Keys(r).fact(topology.ROUND_STARTED),
                     Keys(r).to(name, topology.ORDER_ACCEPTED), Keys(r).to("h002", topology.SETTLEMENTS),
@@ -744,7 +745,7 @@ async def test_in_rabbitmq_participants_can_only_send_requests(broker: PrivateRa
         await queue.bind(x, routing_key=f"{r}.to.{HOUSEHOLD}.#")
         await queue.bind(x, routing_key=Keys(r).fact(topology.ROUND_STARTED))
 
-    url = broker.url(HOUSEHOLD, _password(HOUSEHOLD))
+    url = broker.url_for(HOUSEHOLD, _password(HOUSEHOLD))
     assert await _allowed(url, household)
 
     async def snoop(channel: aio_pika.abc.AbstractChannel) -> None:
@@ -763,7 +764,7 @@ async def test_in_rabbitmq_participants_can_only_send_requests(broker: PrivateRa
 @pytest.mark.infra
 async def test_in_rabbitmq_there_is_no_guest(broker: PrivateRabbit) -> None:
     with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
-        await aio_pika.connect(broker.url("guest", "guest"))
+        await aio_pika.connect(broker.url_for("guest", "guest"))
 
 
 def _as_definitions(objects: tuple[dict[str, Any], ...], region: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -794,7 +795,7 @@ async def test_in_rabbitmq_the_overlays_accounts_work_as_rendered(
         assert broker.rabbitmqctl("import_definitions", str(path)) != "", broker.log_tail()
         for service in SERVICES:
             user = service_user(region, service)
-            url = broker.url(user, passwords[user])
+            url = broker.url_for(user, passwords[user])
             assert await _allowed(url, _service_setup(region, service)), f"{overlay}: {service} cannot set up"
             for key in sorted(set().union(*(u.keys(region) for u in published(service))))[:3]:
                 assert await _allowed(url, _publish(X, key, user)), f"{overlay}: {service} cannot publish {key}"
@@ -805,5 +806,5 @@ async def test_in_rabbitmq_the_overlays_accounts_work_as_rendered(
         async def inspect(channel: aio_pika.abc.AbstractChannel, region: str = region) -> None:
             await channel.declare_queue(f"microte.{region}.order-intake", passive=True)
 
-        assert await _allowed(broker.url(keda, passwords[keda]), inspect), f"{overlay}: KEDA cannot see the queue"
-        assert not await _allowed(broker.url(keda, passwords[keda]), _publish(X, Keys(region).request("order")))
+        assert await _allowed(broker.url_for(keda, passwords[keda]), inspect), f"{overlay}: KEDA cannot see the queue"
+        assert not await _allowed(broker.url_for(keda, passwords[keda]), _publish(X, Keys(region).request("order")))

@@ -413,8 +413,11 @@ class PrivateRabbit(PrivateServer):
 
     kind = "rabbitmq"
 
-    def __init__(self) -> None:
+    def __init__(self, definitions: Path | None = None) -> None:
+        """``definitions``: a RabbitMQ definitions file to boot from (users, permissions);
+        such a node has no guest user."""
         super().__init__()
+        self.definitions = definitions
         self.node = f"mtfault-{secrets.token_hex(4)}@localhost"
         self.dist_port = free_port()
         self.scripts = _rabbit_scripts()
@@ -426,6 +429,7 @@ class PrivateRabbit(PrivateServer):
             "loopback_users = none\n"
             "log.console = false\n"
             "log.file.level = info\n"
+            + (f"load_definitions = {definitions}\n" if definitions else "")
         )
 
     def _env(self) -> dict[str, str]:
@@ -452,17 +456,28 @@ class PrivateRabbit(PrivateServer):
         return [str(self.scripts / "rabbitmq-server")]
 
     def _ready(self) -> bool:
-        """The AMQP port answers the protocol header with Connection.Start (a method frame)."""
+        """The AMQP port answers the protocol header with Connection.Start (a method frame),
+        and the boot-time definitions, if any, are imported (the listener opens first)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"AMQP\x00\x00\x09\x01")
-                return s.recv(1) == b"\x01"
+                if s.recv(1) != b"\x01":
+                    return False
         except OSError:
+            return False
+        if self.definitions is None:
+            return True
+        try:
+            return bool(self.rabbitmqctl("list_users", "--quiet").strip())
+        except ServerError:
             return False
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+        return self.url_for("guest", "guest")
+
+    def url_for(self, user: str, password: str) -> str:
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
 
     def log_tail(self, lines: int = 30) -> str:
         node_log = self.tmp / "log" / f"{self.node}.log"
