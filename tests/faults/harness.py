@@ -14,10 +14,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo
 
 from redis.asyncio import Redis
 
@@ -28,12 +26,10 @@ from services.participants.profiles import community
 from shared.runtime.audit import Audit, audit
 from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
+from tests.e2e.conftest import sim_env as e2e_sim_env
 from tests.faults.inject import FaultContext, rounds_started
 from tests.faults.servers import PrivatePostgres, PrivateRabbit, PrivateRedis
 
-TIMEZONE = "America/Vancouver"
-# Late morning: solar and load both, so that there is trade, shortfall and export.
-START = int(datetime(2026, 6, 21, 11, 0, tzinfo=ZoneInfo(TIMEZONE)).timestamp())
 ROUNDS = 80
 PARTICIPANTS = 8
 SEED = 11
@@ -246,17 +242,8 @@ def diff(expected: Ledger, got: Ledger, limit: int = 12) -> str:
 
 
 def sim_env(region: str, ledger_url: str, servers: Servers, rounds: int, **extra: str) -> dict[str, str]:
-    return {
-        "MICROTE_REGION": region,
-        "MICROTE_LEDGER_URL": ledger_url,
-        "MICROTE_ROUNDS": str(rounds),
-        "MICROTE_START_TIME": str(START),
-        "MICROTE_TIMEZONE": TIMEZONE,
-        "MICROTE_CLOCK_MODE": "simulation",
-        "MICROTE_ROUND_TIMEOUT_S": "20",
-        **servers.env(),
-        **extra,
-    }
+    """The end-to-end tests' simulation settings, on the private servers."""
+    return e2e_sim_env(region, ledger_url, rounds, **servers.env(), **extra)
 
 
 async def clean_broker_and_redis(servers: Servers, region: str, participant_ids: list[str]) -> None:
