@@ -95,6 +95,29 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bad_input(settings: Settings, day: str) -> list[tuple[str, int]]:
+    from redis.asyncio import Redis
+
+    from shared.runtime.state import RegionState
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        return await RegionState(redis, settings.region).bad_input(day)
+    finally:
+        await redis.aclose()
+
+
+def _bad_input_cmd(args: argparse.Namespace) -> int:
+    env = {**os.environ, "MICROTE_REGION": args.region}
+    day = args.day or time.strftime("%Y-%m-%d", time.gmtime())
+    found = asyncio.run(_bad_input(from_env(env), day))
+    print(f"bad input to region {args.region} on {day} (UTC), by sender:" if found else
+          f"no bad input to region {args.region} on {day} (UTC)")
+    for sender, count in found:
+        print(f"  {count:>9}  {sender}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -147,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--slot", type=int, required=True, help="the held slot's start, UNIX seconds")
     replay.add_argument("--ledger", help="the region's ledger URL (default: MICROTE_LEDGER_URL)")
     replay.set_defaults(run=_replay_cmd)
+    bad = sub.add_parser("bad-input", help="who sent malformed, forged or misrouted messages to a region, per day "
+                         "(senders: the broker user where the message names one, else the participant it claims)")
+    bad.add_argument("--region", required=True)
+    bad.add_argument("--day", help="YYYY-MM-DD, UTC (default: today); kept 8 days")
+    bad.set_defaults(run=_bad_input_cmd)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))

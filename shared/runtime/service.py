@@ -284,7 +284,18 @@ class Service:
         self.log.warning("message_refused", why=why, routing_key=msg.raw_message.routing_key,
                          user=msg.raw_message.user_id)
         self.metrics.forged_messages.labels(self.region, self.name, channel, why).inc()
+        await self._count_bad_input(msg, None)
         await self.dead_letter(msg, why)
+
+    async def _count_bad_input(self, msg: RabbitMessage, claimed: str | None) -> None:
+        """Per sender, in Redis (``microte bad-input``): never a metric label per participant.
+        Best effort: counting never holds up a refusal."""
+        user = msg.raw_message.user_id
+        sender = f"user:{user}" if user else (f"claims:{claimed}" if claimed else "anonymous")
+        try:
+            await self.state.count_bad_input(sender, time.strftime("%Y-%m-%d", time.gmtime()))
+        except Exception as exc:
+            self.log.debug("bad_input_not_counted", error=type(exc).__name__)
 
     async def _identity_holds(self, msg: RabbitMessage, message: Message) -> bool:
         """With broker identity, a request counts only from the user it names."""
@@ -295,6 +306,7 @@ class Service:
         if pid is not None and user == pid:
             return True
         self.log.warning("identity_mismatch", claimed=pid, user=user)
+        await self._count_bad_input(msg, pid)
         self.metrics.rejected_requests.labels(self.region, self.name, type(message).__name__, "identity_mismatch").inc()
         if user and _ID.match(user):
             # Answer the sender it really is, never the participant it claimed to be.
@@ -310,6 +322,7 @@ class Service:
     async def _refuse(self, msg: RabbitMessage, body: bytes, why: str) -> None:
         """A request that cannot be read: a ``malformed`` answer if it names a valid sender."""
         sender = sender_of(body) if body else None
+        await self._count_bad_input(msg, sender[0] if sender else None)
         routing_key = msg.raw_message.routing_key or ""
         where = parse_key(self.region, routing_key)
         if sender is not None and where is not None and where[0] == IN:

@@ -125,6 +125,8 @@ class RegionStateLost(ConnectionError):
 
 Claim = Literal["new", "again", "busy", "done"]
 CLAIM_LEASE_MS = 30_000
+BAD_INPUT_SENDERS = 1000
+BAD_INPUT_KEEP_S = 8 * 86400
 InsertResult = Literal["ok", "duplicate", "moved"]
 ReadingResult = Literal["ok", "duplicate", "reconciled"]
 
@@ -199,6 +201,24 @@ class RegionState:
             pipe.set(k("recorded", _s(slot)), 1, ex=86400)
         pipe.set(k("gen"), token)
         await pipe.execute()
+
+    # --- bad input, per sender ----------------------------------------------------------
+    # One sorted set a day: sender -> messages refused as malformed, forged or misrouted.
+    # Senders are broker users where the message names one (validated by RabbitMQ), else
+    # the participant id it claims, else "anonymous"; the set keeps its 1000 worst.
+
+    async def count_bad_input(self, sender: str, day: str) -> None:
+        key = self.key("bad-input", day)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zincrby(key, 1, sender)
+        pipe.expire(key, BAD_INPUT_KEEP_S)
+        pipe.zremrangebyrank(key, 0, -BAD_INPUT_SENDERS - 1)
+        await pipe.execute()
+
+    async def bad_input(self, day: str, most: int = 20) -> list[tuple[str, int]]:
+        found = await cast(Awaitable[list[tuple[bytes, float]]],
+                           self.redis.zrevrange(self.key("bad-input", day), 0, most - 1, withscores=True))
+        return [(sender.decode(), int(score)) for sender, score in found]
 
     # --- rounds and the clock --------------------------------------------------------
 

@@ -123,3 +123,14 @@ async def test_the_clock_sees_a_recorded_slot_until_it_forgets_the_round(state: 
     assert await state.is_recorded(slot)
     await state.forget_round(600, 60)
     assert not await state.is_recorded(slot)
+
+
+async def test_bad_input_is_counted_per_sender_and_day_worst_first(state: RegionState) -> None:
+    for sender, times in (("anonymous", 3), ("user:h001", 1), ("claims:h002", 5)):
+        for _ in range(times):
+            await state.count_bad_input(sender, "2026-12-06")
+    await state.count_bad_input("anonymous", "2026-12-07")
+
+    assert await state.bad_input("2026-12-06") == [("claims:h002", 5), ("anonymous", 3), ("user:h001", 1)]
+    assert await state.bad_input("2026-12-07") == [("anonymous", 1)]
+    assert await state.bad_input("2026-12-06", most=1) == [("claims:h002", 5)]

@@ -9,15 +9,18 @@ between it and the ledger; tests/e2e/test_identity.py covers per-household users
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aio_pika
 import pytest
+from redis.asyncio import Redis
 
 from shared.messages import encode
 from shared.messages import types as t
+from shared.runtime.state import RegionState
 from tests.faults.harness import Simulator
 from tests.faults.inject import FaultContext, publish, wait_until
 
@@ -163,13 +166,27 @@ async def test_an_attack_from_a_household_is_refused_and_changes_nothing(sim: Si
 @pytest.mark.timeout(1800)
 async def test_every_attack_at_once_is_refused_and_changes_nothing(sim: Simulator) -> None:
     """The CI subset: all of the above in one run."""
+    senders: list[tuple[str, int]] = []
+
     async def hook(f: FaultContext) -> None:
         await f.at_round(22)
         for name, attack in sorted(ATTACKS.items()):
             f.note(name)
             await attack(f)
+        redis = Redis.from_url(f.servers.redis.url)
+        state, day = RegionState(redis, f.region), time.strftime("%Y-%m-%d", time.gmtime())
+
+        async def counted() -> bool:
+            senders[:] = await state.bad_input(day)
+            return {"anonymous", f"claims:{ATTACKER}"} <= {s for s, _ in senders}
+
+        try:
+            await wait_until(counted, 120, "the bad input was counted per sender")
+        finally:
+            await redis.aclose()
 
     await sim.check_against_baseline(hook, name="attack-all")
+    print(f"\nbad input by sender: {senders}")
 
 
 async def _queue_depth(f: FaultContext, name: str) -> int:
