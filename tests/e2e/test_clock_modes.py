@@ -3,6 +3,7 @@ the simulation barrier after its liveness timeout instead of stalling the market
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -62,3 +63,33 @@ async def test_a_participant_that_goes_silent_drops_out_of_the_barrier(region: s
     # Waiting for the ghost forever would take 60 s a round; it is dropped after about 3 s.
     assert time.monotonic() - began < 60
     assert clock_events(tmp_path / "logs", "round_timed_out") == []
+
+
+async def test_real_time_rounds_go_on_without_a_service_and_say_what_they_left_undone(
+        region: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = sim_env(region, url, 8, MICROTE_CLOCK_MODE="realtime", MICROTE_ROUND_SECONDS="2",
+                  MICROTE_READING_DEADLINE_S="2", MICROTE_HORIZON_S="3600")
+
+    async def matcher_away(ensemble: Ensemble, sim: Community) -> None:
+        while sim.tally.rounds < 2:
+            sim.rounds_seen.clear()
+            await asyncio.wait_for(sim.rounds_seen.wait(), timeout=30)
+        await asyncio.to_thread(ensemble.stop, "matcher")
+        while sim.tally.rounds < 5:  # wall-clock rounds go on without it
+            sim.rounds_seen.clear()
+            await asyncio.wait_for(sim.rounds_seen.wait(), timeout=30)
+        ensemble.start("matcher")  # it clears what it missed, from the round starts in its queue
+        await ensemble.wait_healthy("matcher")
+
+    await run(env, tmp_path, during=matcher_away)
+    incomplete = clock_events(tmp_path / "logs", "round_ended_incomplete")
+    assert any("clearing" in e["missing"] for e in incomplete), incomplete  # type: ignore[operator]
+    store = await opened(url)
+    try:
+        from shared.runtime.audit import audit
+
+        result = await audit(store, from_env(env).market)
+    finally:
+        await store.close()
+    assert result.problems == [] and result.slots == 8
