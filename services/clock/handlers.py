@@ -53,6 +53,8 @@ class Clock:
         if await self.state.touch(m.participant_id, now_ms()):
             await self.state.finish_round(m.round_start, m.participant_id)
             self.wake.set()
+        else:
+            await self.svc.state_ready()  # "not a member" read from a state lost meanwhile: retry
 
     async def on_slot_cleared(self, m: t.SlotCleared) -> None:
         self.wake.set()
@@ -157,7 +159,7 @@ class Clock:
         while every service consumes) and for its services (as long as it takes)."""
         timeout = self.settings.round_timeout_s
         deadline = time.monotonic() + timeout
-        told = 0.0
+        told = time.monotonic()  # say it after 30 s of waiting, and every 30 s then
         while True:
             self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
             await self.svc.state_ready()

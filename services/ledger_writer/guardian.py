@@ -3,7 +3,9 @@ a lost state from the ledger (shared.runtime.rebuild).
 
 Redis without the generation key means one of two things: a region with no history (its
 state is born empty), or a region whose state Redis lost (a restart without persistence,
-a flush, a failover to an empty replica). Every other service waits meanwhile. The
+a flush, a failover to an empty replica). A Redis that holds an older round or a lower
+acceptance sequence than the ledger recorded (a failover to a replica that lagged) is
+stale: its state is dropped and rebuilt the same way. Every other service waits meanwhile. The
 guardian first lets this ledger-writer record everything still in its queue, so that the
 ledger holds every order, reading and fact published before the loss, then rebuilds."""
 
@@ -38,7 +40,22 @@ class StateGuardian:
             self.svc.beat(GUARDIAN)
             if await self.svc.state.generation() is None:
                 await self.guard()
+            else:
+                await self.check_stale()
             await asyncio.sleep(LOOK_EVERY_S)
+
+    async def check_stale(self) -> None:
+        """A failover to a replica that lags: Redis holds an older round or a lower acceptance
+        sequence than the ledger has recorded. Its state cannot be trusted: drop it, and the
+        next look rebuilds it from the ledger."""
+        state, writer = self.svc.state, self.writer
+        current, seq = await state.current_round(), await state.seq()
+        behind = (current is not None and current[0] < writer.latest_round) or seq < writer.max_seq
+        if not behind:
+            return
+        self.svc.log.error("round_state_stale_dropped", redis_round=None if current is None else current[0],
+                           recorded_round=writer.latest_round, redis_seq=seq, recorded_seq=writer.max_seq)
+        await state.forget_everything()
 
     async def guard(self) -> None:
         svc, holder = self.svc, self.svc.instance

@@ -27,6 +27,10 @@ class LedgerWriter:
         self.svc = service
         self.batcher: Batcher | None = None
         self._settled_wh: dict[tuple[str, int, int], int] = {}
+        # The newest round and the highest acceptance sequence recorded: Redis never holds
+        # less, unless it is a stale copy (the guardian compares).
+        self.latest_round = 0
+        self.max_seq = 0
 
     def attach(self, batcher: Batcher) -> None:
         self.batcher = batcher
@@ -38,6 +42,7 @@ class LedgerWriter:
 
     async def on_order_accepted(self, m: t.OrderAccepted) -> None:
         await self._write(RecordBatch(orders=[(m.region, order_from_wire(m))]))
+        self.max_seq = max(self.max_seq, m.seq)
 
     async def on_order_cancelled(self, m: t.OrderCancelled) -> None:
         await self._write(RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))]))
@@ -47,6 +52,7 @@ class LedgerWriter:
 
     async def on_round_started(self, m: t.RoundStarted) -> None:
         await self._write(RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)]))
+        self.latest_round = max(self.latest_round, m.current_round.start)
 
     async def on_member_joined(self, m: t.MemberJoined) -> None:
         await self._write(RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)]))

@@ -73,9 +73,11 @@ class Matcher:
             settlements = clear(orders, region=region, slot=slot, rule=self.market.rule, matched_at_ms=matched_at_ms)
             records = [settlement_to_wire(s) for s in settlements]
         except Exception as exc:
+            await self.svc.state_ready()  # unless what failed was read from a state lost meanwhile
             await self.hold(slot, matched_at_ms, len(book), f"{type(exc).__name__}: {exc}")
             return
         metrics.clearing_duration.labels(region).observe(time.perf_counter() - started)
+        await self.svc.state_ready()  # the book was read from the state it still has
         wire_slot = slot_to_wire(slot)
         by_party: dict[str, list[t.SettlementRecord]] = defaultdict(list)
         for record in records:

@@ -36,6 +36,7 @@ class MeterCollector:
         self._reconciling = asyncio.Lock()
 
     async def reject(self, m: t.SubmitReading, reason: RejectReason, detail: str) -> None:
+        await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
         self.svc.log.info("reading_rejected", reason=str(reason), detail=detail)
         self.svc.metrics.readings.labels(self.svc.region, "rejected").inc()
         self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, "SubmitReading", str(reason)).inc()
@@ -139,6 +140,7 @@ class MeterCollector:
         try:
             cleared = decode_as(raw, t.SlotCleared) if raw else None
             if cleared is not None and cleared.failure:
+                await self.svc.state_ready()
                 await self.hold(slot, "clearing", cleared.failure)
                 return True
             settlements = settlements_from_wire(cleared) if cleared else []
@@ -146,9 +148,11 @@ class MeterCollector:
             entries = reconcile(region=region, slot=slot, settlements=settlements, readings=readings,
                                 grid=self.market.tariff.prices_at(slot.start))
         except Exception as exc:  # a poison slot fails every time: hold it, go on with the next
+            await self.svc.state_ready()  # unless what failed was read from a state lost meanwhile
             await self.hold(slot, "reconciliation", f"{type(exc).__name__}: {exc}")
             return True
         metrics.reconciliation_duration.labels(region).observe(time.perf_counter() - started)
+        await self.svc.state_ready()  # the inputs were read from the state it still has
         active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
         missing = sorted(active - {r.participant_id for r in readings})
         metrics.readings_missing.labels(region).inc(len(missing))

@@ -31,6 +31,7 @@ class OrderIntake:
     async def reject(self, request: t.Message, participant_id: str, reason: RejectReason, detail: str,
                      reference: str = "") -> None:
         kind = type(request).__name__
+        await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
         self.svc.log.info("request_rejected", request=kind, reason=str(reason), detail=detail)
         self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, kind, str(reason)).inc()
         if isinstance(request, t.SubmitOrder):

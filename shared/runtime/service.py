@@ -132,6 +132,7 @@ class Service:
         # while it is lost (shared.runtime.rebuild); the ledger-writer does not.
         self.needs_state = True
         self._state_seen = False  # this process has seen the state's generation
+        self._round_seen = 0  # the newest round this process has seen in Redis
         self.in_flight = 0  # messages being handled now
         for dependency in ("redis", "rabbitmq"):
             self.metrics.dependency_up.labels(self.region, name, dependency).set(1)
@@ -405,9 +406,16 @@ class Service:
     async def state_ready(self) -> None:
         """Raise ``RegionStateLost`` (an outage: wait and retry) while Redis holds no round
         state for the region; the ledger-writer rebuilds it from the ledger."""
-        if self.needs_state:
-            await self.state.require_generation()
-            self._state_seen = True
+        if not self.needs_state:
+            return
+        exists, start = await self.state.generation_and_round()
+        if not exists:
+            raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
+        if start is not None and start < self._round_seen:  # rounds only move forward: a stale copy
+            raise RegionStateLost(f"Redis holds round {start} of region {self.region}, older than round "
+                                  f"{self._round_seen} seen before: a stale copy, waiting for its rebuild")
+        self._round_seen = max(self._round_seen, start or 0)
+        self._state_seen = True
 
     async def healthy(self) -> tuple[bool, list[str]]:
         """Ready to work: every dependency answers and every background loop is alive."""
@@ -415,7 +423,7 @@ class Service:
         problems += [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
         if "redis" not in problems and self._state_seen and self.needs_state:
             try:
-                await self.state.require_generation()
+                await self.state_ready()
             except RegionStateLost:
                 problems.append("redis:round_state_lost")
         if not problems:

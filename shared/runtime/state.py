@@ -164,9 +164,32 @@ class RegionState:
         if not await self.redis.exists(self.key("gen")):
             raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
 
+    async def generation_and_round(self) -> tuple[bool, int | None]:
+        """Whether the state has its generation, and its current round start: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.key("gen"))
+        pipe.hget(self.key("round"), "start")
+        exists, start = await pipe.execute()
+        return bool(exists), None if start is None else int(start)
+
     async def create_generation(self, token: str) -> bool:
         """Birth of a region with no history: True when this call created it."""
         return bool(await self.redis.set(self.key("gen"), token, nx=True))
+
+    async def seq(self) -> int:
+        value = await cast(Awaitable[bytes | None], self.redis.get(self.key("seq")))
+        return 0 if value is None else int(value)
+
+    async def forget_everything(self) -> int:
+        """Delete the region's round state (a stale copy), but not a rebuild in progress."""
+        keep = self.key("rebuild-lock").encode()
+        keys = [k async for k in self.redis.scan_iter(match=self._pattern(), count=1000) if k != keep]
+        for i in range(0, len(keys), 1000):
+            await self.redis.delete(*keys[i:i + 1000])
+        return len(keys)
+
+    def _pattern(self) -> str:
+        return self._p.replace("{", "\\{").replace("}", "\\}") + "*"
 
     async def lock_rebuild(self, holder: str, ttl_ms: int) -> bool:
         return bool(await self.redis.set(self.key("rebuild-lock"), holder, nx=True, px=ttl_ms))
@@ -374,6 +397,6 @@ class RegionState:
 
     async def key_count(self) -> int:
         count = 0
-        async for _ in self.redis.scan_iter(match=self._p.replace("{", "\\{").replace("}", "\\}") + "*", count=500):
+        async for _ in self.redis.scan_iter(match=self._pattern(), count=500):
             count += 1
         return count

@@ -134,3 +134,15 @@ async def test_bad_input_is_counted_per_sender_and_day_worst_first(state: Region
     assert await state.bad_input("2026-12-06") == [("claims:h002", 5), ("anonymous", 3), ("user:h001", 1)]
     assert await state.bad_input("2026-12-07") == [("anonymous", 1)]
     assert await state.bad_input("2026-12-06", most=1) == [("claims:h002", 5)]
+
+
+async def test_forgetting_everything_keeps_only_a_rebuild_in_progress(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    await state.join("p", 0)
+    await state.create_generation("g1")
+    assert await state.lock_rebuild("me", 10_000)
+    assert await state.forget_everything() >= 3
+    assert await state.generation() is None and await state.current_round() is None
+    assert await state.key_count() == 1  # the lock
+    await state.unlock_rebuild("me")
+    assert await state.key_count() == 0
