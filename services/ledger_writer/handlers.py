@@ -72,7 +72,9 @@ class LedgerWriter:
             return
         entries = entries_from_wire(m.region, slot, m.entries)
         self._settled_wh[(m.region, slot.start, slot.end)] = m.settled_wh
-        await self._write(RecordBatch(entries=entries, reconciled=[(m.region, slot, len(entries))]))
+        # The readings go in with the entries made from them (the first record of each stands).
+        readings = [(m.region, reading_from_wire(r), r.received_at_ms) for r in m.readings]
+        await self._write(RecordBatch(entries=entries, readings=readings, reconciled=[(m.region, slot, len(entries))]))
 
     async def after_commit(self, batch: RecordBatch, result: WriteResult, seconds: float) -> None:
         """Runs after each commit, before any message of the batch is acknowledged."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
+
 from shared.market import EntryKind, RejectReason, Slot, check_reading, reconcile
 from shared.messages import decode_as
 from shared.messages import types as t
@@ -144,7 +146,8 @@ class MeterCollector:
                 await self.hold(slot, "clearing", cleared.failure)
                 return True
             settlements = settlements_from_wire(cleared) if cleared else []
-            readings = [reading_from_wire(decode_as(b, t.ReadingAccepted)) for _, b in sorted(stored.items())]
+            accepted = [decode_as(b, t.ReadingAccepted) for _, b in sorted(stored.items())]
+            readings = [reading_from_wire(a) for a in accepted]
             entries = reconcile(region=region, slot=slot, settlements=settlements, readings=readings,
                                 grid=self.market.tariff.prices_at(slot.start))
         except Exception as exc:  # a poison slot fails every time: hold it, go on with the next
@@ -160,7 +163,8 @@ class MeterCollector:
         wire_slot = slot_to_wire(slot)
         reconciled = t.SlotReconciled(region=region, slot=wire_slot, reconciled_at_ms=slot.end * 1000,
                                       missing_readings=missing, entries=records,
-                                      settled_wh=sum(s.quantity_wh for s in settlements))
+                                      settled_wh=sum(s.quantity_wh for s in settlements),
+                                      readings=[_as_original(a) for a in accepted])
         parties = sorted({e.seller for e in entries} | {e.buyer for e in entries} - {"grid", "market"})
         # One batch of confirms: the broker syncs them to disk together.
         await self.svc.publish_all([(reconciled, self.svc.keys.fact(SLOT_RECONCILED))] + [
@@ -190,6 +194,10 @@ class MeterCollector:
                                                 held=stage, failure=error[:1000]),
                                self.svc.keys.fact(SLOT_RECONCILED))
         await self.state.finish_reconciling(slot)
+
+
+def _as_original(stored: t.ReadingAccepted) -> t.ReadingAccepted:
+    return msgspec.structs.replace(stored, duplicate=False)
 
 
 def _as_duplicate(stored: t.ReadingAccepted) -> t.ReadingAccepted:

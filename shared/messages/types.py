@@ -225,6 +225,9 @@ class SlotReconciled(Message, frozen=True):
     settled_wh: Wh = 0  # energy of the slot's settlements, for the ledger's balance check
     held: Reason = ""  # "clearing" or "reconciliation": the slot is held, with no entries, for a replay
     failure: Text = ""  # why it is held
+    # The readings the entries were reconciled from, so that the ledger records them with
+    # the entries, in one transaction, even if a reading's own answer was lost in an outage.
+    readings: list[ReadingAccepted] = []
 
 
 class SlotRecorded(Message, frozen=True):

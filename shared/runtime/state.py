@@ -68,10 +68,11 @@ return 0
 """
 
 _ADD_READING = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'duplicate' end  -- accepted before: say so again
 if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(ARGV[3]) then return 'reconciled' end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'reconciled' end
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then return 'ok' end
-return 'duplicate'
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 'ok'
 """
 
 # A claim freezes a slot's inputs and says who works on it: new (first claim), again

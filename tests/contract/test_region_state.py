@@ -146,3 +146,14 @@ async def test_forgetting_everything_keeps_only_a_rebuild_in_progress(state: Reg
     assert await state.key_count() == 1  # the lock
     await state.unlock_rebuild("me")
     assert await state.key_count() == 0
+
+
+async def test_a_reading_accepted_before_is_a_duplicate_even_once_its_slot_is_reconciled(state: RegionState) -> None:
+    """Its first answer may have been lost in an outage: the repeat must be answered alike."""
+    slot = Slot(600, 660)
+    assert await state.add_reading(slot, "p", b"r1") == "ok"
+    assert await state.claim("reconcile", slot, "a") == "new"
+    await state.finish_reconciling(slot)
+    assert await state.add_reading(slot, "p", b"r2") == "duplicate"
+    assert await state.add_reading(slot, "q", b"r3") == "reconciled"
+    assert (await state.readings(slot))["p"] == b"r1"
