@@ -41,7 +41,6 @@ from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.message import StreamMessage
 from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
-from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
 from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
@@ -49,6 +48,7 @@ from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
+from shared.runtime.broker_metrics import broker_metrics
 from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics, initialise
 from shared.runtime.outages import backoff_s, is_outage
@@ -106,8 +106,7 @@ class Service:
             settings.amqp_url,
             graceful_timeout=15.0,
             logger=None,
-            middlewares=[RabbitPrometheusMiddleware(registry=self.metrics.registry, app_name=f"microte-{name}",
-                                                    custom_labels={"region": self.region})],
+            middlewares=[broker_metrics(self.metrics.registry, f"microte-{name}", {"region": self.region})],
         )
         # A blocking pool waits for a free connection instead of failing when many
         # handlers run at once (up to the prefetch count). No silent retries: a command

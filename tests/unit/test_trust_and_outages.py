@@ -11,6 +11,7 @@ import pytest
 import redis.exceptions
 
 from shared.messages import Undecodable, decode, sender_of
+from shared.runtime.broker_metrics import bounded_key
 from shared.runtime.outages import backoff_s, is_outage
 from shared.runtime.topology import parse_key
 from shared.runtime.trust import Signer, TrustError, service_users
@@ -118,3 +119,15 @@ def test_backoff_grows_and_is_capped() -> None:
     waits = [backoff_s(i) for i in range(12)]
     assert waits == sorted(waits)
     assert waits[0] == 0.25 and waits[-1] == 10.0
+
+
+@pytest.mark.parametrize(("key", "label"), [
+    ("r1.to.h001.order_accepted", "r1.to.*.order_accepted"),
+    ("r1.to.someone-else.statement", "r1.to.*.statement"),
+    ("r1.in.order", "r1.in.order"),
+    ("r1.fact.slot_cleared", "r1.fact.slot_cleared"),
+    ("r1.whatever.a.b.c", "other"),
+    ("", "other"),
+])
+def test_broker_metric_labels_never_name_a_participant(key: str, label: str) -> None:
+    assert bounded_key(key) == label
