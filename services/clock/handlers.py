@@ -17,10 +17,9 @@ import socket
 import time
 import uuid
 
-import aio_pika
-
 from shared.messages import types as t
 from shared.messages.convert import slot_from_wire, slot_to_wire
+from shared.runtime.queues import QueueInspector
 from shared.runtime.service import Service, now_ms
 from shared.runtime.topology import ROUND_STARTED
 
@@ -41,11 +40,10 @@ class Clock:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.wake = asyncio.Event()
         self.renewed = 0.0
-        self._inspector: aio_pika.abc.AbstractRobustConnection | None = None
+        self.inspector = QueueInspector(service.settings.amqp_url)
 
     async def close(self) -> None:
-        if self._inspector is not None:
-            await self._inspector.close()
+        await self.inspector.close()
 
     # --- inbound -------------------------------------------------------------------------
 
@@ -185,22 +183,9 @@ class Clock:
 
     async def _absent_services(self) -> list[str]:
         """The worker services with no consumer on their queue, or messages waiting beyond their prefetch."""
-        if self._inspector is None or self._inspector.is_closed:
-            self._inspector = await aio_pika.connect_robust(self.settings.amqp_url)
-        absent = []
-        channel = await self._inspector.channel()
-        try:
-            for name in WORKERS:
-                queue = await channel.declare_queue(f"microte.{self.svc.region}.{name}", passive=True)
-                result = queue.declaration_result
-                if not result.consumer_count or result.message_count:
-                    absent.append(name)
-        except aio_pika.exceptions.ChannelClosed:
-            return list(WORKERS)  # a queue is missing: its service never started
-        finally:
-            if not channel.is_closed:
-                await channel.close()
-        return absent
+        names = {f"microte.{self.svc.region}.{name}": name for name in WORKERS}
+        states = await self.inspector.states(list(names))
+        return [names[q] for q, st in states.items() if st is None or not st.consumers or st.messages]
 
     async def report_skipped(self, start: int) -> None:
         """Real time: what the round that just ended left undone, in the log and the metrics."""

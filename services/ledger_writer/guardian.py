@@ -15,10 +15,9 @@ import asyncio
 import secrets
 import time
 
-import aio_pika
-
 from services.ledger_writer.handlers import LedgerWriter
 from shared.runtime.ledger import LedgerStore
+from shared.runtime.queues import QueueInspector
 from shared.runtime.rebuild import has_history, snapshot
 from shared.runtime.service import Service, now_ms
 
@@ -33,7 +32,7 @@ class StateGuardian:
         self.svc = service
         self.store = store
         self.writer = writer
-        self._inspector: aio_pika.abc.AbstractRobustConnection | None = None
+        self.inspector = QueueInspector(service.settings.amqp_url)
 
     async def run(self) -> None:
         while True:
@@ -96,15 +95,9 @@ class StateGuardian:
             await asyncio.sleep(0.1)
 
     async def _queue_depth(self) -> int:
-        if self._inspector is None or self._inspector.is_closed:
-            self._inspector = await aio_pika.connect_robust(self.svc.settings.amqp_url)
-        channel = await self._inspector.channel()
-        try:
-            queue = await channel.declare_queue(f"microte.{self.svc.region}.{self.svc.name}", passive=True)
-            return int(queue.declaration_result.message_count or 0)
-        finally:
-            await channel.close()
+        name = f"microte.{self.svc.region}.{self.svc.name}"
+        state = (await self.inspector.states([name]))[name]
+        return 0 if state is None else state.messages
 
     async def close(self) -> None:
-        if self._inspector is not None:
-            await self._inspector.close()
+        await self.inspector.close()

@@ -42,7 +42,7 @@ class Participant:
         self.c = community
         self.soc_wh = home.battery_wh // 2
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
-        self.counted: set[str] = set()  # settlement ids already in ``sold``: a notice may come twice
+        self.counted: dict[tuple[int, int], set[str]] = {}  # settlement ids in ``sold``: a notice may come twice
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
         self.played: set[int] = set()
@@ -65,10 +65,11 @@ class Participant:
         elif isinstance(message, t.OrderCancelled):
             self._answered(f"cancel-{message.client_order_id}", message)
         elif isinstance(message, t.SettlementsNotice):
-            sold = self.sold.setdefault((message.slot.start, message.slot.end), {})
+            key = (message.slot.start, message.slot.end)
+            sold, counted = self.sold.setdefault(key, {}), self.counted.setdefault(key, set())
             for s in message.settlements:
-                if s.seller == self.pid and s.settlement_id not in self.counted:
-                    self.counted.add(s.settlement_id)
+                if s.seller == self.pid and s.settlement_id not in counted:
+                    counted.add(s.settlement_id)
                     sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
         elif isinstance(message, t.RoundStarted):
             await self.play(message)
@@ -101,6 +102,7 @@ class Participant:
         c, region = self.c, self.c.region
         delivered = Slot(r.current_round.start, r.current_round.end)
         sold = self.sold.pop((delivered.start, delivered.end), {})
+        self.counted.pop((delivered.start, delivered.end), None)
         d = deliver(self.home, delivered, c.tz, self.soc_wh, sold)
         self.soc_wh = d.soc_wh
         reading = t.SubmitReading(region=region, participant_id=self.pid, slot=r.current_round,

@@ -49,11 +49,10 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
         return snap
     snap.round_start, snap.fence = rounds[-1]
     snap.first_round = rounds[0][0]
-    done = [s.end for s in await store.reconciled_slots(region)] + [h.slot.end for h in await store.held_slots(region)]
-    snap.reconciled_upto = upto = max(done, default=snap.first_round)
+    finished = await store.reconciled_slots(region) + [h.slot for h in await store.held_slots(region)]
+    snap.reconciled_upto = upto = max((s.end for s in finished), default=snap.first_round)
     current = snap.round_start
-    snap.recorded = [s for s in await store.reconciled_slots(region) if s.start >= current - schedule.duration]
-    snap.recorded += [h.slot for h in await store.held_slots(region) if h.slot.start >= current - schedule.duration]
+    snap.recorded = [s for s in finished if s.start >= current - schedule.duration]
 
     open_orders: defaultdict[Slot, list[Order]] = defaultdict(list)
     for o in orders:

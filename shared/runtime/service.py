@@ -123,7 +123,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
-        self._probes: dict[str, Probe] = {"redis": self.redis.ping}
+        self._probes: dict[str, Probe] = {"redis": self.redis.ping, "rabbitmq": self._broker_connected}
         self._outages: dict[str, float] = {}  # dependency -> monotonic time it was last seen away
         self._beats: dict[str, float] = {}  # loop -> monotonic time of its last beat
         self._finished_loops: set[str] = set()
@@ -254,7 +254,7 @@ class Service:
                 self._recovered()
                 return True
             except Exception as exc:
-                away = is_outage(exc) or await self._away()
+                away = is_outage(exc) or bool(await self._away())
                 if away:
                     self.metrics.outage_retries.labels(self.region, self.name).inc()
                     if outage_attempt == 0:
@@ -380,20 +380,12 @@ class Service:
         self.metrics.dependency_up.labels(self.region, self.name, dependency).set(1 if ok else 0)
         return ok
 
-    async def _away(self) -> bool:
-        """Ask every dependency; True when any is away (the failure is then not the message's)."""
-        results = [await self._check(dep, check) for dep, check in self._probes.items()]
-        broker_ok = bool(self.broker.running) and await self._broker_connected()
-        self.metrics.dependency_up.labels(self.region, self.name, "rabbitmq").set(1 if broker_ok else 0)
-        if not broker_ok:
-            self._outages["rabbitmq"] = time.monotonic()
-        return not (all(results) and broker_ok)
+    async def _away(self) -> list[str]:
+        """Ask every dependency; the ones away (a failure is then not the message's)."""
+        return [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
 
     async def _broker_connected(self) -> bool:
-        try:
-            return bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
-        except Exception:
-            return False
+        return bool(self.broker.running) and bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
 
     def _recovered(self) -> None:
         if self._outages:
@@ -418,8 +410,7 @@ class Service:
 
     async def healthy(self) -> tuple[bool, list[str]]:
         """Ready to work: every dependency answers and every background loop is alive."""
-        problems = [] if await self._broker_connected() else ["rabbitmq"]
-        problems += [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
+        problems = await self._away()
         if "redis" not in problems and self._state_seen and self.needs_state:
             try:
                 await self.state_ready()

@@ -161,10 +161,6 @@ class RegionState:
         value = await cast(Awaitable[bytes | None], self.redis.get(self.key("gen")))
         return None if value is None else value.decode()
 
-    async def require_generation(self) -> None:
-        if not await self.redis.exists(self.key("gen")):
-            raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
-
     async def generation_and_round(self) -> tuple[bool, int | None]:
         """Whether the state has its generation, and its current round start: one round trip."""
         pipe = self.redis.pipeline(transaction=False)
