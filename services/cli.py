@@ -135,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
         "MICROTE_LEDGER_URL": args.ledger or os.environ.get("MICROTE_LEDGER_URL", "sqlite:///var/ledger.sqlite"),
     }
     return asyncio.run(run_demo(env, participants=args.participants, seed=args.seed,
-                                log_dir=Path("var/logs") / region))
+                                log_dir=Path("var/logs") / region, aggregators=args.aggregators))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--participants", type=int, default=20)
     demo.add_argument("--rounds", type=int, default=1440, help="rounds to simulate (1440 x 60 s = one day)")
     demo.add_argument("--round-seconds", type=int, default=60)
+    demo.add_argument("--aggregators", type=int, default=0,
+                      help="households act through this many aggregators, each submitting one batch a round for "
+                           "all of its households (default 0: every household sends its own requests)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--start", default="2026-06-21T00:00", help="local market time of the first round")
     demo.add_argument("--timezone", default="America/Vancouver")

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.ensemble import Ensemble, purge_region
-from services.participants.community import Community, Tally
+from services.participants.community import Community, Tally, agent_ids
 from services.participants.profiles import community
 from services.report import report
 from shared.runtime.ledger import open_ledger
@@ -19,7 +19,7 @@ During = Callable[[Ensemble, Community], Awaitable[None]]
 
 
 async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
-                   during: During | None = None, replicas: int = 1) -> Tally:
+                   during: During | None = None, replicas: int = 1, aggregators: int = 0) -> Tally:
     """The services as processes and a community, until the last round is recorded.
 
     ``during`` runs beside the simulation once the clock has started (fault injection).
@@ -33,7 +33,7 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
         await ensemble.start_all(tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
         sim = Community(settings.amqp_url, settings.region, community(participants, seed),
                         settings.market.tariff.timezone, progress_every=max(1, settings.rounds // 20),
-                        duplicate=settings.duplicate_delivery)
+                        duplicate=settings.duplicate_delivery, aggregators=aggregators)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))
         await asyncio.wait_for(joined.wait(), timeout=60)
@@ -45,16 +45,16 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
         ensemble.stop_all()
 
 
-async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path) -> int:
+async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0) -> int:
     settings = from_env(env)
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()
     try:
-        tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir)
+        tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir, aggregators=aggregators)
     finally:
         # The ledger keeps all a report needs; the region's queues and round state can go.
-        ids = [h.participant_id for h in community(participants, seed)]
+        ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)
         await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
     print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
           f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)

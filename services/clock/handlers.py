@@ -21,11 +21,13 @@ from shared.messages import types as t
 from shared.messages.convert import slot_from_wire, slot_to_wire
 from shared.runtime.queues import QueueInspector
 from shared.runtime.service import Service, now_ms
+from shared.runtime.state import IntakeOp
 from shared.runtime.topology import ROUND_STARTED
 
 # The queues whose consumers a simulated round waits for (the clock's own is not among them).
 WORKERS = ("order-intake", "matcher", "meter-collector", "ledger-writer")
 LOOP = "clock"
+LISTEN = "finish-listener"
 
 LEASE_TTL_MS = 10_000
 RENEW_EVERY_S = 3.0
@@ -41,18 +43,32 @@ class Clock:
         self.wake = asyncio.Event()
         self.renewed = 0.0
         self.inspector = QueueInspector(service.settings.amqp_url)
+        self.leading = False
+        self._active: set[str] = set()  # active members, as last read (see _missing)
+        self._active_round = -1
+        self._active_at = 0.0
 
     async def close(self) -> None:
         await self.inspector.close()
 
     # --- inbound -------------------------------------------------------------------------
 
-    async def on_finish(self, m: t.FinishRound) -> None:
-        if await self.state.touch(m.participant_id, now_ms()):
-            await self.state.finish_round(m.round_start, m.participant_id)
-            self.wake.set()
-        else:
-            await self.svc.state_ready()  # "not a member" read from a state lost meanwhile: retry
+    async def on_finishes(self, finishes: list[t.FinishRound]) -> None:
+        """Single "finished" requests, in one script call (a batch's are counted by order-intake,
+        with its orders); one from a participant that is not a member is not counted."""
+        ops = [IntakeOp("f", m.participant_id, round_start=m.round_start) for m in finishes]
+        await self.state.apply_intake(ops, round_start=None, now_ms=now_ms())  # checks the state's generation
+        # The last one wakes the round's wait (through Redis, as order-intake's do).
+
+    async def listen(self) -> None:
+        """Wake the round's wait when the finishes it waits for are counted (by order-intake
+        for batches, by this service for single requests), through a Redis list."""
+        while True:
+            self.svc.beat(LISTEN)
+            if not self.leading:  # a standby clock leaves the signal to the leader
+                await asyncio.sleep(1.0)
+            elif await self.state.wait_wake(1.0):
+                self.wake.set()
 
     async def on_slot_cleared(self, m: t.SlotCleared) -> None:
         self.wake.set()
@@ -68,6 +84,9 @@ class Clock:
         while True:
             self.svc.beat(LOOP)
             await self.svc.state_ready()  # never take a lease in a Redis that lost the round state
+            if await self.state.simulation_finished():
+                self.svc.log.info("simulation_finished_before", holder=self.holder)
+                return  # a standby clock has nothing to lead any more
             fence = await self.state.take_lease(self.holder, LEASE_TTL_MS)
             metrics.clock_leader.labels(region).set(1 if fence else 0)
             if fence is None:
@@ -75,12 +94,15 @@ class Clock:
                 continue
             metrics.clock_fence.labels(region).set(fence)
             self.svc.log.info("clock_leading", fence=fence, holder=self.holder)
+            self.leading = True
             try:
                 await self._lead(fence)
             except _LostLease:
                 self.svc.log.warning("clock_lost_lease", fence=fence)
                 metrics.clock_leader.labels(region).set(0)
                 continue
+            finally:
+                self.leading = False
             return  # simulation finished
 
     async def _lead(self, fence: int) -> None:
@@ -99,6 +121,7 @@ class Clock:
             final = first + (self.settings.rounds - 1) * d if self.settings.rounds else 0
             if final and start > final:
                 self.svc.log.info("simulation_finished", rounds=self.settings.rounds)
+                await self.state.finish_simulation()
                 await self.state.release_lease(self.holder)
                 return
             await self._renew(fence)
@@ -140,15 +163,23 @@ class Clock:
         self.renewed = time.monotonic()
 
     async def _missing(self, start: int) -> list[str]:
+        """What the round still waits for. Counters first, in one round trip: the member list
+        is read again at most every few seconds, and the finished set only once its size
+        says it may be complete, so a round costs O(members), not O(members x wake-ups)."""
         w = self.market.schedule.windows(start)
+        now = time.monotonic()
+        if self._active_round != start or now - self._active_at >= RENEW_EVERY_S:
+            self._active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+            self._active_round, self._active_at = start, now
+            self.svc.metrics.members_active.labels(self.svc.region).set(len(self._active))
+            await self.state.await_finishes(start, len(self._active))  # finishes wake the clock from then on
+        finished, cleared, recorded = await self.state.round_progress(start, w.last_settle, w.current_round)
         missing = []
-        active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
-        self.svc.metrics.members_active.labels(self.svc.region).set(len(active))
-        if not active <= await self.state.finished(start):
+        if finished < len(self._active) or not self._active <= await self.state.finished(start):
             missing.append("participants")
-        if not await self.state.is_cleared(w.last_settle):
+        if not cleared:
             missing.append("clearing")
-        if not await self.state.is_recorded(w.current_round):
+        if not recorded:
             missing.append("ledger")
         return missing
 
@@ -158,14 +189,19 @@ class Clock:
         timeout = self.settings.round_timeout_s
         deadline = time.monotonic() + timeout
         told = time.monotonic()  # say it after 30 s of waiting, and every 30 s then
+        absent: list[str] = []
+        asked = 0.0  # when the broker was last asked which services consume
         while True:
             self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
             await self.svc.state_ready()
             missing = await self._missing(start)
             if not missing:
                 return
-            absent = await self._absent_services()
             now = time.monotonic()
+            # Asking the broker costs a channel per queue: at most every second, and
+            # always right before the participants' timeout is declared.
+            if now - asked >= 1.0 or (missing == ["participants"] and now >= deadline):
+                absent, asked = await self._absent_services(), now
             if absent or missing != ["participants"]:
                 # A service is down, behind, or still working: the participants' timeout waits too.
                 deadline = max(deadline, now + timeout) if absent else deadline

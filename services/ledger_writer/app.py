@@ -8,7 +8,7 @@ from services.ledger_writer.handlers import LedgerWriter
 from shared.messages import types as t
 from shared.runtime import topology as k
 from shared.runtime.ledger import open_ledger
-from shared.runtime.service import Service
+from shared.runtime.service import Batch, Service
 from shared.runtime.settings import Settings
 
 NAME, PORT = "ledger-writer", 9105
@@ -19,18 +19,21 @@ def create(settings: Settings) -> Service:
     writer = LedgerWriter(svc)
     store = open_ledger(settings.ledger_url)
     keys = svc.keys
+    # Whatever the queue holds goes into one transaction: one handler for every type.
+    records = Batch(writer.on_records)
     svc.consume(
         {
-            keys.all_to(k.ORDER_ACCEPTED): {t.OrderAccepted: writer.on_order_accepted},
-            keys.all_to(k.ORDER_CANCELLED): {t.OrderCancelled: writer.on_order_cancelled},
-            keys.all_to(k.READING_ACCEPTED): {t.ReadingAccepted: writer.on_reading_accepted},
-            keys.fact(k.SLOT_CLEARED): {t.SlotCleared: writer.on_slot_cleared},
-            keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: writer.on_slot_reconciled},
+            keys.all_to(k.ORDER_ACCEPTED): {t.OrderAccepted: records},
+            keys.all_to(k.ORDER_CANCELLED): {t.OrderCancelled: records},
+            keys.all_to(k.READING_ACCEPTED): {t.ReadingAccepted: records},
+            keys.all_to(k.BATCH): {t.BatchAnswered: records},
+            keys.fact(k.SLOT_CLEARED): {t.SlotCleared: records},
+            keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: records},
             # The round state's record, for a rebuild of Redis (shared.runtime.rebuild):
-            keys.fact(k.ROUND_STARTED): {t.RoundStarted: writer.on_round_started},
-            keys.all_to(k.MEMBERSHIP): {t.MemberJoined: writer.on_member_joined, t.MemberLeft: writer.on_member_left},
+            keys.fact(k.ROUND_STARTED): {t.RoundStarted: records},
+            keys.all_to(k.MEMBERSHIP): {t.MemberJoined: records, t.MemberLeft: records},
         },
-        prefetch=1000,
+        prefetch=2000,
     )
 
     async def open_store() -> None:

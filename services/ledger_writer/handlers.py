@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.ledger_writer.batcher import Batcher
+from services.ledger_writer.batcher import Batcher, merge
 from shared.market import EntryKind, bills
 from shared.market.numbers import ZERO
 from shared.messages import types as t
@@ -40,41 +40,49 @@ class LedgerWriter:
         self.svc.metrics.ledger_backlog.labels(self.svc.region).set(self.batcher.backlog)
         await self.batcher.write(batch)
 
-    async def on_order_accepted(self, m: t.OrderAccepted) -> None:
-        await self._write(RecordBatch(orders=[(m.region, order_from_wire(m))]))
-        self.max_seq = max(self.max_seq, m.seq)
+    async def on_records(self, messages: list[t.Message]) -> None:
+        """Everything drained together goes into one transaction (with what else the batcher
+        holds); acknowledged only once it committed."""
+        await self._write(merge([self.records(m) for m in messages]))
+        for m in messages:
+            if isinstance(m, t.RoundStarted):
+                self.latest_round = max(self.latest_round, m.current_round.start)
+            elif isinstance(m, t.OrderAccepted):
+                self.max_seq = max(self.max_seq, m.seq)
+            elif isinstance(m, t.BatchAnswered):
+                self.max_seq = max([self.max_seq] + [a.seq for a in m.answers if isinstance(a, t.OrderAccepted)])
 
-    async def on_order_cancelled(self, m: t.OrderCancelled) -> None:
-        await self._write(RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))]))
-
-    async def on_reading_accepted(self, m: t.ReadingAccepted) -> None:
-        await self._write(RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)]))
-
-    async def on_round_started(self, m: t.RoundStarted) -> None:
-        await self._write(RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)]))
-        self.latest_round = max(self.latest_round, m.current_round.start)
-
-    async def on_member_joined(self, m: t.MemberJoined) -> None:
-        await self._write(RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)]))
-
-    async def on_member_left(self, m: t.MemberLeft) -> None:
-        await self._write(RecordBatch(memberships=[(m.region, m.participant_id, "left", m.left_at_ms)]))
-
-    async def on_slot_cleared(self, m: t.SlotCleared) -> None:
-        # A held slot (m.failure) has no settlements; it is recorded as held once the
-        # meter-collector reaches it, so that its readings are all in first.
-        await self._write(RecordBatch(settlements=settlements_from_wire(m)))
-
-    async def on_slot_reconciled(self, m: t.SlotReconciled) -> None:
-        slot = slot_from_wire(m.slot)
-        if m.held:
-            await self._write(RecordBatch(held=[(m.region, slot, m.held, m.failure)]))
-            return
-        entries = entries_from_wire(m.region, slot, m.entries)
-        self._settled_wh[(m.region, slot.start, slot.end)] = m.settled_wh
-        # The readings go in with the entries made from them (the first record of each stands).
-        readings = [(m.region, reading_from_wire(r), r.received_at_ms) for r in m.readings]
-        await self._write(RecordBatch(entries=entries, readings=readings, reconciled=[(m.region, slot, len(entries))]))
+    def records(self, m: t.Message) -> RecordBatch:
+        """The ledger's records of one message."""
+        if isinstance(m, t.OrderAccepted):
+            return RecordBatch(orders=[(m.region, order_from_wire(m))])
+        if isinstance(m, t.OrderCancelled):
+            return RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))])
+        if isinstance(m, t.ReadingAccepted):
+            return RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)])
+        if isinstance(m, t.BatchAnswered):  # each answer as if it had come alone
+            return merge([self.records(a) for a in m.answers
+                          if isinstance(a, (t.OrderAccepted, t.OrderCancelled, t.ReadingAccepted))])
+        if isinstance(m, t.RoundStarted):
+            return RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)])
+        if isinstance(m, t.MemberJoined):
+            return RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)])
+        if isinstance(m, t.MemberLeft):
+            return RecordBatch(memberships=[(m.region, m.participant_id, "left", m.left_at_ms)])
+        if isinstance(m, t.SlotCleared):
+            # A held slot (m.failure) has no settlements; it is recorded as held once the
+            # meter-collector reaches it, so that its readings are all in first.
+            return RecordBatch(settlements=settlements_from_wire(m))
+        if isinstance(m, t.SlotReconciled):
+            slot = slot_from_wire(m.slot)
+            if m.held:
+                return RecordBatch(held=[(m.region, slot, m.held, m.failure)])
+            entries = entries_from_wire(m.region, slot, m.entries)
+            self._settled_wh[(m.region, slot.start, slot.end)] = m.settled_wh
+            # The readings go in with the entries made from them (the first record of each stands).
+            readings = [(m.region, reading_from_wire(r), r.received_at_ms) for r in m.readings]
+            return RecordBatch(entries=entries, readings=readings, reconciled=[(m.region, slot, len(entries))])
+        raise TypeError(f"the ledger keeps no record of a {type(m).__name__}")
 
     async def after_commit(self, batch: RecordBatch, result: WriteResult, seconds: float) -> None:
         """Runs after each commit, before any message of the batch is acknowledged."""

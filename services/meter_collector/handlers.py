@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 
 import msgspec
 
@@ -22,7 +23,8 @@ from shared.messages.convert import (
 )
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service, now_ms
-from shared.runtime.topology import READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
+from shared.runtime.state import ReadingOp
+from shared.runtime.topology import BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
 
 
 class MeterCollector:
@@ -37,55 +39,110 @@ class MeterCollector:
         self.realtime = realtime
         self._reconciling = asyncio.Lock()
 
-    async def reject(self, m: t.SubmitReading, reason: RejectReason, detail: str) -> None:
-        await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
-        self.svc.log.info("reading_rejected", reason=str(reason), detail=detail)
-        self.svc.metrics.readings.labels(self.svc.region, "rejected").inc()
-        self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, "SubmitReading", str(reason)).inc()
-        await self.svc.publish(
-            t.Rejected(region=m.region, participant_id=m.participant_id, request="SubmitReading",
-                       reason=str(reason), detail=detail, reference=f"{m.slot.start}-{m.slot.end}"),
-            self.svc.keys.to(m.participant_id, REJECTED))
+    async def on_readings(self, messages: list[t.SubmitReading | t.SubmitBatch]) -> None:
+        """Every reading drained together, single requests and batches alike: checked by the
+        market core, then written in one Redis script, answered with one wait for confirms."""
+        svc, region, schedule = self.svc, self.svc.region, self.market.schedule
+        items: list[tuple[t.SubmitReading, str, int]] = []  # reading, sender ("" for itself), batch index
+        batches: list[t.SubmitBatch] = []
+        for m in messages:
+            if isinstance(m, t.SubmitReading):
+                items.append((m, "", -1))
+                continue
+            batches.append(m)
+            for part in m.items:
+                if part.reading is not None:
+                    r = part.reading
+                    items.append((t.SubmitReading(region=m.region, participant_id=part.participant_id, slot=r.slot,
+                                                  import_wh=r.import_wh, export_wh=r.export_wh,
+                                                  self_consumed_wh=r.self_consumed_wh),
+                                  m.participant_id, len(batches) - 1))
+        exists, current, _ = await self.state.intake_view(0)
+        svc.state_seen(exists, None if current is None else current[0])
+        received = now_ms()
+        ops: list[ReadingOp] = []
+        answers: list[t.ReadingAccepted | t.Rejected] = []
+        for m, sender, _ in items:
+            answer = self._check(m, current, received)
+            answers.append(answer)
+            if isinstance(answer, t.ReadingAccepted):
+                ops.append(ReadingOp(m.participant_id, slot_from_wire(m.slot), encode(answer), sender=sender))
+            else:  # the core's refusal stands, unless the participant is unknown
+                ops.append(ReadingOp(m.participant_id, sender=sender))
+        members, results = await self.state.apply_readings(ops)
+        ready = False
+        for n, ((m, sender, _), op, (status, value)) in enumerate(zip(items, ops, results, strict=True)):
+            if status == "not_a_member":
+                answers[n] = self._rejection(m, RejectReason.NOT_A_MEMBER, "join the market first")
+            elif status == "not_entitled":
+                answers[n] = self._rejection(m, RejectReason.NOT_ENTITLED,
+                                             f"{sender} is not the agent of {m.participant_id}")
+            elif op.body and status == "reconciled":
+                answers[n] = self._rejection(m, RejectReason.ALREADY_RECONCILED, f"slot {m.slot.start}-{m.slot.end} "
+                                             "was reconciled")
+            elif op.body and status == "duplicate":  # the first reading stands: answer with it
+                answers[n] = _as_duplicate(decode_as(value, t.ReadingAccepted))
+                svc.metrics.readings.labels(region, "duplicate").inc()
+            elif op.body and status == "ok":
+                assert current is not None and op.slot is not None
+                late = op.slot.end + self.deadline_s < current[0] + schedule.duration
+                svc.metrics.readings.labels(region, "late" if late else "on_time").inc()
+                ready = ready or int(value) >= members  # cheap test first: the full check once all may be in
+        await self._publish(items, batches, answers)
+        if ready:
+            await self.reconcile_ready()
 
-    async def on_reading(self, m: t.SubmitReading) -> None:
-        if not await self.state.is_member(m.participant_id):
-            await self.reject(m, RejectReason.NOT_A_MEMBER, "join the market first")
-            return
+    def _check(self, m: t.SubmitReading, current: tuple[int, int] | None, received: int
+               ) -> t.ReadingAccepted | t.Rejected:
+        """The reading as it would be accepted, or the market core's refusal."""
         try:
             reading = reading_from_wire(m)
         except SourceRepeated as exc:
-            await self.reject(m, RejectReason.INVALID_READING, str(exc))
-            return
+            return self._rejection(m, RejectReason.INVALID_READING, str(exc))
         except ValueError as exc:
-            await self.reject(m, RejectReason.MISALIGNED_SLOT, str(exc))
-            return
+            return self._rejection(m, RejectReason.MISALIGNED_SLOT, str(exc))
         problem = check_reading(reading)
         if problem is not None:
-            await self.reject(m, *problem)
-            return
+            return self._rejection(m, *problem)
         schedule = self.market.schedule
-        current = await self.state.current_round()
         if not schedule.is_aligned(reading.slot) or reading.slot.seconds != schedule.duration:
-            await self.reject(m, RejectReason.MISALIGNED_SLOT, "readings are for one aligned round")
-            return
+            return self._rejection(m, RejectReason.MISALIGNED_SLOT, "readings are for one aligned round")
         if current is None or reading.slot.start > current[0]:
-            await self.reject(m, RejectReason.SLOT_NOT_DELIVERED, f"slot {reading.slot} is not delivered yet")
-            return
-        accepted = reading_to_wire(reading, region=m.region, received_at_ms=now_ms())
-        status = await self.state.add_reading(reading.slot, m.participant_id, encode(accepted))
-        if status == "reconciled":
-            await self.reject(m, RejectReason.ALREADY_RECONCILED, f"slot {reading.slot} was reconciled")
-            return
-        duplicate = status == "duplicate"
-        late = reading.slot.end + self.deadline_s < current[0] + schedule.duration
-        self.svc.metrics.readings.labels(self.svc.region, "duplicate" if duplicate else
-                                         ("late" if late else "on_time")).inc()
-        if duplicate:  # the first reading stands: answer with it
-            first = decode_as((await self.state.readings(reading.slot))[m.participant_id], t.ReadingAccepted)
-            accepted = _as_duplicate(first)
-        await self.svc.publish(accepted, self.svc.keys.to(m.participant_id, READING_ACCEPTED))
-        if not duplicate and await self.state.reading_count(reading.slot) >= await self.state.member_count():
-            await self.reconcile_ready()  # cheap test first: the full check only once all may be in
+            return self._rejection(m, RejectReason.SLOT_NOT_DELIVERED, f"slot {reading.slot} is not delivered yet")
+        return reading_to_wire(reading, region=m.region, received_at_ms=received)
+
+    def _rejection(self, m: t.SubmitReading, reason: RejectReason, detail: str) -> t.Rejected:
+        return t.Rejected(region=m.region, participant_id=m.participant_id, request="SubmitReading",
+                          reason=str(reason), detail=detail, reference=f"{m.slot.start}-{m.slot.end}")
+
+    async def _publish(self, items: list[tuple[t.SubmitReading, str, int]], batches: list[t.SubmitBatch],
+                       answers: list[t.ReadingAccepted | t.Rejected]) -> None:
+        svc, region, keys = self.svc, self.svc.region, self.svc.keys
+        singles: list[tuple[str, t.ReadingAccepted | t.Rejected]] = []
+        per_batch: list[list[t.BatchAnswer]] = [[] for _ in batches]
+        rejected: Counter[str] = Counter()
+        for (m, _, batch), answer in zip(items, answers, strict=True):
+            if isinstance(answer, t.Rejected):
+                rejected[answer.reason] += 1
+                svc.log.debug("reading_rejected", participant_id=m.participant_id, reason=answer.reason,
+                              detail=answer.detail)
+            if batch >= 0:
+                per_batch[batch].append(answer)
+            else:
+                singles.append((m.participant_id, answer))
+        answered = [(b.participant_id, t.BatchAnswered(region=region, participant_id=b.participant_id,
+                                                       batch_id=b.batch_id, service=svc.name, answers=mine))
+                    for b, mine in zip(batches, per_batch, strict=True)
+                    if mine]  # a batch with no readings: nothing to answer here
+        await svc.publish_all([
+            *((a, keys.to(p, REJECTED) if isinstance(a, t.Rejected) else keys.to(p, READING_ACCEPTED))
+              for p, a in singles),
+            *((a, keys.to(p, BATCH)) for p, a in answered)])
+        for reason, count in rejected.items():
+            svc.metrics.readings.labels(region, "rejected").inc(count)
+            svc.metrics.rejected_requests.labels(region, svc.name, "SubmitReading", reason).inc(count)
+        if rejected:  # one line per run; each rejection is logged at debug level
+            svc.log.info("readings_rejected", counts=dict(rejected))
 
     async def on_slot_cleared(self, m: t.SlotCleared) -> None:
         await self.state.store_settlements(slot_from_wire(m.slot), encode(m))

@@ -1,8 +1,16 @@
-"""order-intake: membership, order validation, the books. Each decision comes from shared.market."""
+"""order-intake: membership, order validation, the books. Each decision comes from shared.market.
+
+Orders, cancels and finishes are handled in runs: everything the queue's prefetch window
+holds, single requests and batches alike, is validated against the round read once, then
+written in one Redis script (membership, entitlement, duplicate check, round check and
+insertion, atomically), and answered with one wait for the broker's confirms.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from shared.market import Rejection, RejectReason, Slot, accept, validate_order
@@ -11,9 +19,12 @@ from shared.messages import types as t
 from shared.messages.codec import encode
 from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.runtime.service import Service, now_ms
-from shared.runtime.topology import MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
+from shared.runtime.state import IntakeOp, OpResults
+from shared.runtime.topology import BATCH, MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
 
-_MAX_TRIES = 5  # a round that moves while an order is validated: validate again
+_MAX_TRIES = 5  # a round that moves while orders are validated: validate again
+
+Answer = t.OrderAccepted | t.OrderCancelled | t.Rejected | t.RoundFinished
 
 
 def order_id(region: str, participant_id: str, client_order_id: str, slot: Slot) -> str:
@@ -22,126 +33,249 @@ def order_id(region: str, participant_id: str, client_order_id: str, slot: Slot)
     return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()
 
 
+@dataclass
+class _Item:
+    """One order, cancel or finish of a run, and where its answer goes."""
+
+    request: str  # SubmitOrder, CancelOrder or FinishRound: the request it stands for
+    participant_id: str
+    sender: str  # "" for a single request, else the batch's sender
+    batch: int  # index of its batch in the run, -1 for a single request
+    order: t.OrderItem | None = None
+    cancel: t.CancelItem | None = None
+    finish_round: int = 0
+    answer: Answer | None = None
+
+    @property
+    def reference(self) -> str:
+        item = self.order or self.cancel
+        return item.client_order_id if item is not None else str(self.finish_round)
+
+
+@dataclass
+class _Run:
+    items: list[_Item] = field(default_factory=list)
+    batches: list[t.SubmitBatch] = field(default_factory=list)
+
+
 class OrderIntake:
     def __init__(self, service: Service) -> None:
         self.svc = service
         self.market = service.settings.market
         self.state = service.state
 
-    async def reject(self, request: t.Message, participant_id: str, reason: RejectReason, detail: str,
-                     reference: str = "") -> None:
-        kind = type(request).__name__
-        await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
-        self.svc.log.info("request_rejected", request=kind, reason=str(reason), detail=detail)
-        self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, kind, str(reason)).inc()
-        if isinstance(request, t.SubmitOrder):
-            self.svc.metrics.orders.labels(self.svc.region, "rejected", str(reason)).inc()
-        await self.svc.publish(
-            t.Rejected(region=self.svc.region, participant_id=participant_id, request=kind, reason=str(reason),
-                       detail=detail, reference=reference),
-            self.svc.keys.to(participant_id, REJECTED),
-        )
+    # --- membership ------------------------------------------------------------------------
 
-    async def on_join(self, m: t.JoinMarket) -> None:
+    async def on_joins(self, joins: list[t.JoinMarket]) -> None:
         joined = now_ms()
-        await self.state.join(m.participant_id, joined)
-        await self.svc.publish(t.MemberJoined(region=m.region, participant_id=m.participant_id, joined_at_ms=joined),
-                               self.svc.keys.to(m.participant_id, MEMBERSHIP))
+        await self.state.join([(m.participant_id, m.agent) for m in joins], joined)
+        await self.svc.publish_all([
+            (t.MemberJoined(region=m.region, participant_id=m.participant_id, joined_at_ms=joined, agent=m.agent),
+             self.svc.keys.to(m.participant_id, MEMBERSHIP))
+            for m in joins])
 
     async def on_leave(self, m: t.LeaveMarket) -> None:
         if not await self.state.leave(m.participant_id):
-            await self.reject(m, m.participant_id, RejectReason.NOT_A_MEMBER, "participant never joined")
+            await self._reject_single(m, RejectReason.NOT_A_MEMBER, "participant never joined")
             return
         await self.svc.publish(t.MemberLeft(region=m.region, participant_id=m.participant_id, left_at_ms=now_ms()),
                                self.svc.keys.to(m.participant_id, MEMBERSHIP))
 
     async def on_heartbeat(self, m: t.Heartbeat) -> None:
         if not await self.state.touch(m.participant_id, now_ms()):
-            await self.reject(m, m.participant_id, RejectReason.NOT_A_MEMBER, "participant never joined")
+            await self._reject_single(m, RejectReason.NOT_A_MEMBER, "participant never joined")
 
-    async def _slot(self, m: t.SubmitOrder | t.CancelOrder) -> Slot | Rejection:
+    async def _reject_single(self, m: t.LeaveMarket | t.Heartbeat, reason: RejectReason, detail: str) -> None:
+        await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
+        kind = type(m).__name__
+        self.svc.log.info("request_rejected", request=kind, reason=str(reason), detail=detail)
+        self.svc.metrics.rejected_requests.labels(self.svc.region, self.svc.name, kind, str(reason)).inc()
+        await self.svc.publish(t.Rejected(region=m.region, participant_id=m.participant_id, request=kind,
+                                          reason=str(reason), detail=detail),
+                               self.svc.keys.to(m.participant_id, REJECTED))
+
+    # --- orders, cancels and finishes, in runs ----------------------------------------------
+
+    async def on_requests(self, messages: list[t.SubmitOrder | t.CancelOrder | t.SubmitBatch]) -> None:
+        run = self._items(messages)
+        started = now_ms()
+        for _ in range(_MAX_TRIES):
+            orders = sum(1 for i in run.items if i.order is not None)
+            exists, current, first_seq = await self.state.intake_view(orders)
+            self.svc.state_seen(exists, None if current is None else current[0])
+            ops = self._ops(run.items, current, first_seq, started)
+            results = await self.state.apply_intake(ops, round_start=None if current is None else current[0],
+                                                    now_ms=started)
+            if results is not None:
+                self._answer(run.items, ops, results)
+                break
+        else:  # the round kept moving: orders and cancels meet a closed gate, finishes count
+            finishes = [i for i in run.items if i.finish_round]
+            ops = [IntakeOp("f", i.participant_id, round_start=i.finish_round, sender=i.sender) for i in finishes]
+            results = await self.state.apply_intake(ops, round_start=None, now_ms=started)
+            assert results is not None
+            self._answer(finishes, ops, results)
+            for item in run.items:
+                if not item.finish_round:
+                    item.answer = self._rejection(item, RejectReason.GATE_CLOSED, "the round moved on while validating")
+        await self._publish(run, started)
+
+    def _items(self, messages: list[t.SubmitOrder | t.CancelOrder | t.SubmitBatch]) -> _Run:
+        run = _Run()
+        for m in messages:
+            if isinstance(m, t.SubmitOrder):
+                run.items.append(_Item("SubmitOrder", m.participant_id, "", -1, order=t.OrderItem(
+                    client_order_id=m.client_order_id, side=m.side, quantity_wh=m.quantity_wh, price=m.price,
+                    source=m.source, slot=m.slot)))
+            elif isinstance(m, t.CancelOrder):
+                run.items.append(_Item("CancelOrder", m.participant_id, "", -1,
+                                       cancel=t.CancelItem(client_order_id=m.client_order_id, slot=m.slot)))
+            else:
+                b = len(run.batches)
+                run.batches.append(m)
+                for part in m.items:  # cancels first, then orders, then the finish
+                    pid = part.participant_id
+                    run.items += [_Item("CancelOrder", pid, m.participant_id, b, cancel=c) for c in part.cancels]
+                    run.items += [_Item("SubmitOrder", pid, m.participant_id, b, order=o) for o in part.orders]
+                    if part.finish_round:
+                        run.items.append(_Item("FinishRound", pid, m.participant_id, b,
+                                               finish_round=part.finish_round))
+        return run
+
+    def _slot(self, wire: t.Slot) -> Slot | Rejection:
         try:
-            slot = slot_from_wire(m.slot)
+            slot = slot_from_wire(wire)
         except ValueError as exc:
             return Rejection(RejectReason.MISALIGNED_SLOT, str(exc))
         if slot.seconds != self.market.schedule.duration:
             return Rejection(RejectReason.MISALIGNED_SLOT, "this exchange trades slots of one round")
         return slot
 
-    async def on_order(self, m: t.SubmitOrder) -> None:
-        started = now_ms()
-        pid = m.participant_id
-        if not await self.state.is_member(pid):
-            await self.reject(m, pid, RejectReason.NOT_A_MEMBER, "join the market first", m.client_order_id)
-            return
-        slot = await self._slot(m)
-        if isinstance(slot, Rejection):
-            await self.reject(m, pid, slot.reason, slot.detail, m.client_order_id)
-            return
-        for _ in range(_MAX_TRIES):
-            if await self._answer_duplicate(m, slot):
-                return
-            current = await self.state.current_round()
+    def _ops(self, items: list[_Item], current: tuple[int, int] | None, first_seq: int, started: int) -> list[IntakeOp]:
+        """One op per item, validated against ``current``; a refusal is kept on the item and
+        stands unless the script finds the participant unknown or the order a duplicate."""
+        ops: list[IntakeOp] = []
+        seq = first_seq
+        region, schedule = self.svc.region, self.market.schedule
+        for item in items:
+            item.answer = None
+            pid = item.participant_id
+            if item.finish_round:
+                ops.append(IntakeOp("f", pid, round_start=item.finish_round, sender=item.sender))
+                continue
+            wire = item.order or item.cancel
+            assert wire is not None
+            slot = self._slot(wire.slot)
+            if isinstance(slot, Rejection):
+                item.answer = self._rejection(item, slot.reason, slot.detail)
+                ops.append(IntakeOp("m", pid, sender=item.sender))
+                continue
+            if item.cancel is not None:
+                if current is None:
+                    item.answer = self._rejection(item, RejectReason.UNKNOWN_ORDER, "no such order")
+                    ops.append(IntakeOp("m", pid, sender=item.sender))
+                else:
+                    ops.append(IntakeOp("c", pid, slot, client_order_id=item.cancel.client_order_id,
+                                        gate_closed=schedule.gate_closed(slot, current[0]), sender=item.sender))
+                continue
+            o = item.order
+            assert o is not None
+            seq += 1
             if current is None:
-                await self.reject(m, pid, RejectReason.MARKET_NOT_OPEN, "no round has started", m.client_order_id)
-                return
-            terms = validate_order(participant_id=pid, side=m.side, quantity_wh=m.quantity_wh,
-                                   price=Decimal(m.price), source=m.source, slot=slot,
-                                   schedule=self.market.schedule, round_start=current[0],
+                item.answer = self._rejection(item, RejectReason.MARKET_NOT_OPEN, "no round has started")
+                ops.append(IntakeOp("d", pid, slot, client_order_id=o.client_order_id, sender=item.sender))
+                continue
+            terms = validate_order(participant_id=pid, side=o.side, quantity_wh=o.quantity_wh, price=Decimal(o.price),
+                                   source=o.source, slot=slot, schedule=schedule, round_start=current[0],
                                    price_cap=self.market.price_cap)
             if isinstance(terms, Rejection):
-                await self.reject(m, pid, terms.reason, terms.detail, m.client_order_id)
-                return
-            oid = order_id(self.svc.region, pid, m.client_order_id, slot)
-            order = accept(terms, order_id=oid, client_order_id=m.client_order_id,
-                           seq=await self.state.next_seq(), submitted_at_ms=started)
-            accepted = order_to_wire(order, region=self.svc.region)
-            status, _ = await self.state.insert_order(slot, current[0], pid, m.client_order_id, oid,
-                                                      encode(accepted))
-            if status == "ok":
-                await self.svc.publish(accepted, self.svc.keys.to(pid, ORDER_ACCEPTED))
-                self.svc.metrics.orders.labels(self.svc.region, "accepted", "").inc()
-                self.svc.metrics.order_ack_latency.labels(self.svc.region).observe((now_ms() - started) / 1000)
-                return
-        await self.reject(m, pid, RejectReason.GATE_CLOSED, "the round moved on while validating", m.client_order_id)
+                item.answer = self._rejection(item, terms.reason, terms.detail)
+                ops.append(IntakeOp("d", pid, slot, client_order_id=o.client_order_id, sender=item.sender))
+                continue
+            oid = order_id(region, pid, o.client_order_id, slot)
+            accepted = order_to_wire(accept(terms, order_id=oid, client_order_id=o.client_order_id, seq=seq - 1,
+                                            submitted_at_ms=started), region=region)
+            item.answer = accepted
+            ops.append(IntakeOp("o", pid, slot, client_order_id=o.client_order_id, order_id=oid,
+                                body=encode(accepted), sender=item.sender))
+        return ops
 
-    async def _answer_duplicate(self, m: t.SubmitOrder, slot: Slot) -> bool:
-        oid = await self.state.order_id_for(slot, m.participant_id, m.client_order_id)
-        if oid is None:
-            return False
-        stored = await self.state.get_order(slot, oid)
-        if stored is None:
-            await self.reject(m, m.participant_id, RejectReason.UNKNOWN_ORDER,
-                              "this client order id was cancelled", m.client_order_id)
-            return True
-        original = order_from_wire(decode_as(stored, t.OrderAccepted))
-        await self.svc.publish(order_to_wire(original, region=self.svc.region, duplicate=True),
-                               self.svc.keys.to(m.participant_id, ORDER_ACCEPTED))
-        return True
+    def _answer(self, items: list[_Item], ops: list[IntakeOp], results: OpResults) -> None:
+        region = self.svc.region
+        for item, op, (status, value) in zip(items, ops, results, strict=True):
+            if status == "not_a_member":
+                item.answer = self._rejection(item, RejectReason.NOT_A_MEMBER, "join the market first")
+            elif status == "not_entitled":
+                item.answer = self._rejection(item, RejectReason.NOT_ENTITLED,
+                                              f"{item.sender} is not the agent of {item.participant_id}")
+            elif op.kind in ("o", "d"):
+                if status == "duplicate":
+                    original = order_from_wire(decode_as(value, t.OrderAccepted))
+                    item.answer = order_to_wire(original, region=region, duplicate=True)
+                elif status == "cancelled":
+                    item.answer = self._rejection(item, RejectReason.UNKNOWN_ORDER,
+                                                  "this client order id was cancelled")
+                # ok: the OrderAccepted made in _ops; none: the core's refusal stands
+            elif op.kind == "c":
+                assert item.cancel is not None
+                if status == "unknown":
+                    item.answer = self._rejection(item, RejectReason.UNKNOWN_ORDER, "no such order")
+                elif status == "closed":
+                    item.answer = self._rejection(item, RejectReason.GATE_CLOSED,
+                                                  f"slot {item.cancel.slot.start}-{item.cancel.slot.end} has closed")
+                else:  # gone: cancelled before; a repeated cancel gets the same answer
+                    self.svc.metrics.cancels.labels(region, "cancelled" if status == "ok" else "repeated").inc()
+                    item.answer = t.OrderCancelled(region=region, participant_id=item.participant_id,
+                                                   client_order_id=item.cancel.client_order_id,
+                                                   order_id=value.decode(), slot=item.cancel.slot)
+            elif op.kind == "f":
+                item.answer = t.RoundFinished(region=region, participant_id=item.participant_id,
+                                              round_start=item.finish_round)
 
-    async def on_cancel(self, m: t.CancelOrder) -> None:
-        pid, ref = m.participant_id, m.client_order_id
-        slot = await self._slot(m)
-        if isinstance(slot, Rejection):
-            await self.reject(m, pid, slot.reason, slot.detail, ref)
-            return
-        for _ in range(_MAX_TRIES):
-            oid = await self.state.order_id_for(slot, pid, ref)
-            current = await self.state.current_round()
-            if oid is None or current is None:
-                await self.reject(m, pid, RejectReason.UNKNOWN_ORDER, "no such order", ref)
-                return
-            if self.market.schedule.gate_closed(slot, current[0]):
-                await self.reject(m, pid, RejectReason.GATE_CLOSED, f"slot {slot} has closed", ref)
-                return
-            result = await self.state.cancel_order(slot, current[0], oid)
-            if result in ("ok", "gone"):  # gone: cancelled before; a repeated cancel gets the same answer
-                self.svc.metrics.cancels.labels(self.svc.region, "cancelled" if result == "ok" else "repeated").inc()
-                await self.svc.publish(t.OrderCancelled(region=m.region, participant_id=pid, client_order_id=ref,
-                                                        order_id=oid, slot=m.slot),
-                                       self.svc.keys.to(pid, ORDER_CANCELLED))
-                return
-        await self.reject(m, pid, RejectReason.GATE_CLOSED, "the round moved on while cancelling", ref)
+    def _rejection(self, item: _Item, reason: RejectReason, detail: str) -> t.Rejected:
+        return t.Rejected(region=self.svc.region, participant_id=item.participant_id, request=item.request,
+                          reason=str(reason), detail=detail, reference=item.reference)
+
+    async def _publish(self, run: _Run, started: int) -> None:
+        svc, region, keys = self.svc, self.svc.region, self.svc.keys
+        singles: list[tuple[str, Answer]] = []
+        per_batch: list[list[t.BatchAnswer]] = [[] for _ in run.batches]
+        rejected: Counter[tuple[str, str]] = Counter()
+        accepted = 0
+        for item in run.items:
+            answer = item.answer
+            assert answer is not None
+            if isinstance(answer, t.Rejected):
+                rejected[(answer.request, answer.reason)] += 1
+                svc.log.debug("request_rejected", participant_id=item.participant_id, request=answer.request,
+                              reason=answer.reason, detail=answer.detail, reference=answer.reference)
+            elif isinstance(answer, t.OrderAccepted) and not answer.duplicate:
+                accepted += 1
+            if item.batch >= 0:
+                per_batch[item.batch].append(answer)
+            elif not isinstance(answer, t.RoundFinished):
+                singles.append((item.participant_id, answer))
+        answered = [(b.participant_id, t.BatchAnswered(region=region, participant_id=b.participant_id,
+                                                       batch_id=b.batch_id, service=svc.name, answers=answers))
+                    for b, answers in zip(run.batches, per_batch, strict=True)
+                    if answers]  # a batch of readings only: the meter-collector answers it
+        await svc.publish_all([
+            *((a, keys.to(p, REJECTED) if isinstance(a, t.Rejected) else keys.to(p, ORDER_CANCELLED)
+               if isinstance(a, t.OrderCancelled) else keys.to(p, ORDER_ACCEPTED)) for p, a in singles),
+            *((a, keys.to(p, BATCH)) for p, a in answered)])
+        metrics = svc.metrics
+        if accepted:
+            metrics.orders.labels(region, "accepted", "").inc(accepted)
+            latency = (now_ms() - started) / 1000
+            for _ in range(accepted):
+                metrics.order_ack_latency.labels(region).observe(latency)
+        for (request, reason), count in rejected.items():
+            metrics.rejected_requests.labels(region, svc.name, request, reason).inc(count)
+            if request == "SubmitOrder":
+                metrics.orders.labels(region, "rejected", reason).inc(count)
+        if rejected:  # one line per run; each rejection is logged at debug level
+            svc.log.info("requests_rejected", counts={f"{r}:{why}": n for (r, why), n in rejected.items()})
 
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
         await self.state.drop_book(slot_from_wire(m.slot))
+

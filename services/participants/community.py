@@ -12,6 +12,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import aio_pika
+import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from services.participants.profiles import Household, deliver, noise
@@ -75,69 +76,166 @@ class Participant:
             await self.play(message)
 
     async def requote(self, order: t.OrderAccepted) -> None:
-        """Now and then a household changes its mind: it cancels an order and quotes again."""
-        c = self.c
-        cancelled = self.answers.setdefault(f"cancel-{order.client_order_id}",
-                                            asyncio.get_running_loop().create_future())
+        """Now and then a household changes its mind: it cancels an order and quotes half of
+        it again under a new id, both at once (the market handles them in arrival order)."""
+        c, loop = self.c, asyncio.get_running_loop()
+        again = f"{order.client_order_id}-r"
+        answers = [self.answers.setdefault(f"cancel-{order.client_order_id}", loop.create_future()),
+                   self.answers.setdefault(again, loop.create_future())]
         await c.send(t.CancelOrder(region=c.region, participant_id=self.pid, client_order_id=order.client_order_id,
                                    slot=order.slot), k.CANCEL)
-        if not isinstance(await asyncio.wait_for(cancelled, timeout=ANSWER_TIMEOUT_S), t.OrderCancelled):
-            return
-        again = f"{order.client_order_id}-r"
-        answered = self.answers.setdefault(again, asyncio.get_running_loop().create_future())
         await c.send(t.SubmitOrder(region=c.region, participant_id=self.pid, client_order_id=again, side=order.side,
                                    quantity_wh=max(1, order.quantity_wh // 2), price=order.price,
                                    source=order.source, slot=order.slot), k.ORDER)
-        await asyncio.wait_for(answered, timeout=ANSWER_TIMEOUT_S)
+        await asyncio.wait_for(asyncio.gather(*answers), timeout=ANSWER_TIMEOUT_S)
 
     def _answered(self, client_order_id: str, message: t.Message) -> None:
         waiting = self.answers.pop(client_order_id, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(message)
 
-    async def play(self, r: t.RoundStarted) -> None:
+    def plan(self, r: t.RoundStarted) -> tuple[t.ReadingItem, list[t.OrderItem], bool] | None:
+        """This household's round: its reading of the delivered slot, its orders for the next
+        open slot, and whether it will change its mind about its first order. None for a
+        round played before (a round start seen twice, by redelivery or a new clock)."""
         if r.current_round.start in self.played:
-            return  # a round start seen twice (redelivery, a new clock) is played once
+            return None
         self.played.add(r.current_round.start)
-        c, region = self.c, self.c.region
+        c = self.c
         delivered = Slot(r.current_round.start, r.current_round.end)
         sold = self.sold.pop((delivered.start, delivered.end), {})
         self.counted.pop((delivered.start, delivered.end), None)
         d = deliver(self.home, delivered, c.tz, self.soc_wh, sold)
         self.soc_wh = d.soc_wh
-        reading = t.SubmitReading(region=region, participant_id=self.pid, slot=r.current_round,
-                                  import_wh=d.import_wh, export_wh=d.export_wh, self_consumed_wh=d.self_consumed_wh)
-        sends = [c.send(reading, k.READING)]
-        answers: list[asyncio.Future[t.Message]] = []
+        reading = t.ReadingItem(slot=r.current_round, import_wh=d.import_wh, export_wh=d.export_wh,
+                                self_consumed_wh=d.self_consumed_wh)
+        orders: list[t.OrderItem] = []
         target = Slot(r.next_settle.start, r.next_settle.end)
         quote = next((q for q in r.grid if q.slot == r.next_settle), None)
         if quote is not None and (not r.final_round_start or target.start <= r.final_round_start):
             grid = GridPrices(buy_price=Decimal(quote.buy_price), sell_price=Decimal(quote.sell_price))
-            for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh)):
-                client_order_id = f"{target.start}-{i}"
-                answers.append(self.answers.setdefault(client_order_id, asyncio.get_running_loop().create_future()))
-                sends.append(c.send(t.SubmitOrder(region=region, participant_id=self.pid,
-                                                  client_order_id=client_order_id, side=q.side,
-                                                  quantity_wh=q.quantity_wh, price=str(q.price), source=q.source,
-                                                  slot=r.next_settle), k.ORDER))
+            orders = [t.OrderItem(client_order_id=f"{target.start}-{i}", side=q.side, quantity_wh=q.quantity_wh,
+                                  price=str(q.price), source=q.source, slot=r.next_settle)
+                      for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh))]
+        changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
+        return reading, orders, changes_mind
+
+    async def play(self, r: t.RoundStarted) -> None:
+        """One request per reading, order, cancel and finish, each answered on its own."""
+        planned = self.plan(r)
+        if planned is None:
+            return
+        reading, orders, changes_mind = planned
+        c, region = self.c, self.c.region
+        sends = [c.send(t.SubmitReading(region=region, participant_id=self.pid, slot=reading.slot,
+                                        import_wh=reading.import_wh, export_wh=reading.export_wh,
+                                        self_consumed_wh=reading.self_consumed_wh), k.READING)]
+        answers: list[asyncio.Future[t.Message]] = []
+        for o in orders:
+            answers.append(self.answers.setdefault(o.client_order_id, asyncio.get_running_loop().create_future()))
+            sends.append(c.send(t.SubmitOrder(region=region, participant_id=self.pid, client_order_id=o.client_order_id,
+                                              side=o.side, quantity_wh=o.quantity_wh, price=o.price, source=o.source,
+                                              slot=o.slot), k.ORDER))
         await asyncio.gather(*sends)
         # Done with the round only once the market has answered every order.
         results = await asyncio.wait_for(asyncio.gather(*answers), timeout=ANSWER_TIMEOUT_S)
-        changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
         if results and isinstance(results[0], t.OrderAccepted) and changes_mind:
             await self.requote(results[0])
         await c.send(t.FinishRound(region=region, participant_id=self.pid, round_start=r.current_round.start),
                      k.FINISH)
 
 
+def agent_ids(count: int) -> list[str]:
+    return [f"agg{i:03d}" for i in range(count)]
+
+
+class Aggregator:
+    """Acts for many households, as a home-energy-management vendor or a fleet operator
+    does: one batch a round carries every household's reading, orders and "finished"; a
+    second one the cancels and new orders of those that changed their minds. Answers,
+    settlements and statements of its households come to its one queue."""
+
+    def __init__(self, agent_id: str, members: list[Participant], community: Community) -> None:
+        self.agent_id = agent_id
+        self.members = {p.pid: p for p in members}
+        self.c = community
+        self.waiting: dict[tuple[str, str], asyncio.Future[t.BatchAnswered]] = {}
+        self.played: set[int] = set()
+
+    async def on_message(self, message: t.Message) -> None:
+        if isinstance(message, t.RoundStarted):
+            await self.play(message)
+        elif isinstance(message, t.BatchAnswered):
+            waiting = self.waiting.pop((message.batch_id, message.service), None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)
+        elif (p := self.members.get(getattr(message, "participant_id", ""))) is not None:
+            await p.on_message(message)
+
+    async def submit(self, batch_id: str, items: list[t.ParticipantRound]) -> list[t.BatchAnswered]:
+        """Send one batch; the answers of the services it concerns (each answers its part)."""
+        services = (["order-intake"] if any(i.orders or i.cancels or i.finish_round for i in items) else []) + (
+            ["meter-collector"] if any(i.reading is not None for i in items) else [])
+        loop = asyncio.get_running_loop()
+        futures = [self.waiting.setdefault((batch_id, s), loop.create_future()) for s in services]
+        await self.c.send(t.SubmitBatch(region=self.c.region, participant_id=self.agent_id, batch_id=batch_id,
+                                        items=items), k.BATCH)
+        answered = await asyncio.wait_for(asyncio.gather(*futures), timeout=ANSWER_TIMEOUT_S)
+        for batch in answered:
+            for answer in batch.answers:
+                self.c.tally.answers[type(answer).__name__] += 1
+                if isinstance(answer, t.Rejected):
+                    self.c.tally.rejections[answer.reason] += 1
+        return answered
+
+    async def play(self, r: t.RoundStarted) -> None:
+        start = r.current_round.start
+        if start in self.played:
+            return
+        self.played.add(start)
+        items, first_orders = [], {}
+        for p in self.members.values():
+            planned = p.plan(r)
+            if planned is None:
+                continue
+            reading, orders, changes_mind = planned
+            if changes_mind and orders:
+                first_orders[p.pid] = orders[0]
+            items.append(t.ParticipantRound(participant_id=p.pid, orders=orders, reading=reading,
+                                            finish_round=0 if p.pid in first_orders else start))
+        if not items:
+            return
+        answered = await self.submit(f"{self.agent_id}-{start}", items)
+        if not first_orders:
+            return
+        accepted = {(a.participant_id, a.client_order_id) for b in answered for a in b.answers
+                    if isinstance(a, t.OrderAccepted)}
+        again = []
+        for pid, first in first_orders.items():  # changed minds: cancel, quote half again, finish
+            if (pid, first.client_order_id) in accepted:
+                again.append(t.ParticipantRound(
+                    participant_id=pid, cancels=[t.CancelItem(client_order_id=first.client_order_id, slot=first.slot)],
+                    orders=[msgspec.structs.replace(first, client_order_id=f"{first.client_order_id}-r",
+                                                    quantity_wh=max(1, first.quantity_wh // 2))],
+                    finish_round=start))
+            else:
+                again.append(t.ParticipantRound(participant_id=pid, finish_round=start))
+        await self.submit(f"{self.agent_id}-{start}-again", again)
+
+
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
-                 progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0) -> None:
+                 progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0,
+                 aggregators: int = 0) -> None:
         self.amqp_url = amqp_url
         self.region = region
         self.keys = Keys(region)
         self.tz = ZoneInfo(timezone)
         self.participants = [Participant(h, self) for h in homes]
+        # With aggregators, household i is in the care of aggregator i mod k, which submits
+        # for all of its households in one batch a round (Aggregator).
+        k = max(0, min(aggregators, len(self.participants)))
+        self.aggregators = [Aggregator(agent, self.participants[i::k], self) for i, agent in enumerate(agent_ids(k))]
         self.tally = Tally()
         self.progress_every = progress_every
         self.duplicate = duplicate  # test aid: send every message twice
@@ -175,7 +273,13 @@ class Community:
             await channel.set_qos(prefetch_count=32)
             self._exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
                                                             durable=True)
-            for p in self.participants:
+            for a in self.aggregators:  # one queue for the aggregator and its households
+                queue = await channel.declare_queue(f"microte.{self.region}.participant.{a.agent_id}", durable=True)
+                for pid in (a.agent_id, *a.members):
+                    await queue.bind(self._exchange, routing_key=f"{self.region}.to.{pid}.#")
+                await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
+                await queue.consume(self._consumer(a))
+            for p in self.participants if not self.aggregators else ():
                 queue = await channel.declare_queue(f"microte.{self.region}.participant.{p.pid}", durable=True)
                 await queue.bind(self._exchange, routing_key=f"{self.region}.to.{p.pid}.#")
                 await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
@@ -184,8 +288,10 @@ class Community:
             await watch.bind(self._exchange, routing_key=self.keys.fact(k.SLOT_RECORDED))
             await watch.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
             await watch.consume(self._watch)
+            agent_of = {pid: a.agent_id for a in self.aggregators for pid in a.members}
             for p in self.participants:
-                await self.send(t.JoinMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+                await self.send(t.JoinMarket(region=self.region, participant_id=p.pid, agent=agent_of.get(p.pid)),
+                                k.MEMBER)
             await asyncio.gather(*(p.joined.wait() for p in self.participants))
             if joined is not None:
                 joined.set()
@@ -194,7 +300,12 @@ class Community:
                 await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
         return self.tally
 
-    def _consumer(self, p: Participant):  # type: ignore[no-untyped-def]
+    @property
+    def queue_owners(self) -> list[str]:
+        """The ids whose queues this community declares (see ``purge_region``)."""
+        return [a.agent_id for a in self.aggregators] or [p.pid for p in self.participants]
+
+    def _consumer(self, p: Participant | Aggregator):  # type: ignore[no-untyped-def]
         async def consume(incoming: AbstractIncomingMessage) -> None:
             async with incoming.process(requeue=True):
                 await p.on_message(decode(incoming.body))

@@ -18,6 +18,7 @@ class RejectReason(StrEnum):
     MARKET_NOT_OPEN = "market_not_open"
     NOT_A_MEMBER = "not_a_member"
     IDENTITY_MISMATCH = "identity_mismatch"
+    NOT_ENTITLED = "not_entitled"  # a batch's sender is not the agent of the participant it names
     UNKNOWN_ORDER = "unknown_order"
     INVALID_READING = "invalid_reading"
     READING_TOO_LARGE = "reading_too_large"  # a value above numbers.MAX_READING_WH

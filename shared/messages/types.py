@@ -54,6 +54,9 @@ class Slot(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=T
 
 class JoinMarket(Message, frozen=True):
     participant_id: Id
+    # An aggregator (a home-energy-management vendor, a fleet operator) that may submit
+    # for this participant in its batches; empty: only the participant itself.
+    agent: Id | None = None
 
 
 class Heartbeat(Message, frozen=True):
@@ -95,12 +98,61 @@ class FinishRound(Message, frozen=True):
     round_start: Int
 
 
+# A batch: one request for a household's whole round (its orders, cancels, reading and
+# "finished"), or for many households that an aggregator acts for. Every item gets its own
+# answer, the same struct a single request gets, inside one ``BatchAnswered`` per service
+# (order-intake answers orders, cancels and finishes; meter-collector answers readings).
+# Every id is the one the single request gives, so a repeated batch changes nothing.
+
+MAX_BATCH_ITEMS = 10_000  # participants in one batch
+MAX_ITEM_ORDERS = 64  # orders, and cancels, of one participant in one batch
+
+
+class OrderItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    client_order_id: Id
+    side: Annotated[str, Meta(max_length=8)]
+    quantity_wh: Wh
+    price: PriceText
+    source: Source
+    slot: Slot
+
+
+class CancelItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    client_order_id: Id
+    slot: Slot
+
+
+class ReadingItem(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    slot: Slot
+    import_wh: Wh
+    export_wh: EnergyBySource = {}
+    self_consumed_wh: EnergyBySource = {}
+
+
+class ParticipantRound(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One participant's part of a batch; handled as its single requests would be, in the
+    order cancels, orders, reading, finish (the finish counts once the orders are in)."""
+
+    participant_id: Id
+    cancels: Annotated[list[CancelItem], Meta(max_length=MAX_ITEM_ORDERS)] = []
+    orders: Annotated[list[OrderItem], Meta(max_length=MAX_ITEM_ORDERS)] = []
+    reading: ReadingItem | None = None
+    finish_round: Int = 0  # not 0: the participant is done with the round that started then
+
+
+class SubmitBatch(Message, frozen=True):
+    participant_id: Id  # the sender: the participant itself, or the agent of every participant named
+    batch_id: Id
+    items: Annotated[list[ParticipantRound], Meta(max_length=MAX_BATCH_ITEMS)]
+
+
 # --- answers to participants ----------------------------------------------------------
 
 
 class MemberJoined(Message, frozen=True):
     participant_id: Id
     joined_at_ms: Int
+    agent: Id | None = None
 
 
 class MemberLeft(Message, frozen=True):
@@ -139,6 +191,13 @@ class Rejected(Message, frozen=True):
     reference: Annotated[str, Meta(max_length=128)] = ""
 
 
+class RoundFinished(Message, frozen=True):
+    """A participant's "finished" of a batch, counted."""
+
+    participant_id: Id
+    round_start: Int
+
+
 class ReadingAccepted(Message, frozen=True):
     participant_id: Id
     slot: Slot
@@ -147,6 +206,18 @@ class ReadingAccepted(Message, frozen=True):
     self_consumed_wh: EnergyBySource
     received_at_ms: Int
     duplicate: bool = False
+
+
+BatchAnswer = OrderAccepted | OrderCancelled | Rejected | ReadingAccepted | RoundFinished
+
+
+class BatchAnswered(Message, frozen=True):
+    """One service's answers to a batch, one per item, in the batch's order."""
+
+    participant_id: Id  # the batch's sender
+    batch_id: Id
+    service: Annotated[str, Meta(max_length=32)]
+    answers: list[BatchAnswer]
 
 
 class SettlementRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -235,8 +306,8 @@ class SlotRecorded(Message, frozen=True):
     entry_count: Int
 
 
-REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound)
-ANSWERS = (MemberJoined, MemberLeft, OrderAccepted, OrderCancelled, Rejected, ReadingAccepted,
-           SettlementsNotice, Statement)
+REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound, SubmitBatch)
+ANSWERS = (MemberJoined, MemberLeft, OrderAccepted, OrderCancelled, Rejected, ReadingAccepted, RoundFinished,
+           BatchAnswered, SettlementsNotice, Statement)
 FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotRecorded)
 ALL_MESSAGES = REQUESTS + ANSWERS + FACTS

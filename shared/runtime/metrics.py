@@ -63,6 +63,14 @@ class Metrics:
     handler_failures: Counter
     slots_held: Counter
     state_rebuilds: Counter
+    messages_received: Counter
+    messages_published: Counter
+    batch_duration: Histogram
+    batch_size: Histogram
+
+
+_BATCH_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_N = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -146,6 +154,17 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                            "`microte replay-slot`, by stage", (*region, "stage"), registry=r),
         state_rebuilds=Counter("microte_state_rebuilds", "Round states rebuilt in Redis from the ledger after "
                                "Redis lost them", region, registry=r),
+        messages_received=Counter("microte_messages_received", "Deliveries taken from the service's queue, by "
+                                  "routing-key shape (an answer's participant is *)", (*region, "service", "key"),
+                                  registry=r),
+        messages_published=Counter("microte_messages_published", "Messages published (persistent, confirmed), by "
+                                   "routing-key shape (an answer's participant is *)", (*region, "service", "key"),
+                                   registry=r),
+        batch_duration=Histogram("microte_batch_duration_seconds", "One handler run over the messages drained "
+                                 "together, from start to durable (before their acknowledgements)",
+                                 (*region, "service", "handler"), buckets=_BATCH_S, registry=r),
+        batch_size=Histogram("microte_batch_size", "Messages handled together in one handler run",
+                             (*region, "service", "handler"), buckets=_BATCH_N, registry=r),
     )
 
 

@@ -22,6 +22,7 @@ the message types that belong on it and their handlers. The scaffold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -29,18 +30,18 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aio_pika.abc
 import aio_pika.exceptions
 import aiormq.exceptions
 import uvicorn
-from faststream import AckPolicy
+from aio_pika.abc import AbstractIncomingMessage
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
-from faststream.message import StreamMessage
-from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
-from faststream.rabbit.annotations import RabbitMessage
+from faststream.rabbit import RabbitBroker, RabbitQueue
 from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
@@ -48,7 +49,7 @@ from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
-from shared.runtime.broker_metrics import broker_metrics
+from shared.runtime.broker_metrics import bounded_key
 from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics, initialise
 from shared.runtime.outages import backoff_s, is_outage
@@ -67,7 +68,18 @@ from shared.runtime.topology import (
 )
 from shared.runtime.trust import SIGNATURE_HEADER, Signer
 
-Handler = Callable[[Any], Awaitable[None]]
+
+@dataclass(frozen=True)
+class Batch:
+    """Marks a handler that takes every message of its type drained together, in arrival
+    order, and must treat each as if it came alone (each gets its own answer; a repeat
+    changes nothing)."""
+
+    handle: Callable[[list[Any]], Awaitable[None]]
+    checks_state: bool = False  # the handler checks the round state itself (``Service.state_seen``)
+
+
+Handler = Callable[[Any], Awaitable[None]] | Batch
 Routes = dict[str, dict[type[Message], Handler]]  # routing key (or pattern) -> the types it carries
 Probe = Callable[[], Awaitable[object]]
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
@@ -75,11 +87,6 @@ MERIT_TRIES = 3  # a message that fails this often with healthy dependencies is 
 LOOP_STALE_S = 60.0  # a background loop that has not beaten for this long is unhealthy
 PROBE_TIMEOUT_S = 2.0
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # a larger body is parked truncated
-
-
-async def _raw(msg: StreamMessage[Any]) -> bytes:
-    # Never let FastStream guess a body format: hostile input must reach our decoder.
-    return msg.body
 
 
 def now_ms() -> int:
@@ -102,12 +109,10 @@ class Service:
         self.log = configure_logging(name, self.region, settings.log_level)
         self.metrics = create_metrics()
         initialise(self.metrics, self.region)
-        self.broker = RabbitBroker(
-            settings.amqp_url,
-            graceful_timeout=15.0,
-            logger=None,
-            middlewares=[broker_metrics(self.metrics.registry, f"microte-{name}", {"region": self.region})],
-        )
+        # FastStream runs the process (the ASGI app with /metrics and /health, the start and
+        # stop hooks); consuming and publishing go through aio-pika directly, on one robust
+        # connection (see _declare): a message costs no middleware or dependency injection.
+        self.broker = RabbitBroker(settings.amqp_url, graceful_timeout=15.0, logger=None)
         # A blocking pool waits for a free connection instead of failing when many
         # handlers run at once (up to the prefetch count). No silent retries: a command
         # retried across a Redis restart could act on an emptied state; every failure
@@ -119,6 +124,11 @@ class Service:
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
         self._routes: list[tuple[RabbitQueue, Routes]] = []
+        self._consumers: list[_Consumer] = []
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._out: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._dlx: aio_pika.abc.AbstractExchange | None = None
         self._background: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._on_start: list[Callable[[], Awaitable[None]]] = []
@@ -138,9 +148,10 @@ class Service:
 
     # --- wiring ----------------------------------------------------------------------------
 
-    def consume(self, routes: Routes, *, prefetch: int = 64, single_active: bool = False) -> None:
+    def consume(self, routes: Routes, *, prefetch: int = 256, single_active: bool = False) -> None:
         """Subscribe this service's queue to the keys of ``routes``; on each key only the
-        message types listed for it are accepted, each with its handler."""
+        message types listed for it are accepted, each with its handler (a ``Batch`` handler
+        takes every message of its type drained together)."""
         keys = list(routes)
         queue = service_queue(self.region, self.name, keys[0], single_active=single_active)
         by_place: dict[tuple[str, str], dict[type[Message], Handler]] = {}
@@ -149,13 +160,7 @@ class Service:
             assert where is not None, f"{key} is not a routing key of region {self.region}"
             by_place[where[:2]] = handlers
         self._routes.append((queue, routes))
-
-        # The subscriber declares its queue on its own channel, so the prefetch applies
-        # (declaring it first on another channel would make the consumer use that one).
-        @self.broker.subscriber(queue, EXCHANGE, ack_policy=AckPolicy.MANUAL,
-                                channel=Channel(prefetch_count=prefetch), decoder=_raw)
-        async def on_message(msg: RabbitMessage) -> None:
-            await self._dispatch(msg, by_place)
+        self._consumers.append(_Consumer(queue, by_place, prefetch))
 
     def background(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str = "") -> None:
         """A loop started once consuming has begun, restarted if it fails, cancelled at shutdown.
@@ -181,128 +186,247 @@ class Service:
 
     async def _declare(self) -> None:
         """The exchanges, the bounded dead-letter queue and every binding, on a channel of
-        their own (see ``consume``); all durable, so they survive a broker restart."""
-        connection = await aio_pika.connect(self.settings.amqp_url)
-        async with connection:
-            channel = await connection.channel()
-            exchange = await channel.declare_exchange(EXCHANGE.name, aio_pika.ExchangeType.TOPIC, durable=True)
-            dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
-                                                 durable=True)
-            dlq = dead_letter_queue(self.region, self.settings.dead_letter_max, self.settings.dead_letter_ttl_s)
-            dead = await channel.declare_queue(dlq.name, durable=True, arguments=dlq.arguments)
-            await dead.bind(dlx, routing_key=f"{self.region}.#")
-            for queue, routes in self._routes:
-                declared = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
-                for key in routes:
-                    await declared.bind(exchange, routing_key=key)
+        their own (see ``consume``); all durable, so they survive a broker restart. Then the
+        channel that publishes, the start hooks, and the consumers."""
+        # One robust connection for everything this service does on the broker: it
+        # reconnects after a broker restart and restores its channels and consumers.
+        self._connection = connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(EXCHANGE.name, aio_pika.ExchangeType.TOPIC, durable=True)
+        dlx = await channel.declare_exchange(DEAD_LETTER_EXCHANGE.name, aio_pika.ExchangeType.TOPIC, durable=True)
+        dlq = dead_letter_queue(self.region, self.settings.dead_letter_max, self.settings.dead_letter_ttl_s)
+        dead = await channel.declare_queue(dlq.name, durable=True, arguments=dlq.arguments)
+        await dead.bind(dlx, routing_key=f"{self.region}.#")
+        for queue, routes in self._routes:
+            declared = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
+            for key in routes:
+                await declared.bind(exchange, routing_key=key)
+        await channel.close()
+        # Publisher confirms: a publish returns once the broker has the message (on disk,
+        # for a durable queue), or raises.
+        self._out = await connection.channel(publisher_confirms=True)
+        self._exchange = await self._out.get_exchange(EXCHANGE.name, ensure=False)
+        self._dlx = await self._out.get_exchange(DEAD_LETTER_EXCHANGE.name, ensure=False)
         await self.redis.ping()
         for hook in self._on_start:
             await hook()
+        await self._start_consuming()
 
     # --- inbound ---------------------------------------------------------------------------
+    # Each queue is consumed on a channel of its own whose prefetch is the consumer's limit.
+    # Deliveries land in an inbox; one worker per queue drains what the inbox holds (up to
+    # the prefetch), admits each message (routing key, size, signature, decoding, type,
+    # identity), then runs the handlers over runs of consecutive messages in arrival order:
+    # a ``Batch`` handler gets the whole run of its messages in one call (one Redis script,
+    # one wait for the broker's confirms), a plain handler one message at a time. Every
+    # delivery is acknowledged only after its handler returned, so after its work is durable.
 
-    async def _dispatch(self, msg: RabbitMessage, routes: dict[tuple[str, str], dict[type[Message], Handler]]) -> None:
-        routing_key = msg.raw_message.routing_key or ""
+    async def _start_consuming(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        for consumer in self._consumers:
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=consumer.prefetch)
+            queue = await channel.declare_queue(consumer.queue.name, durable=True,
+                                                arguments=consumer.queue.arguments)
+            inbox = consumer.inbox
+
+            async def deliver(incoming: AbstractIncomingMessage, inbox: asyncio.Queue[Any] = inbox) -> None:
+                inbox.put_nowait(incoming)
+
+            consumer.tag = await queue.consume(deliver)
+            consumer.amqp_queue = queue
+            consumer.worker = asyncio.create_task(self._work(consumer))
+
+    async def _stop_consuming(self) -> None:
+        """Stop taking deliveries, finish the run in hand, leave the rest to the broker."""
+        for consumer in self._consumers:
+            if consumer.amqp_queue is not None and consumer.tag is not None:
+                with contextlib.suppress(Exception):
+                    await consumer.amqp_queue.cancel(consumer.tag)
+        for consumer in self._consumers:
+            consumer.stopping = True
+            if consumer.worker is not None:
+                if consumer.idle.is_set():
+                    consumer.worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(consumer.worker, timeout=15.0)
+
+    async def _work(self, consumer: _Consumer) -> None:
+        inbox = consumer.inbox
+        while not consumer.stopping:
+            first = await inbox.get()
+            consumer.idle.clear()
+            drained = [first]
+            while len(drained) < consumer.prefetch and not inbox.empty():
+                drained.append(inbox.get_nowait())
+            try:
+                await self._process(drained, consumer.routes)
+            except Exception:  # never lose the worker: the deliveries stay unacknowledged
+                self.log.exception("delivery_batch_failed", count=len(drained))
+            finally:
+                consumer.idle.set()
+
+    async def _process(self, drained: list[AbstractIncomingMessage],
+                       routes: dict[tuple[str, str], dict[type[Message], Handler]]) -> None:
+        admitted: list[tuple[AbstractIncomingMessage, Handler, Message]] = []
+        done: list[AbstractIncomingMessage] = []
+        for incoming in drained:
+            found = await self._admit(incoming, routes)
+            if found is not None:
+                admitted.append((incoming, found[0], found[1]))
+        i = 0
+        while i < len(admitted):  # runs of one handler, in arrival order
+            handler = admitted[i][1]
+            j = i + 1
+            if isinstance(handler, Batch):
+                while j < len(admitted) and admitted[j][1] is handler:
+                    j += 1
+            run = admitted[i:j]
+            done += await self._run(handler, [d for d, _, _ in run], [m for _, _, m in run])
+            i = j
+        await self._acknowledge(done)
+
+    async def _acknowledge(self, done: list[AbstractIncomingMessage]) -> None:
+        """One acknowledgement per channel for a whole drain: the last delivery's, covering
+        the earlier ones (each of which is handled, or was refused and acknowledged alone)."""
+        last: dict[int, AbstractIncomingMessage] = {}
+        for incoming in done:
+            key = id(incoming.channel)
+            if key not in last or (incoming.delivery_tag or 0) > (last[key].delivery_tag or 0):
+                last[key] = incoming
+        for incoming in last.values():
+            await self._settle(incoming.ack(multiple=True))
+
+    async def _admit(self, msg: AbstractIncomingMessage, routes: dict[tuple[str, str], dict[type[Message], Handler]]
+                     ) -> tuple[Handler, Message] | None:
+        """The handler and decoded message of a delivery, or None when it was refused."""
+        routing_key = msg.routing_key or ""
+        self.metrics.messages_received.labels(self.region, self.name, bounded_key(routing_key)).inc()
         where = parse_key(self.region, routing_key)
         handlers = routes.get(where[:2]) if where is not None else None
         if where is None or handlers is None:
             await self._refused(msg, "in" if where is None else where[0], "unexpected_routing_key")
-            return
+            return None
         channel, _kind, addressee = where
         body: bytes = msg.body
         if channel == IN and len(body) > self.settings.max_request_bytes:
             await self._refuse(msg, b"", f"too_large: {len(body)} bytes, at most {self.settings.max_request_bytes}")
-            return
+            return None
         if channel != IN and not self._authentic(msg, routing_key, body):
             await self._refused(msg, channel, "unauthenticated")
-            return
+            return None
         try:
             message = decode(body)
         except Undecodable as exc:
             await self._refuse(msg, body, str(exc))
-            return
+            return None
         handler = handlers.get(type(message))
         if handler is None:
             self.metrics.forged_messages.labels(self.region, self.name, channel, "wrong_type").inc()
             await self._refuse(msg, body if channel == IN else b"",
                                f"a {type(message).__name__} does not belong on {routing_key}")
-            return
+            return None
         if message.region != self.region:
             await self.dead_letter(msg, "wrong_region")
-            return
+            return None
         if channel == TO and getattr(message, "participant_id", None) != addressee:
             await self._refused(msg, channel, "misaddressed")
-            return
+            return None
         if channel == IN and not await self._identity_holds(msg, message):
-            return
-        self.in_flight += 1
-        try:
-            with bind_context(**_context(msg, message)):
-                if await self._handle(msg, handler, message):
-                    await self._settle(msg.ack())
-        finally:
-            self.in_flight -= 1
+            return None
+        return handler, message
 
-    async def _handle(self, msg: RabbitMessage, handler: Handler, message: Message) -> bool:
-        """Run ``handler`` until it succeeds; False when the message was dead-lettered or
-        its channel went away (the broker then delivers it again)."""
+    async def _run(self, handler: Handler, deliveries: list[AbstractIncomingMessage], messages: list[Message]
+                   ) -> list[AbstractIncomingMessage]:
+        """Handle one run; the deliveries to acknowledge."""
+        name = _handler_name(handler)
+        self.in_flight += len(messages)
+        started = time.perf_counter()
+        try:
+            with bind_context(**_context(deliveries, messages)):
+                done = await self._handle(handler, deliveries, messages)
+        finally:
+            self.in_flight -= len(messages)
+        self.metrics.batch_duration.labels(self.region, self.name, name).observe(time.perf_counter() - started)
+        self.metrics.batch_size.labels(self.region, self.name, name).observe(len(messages))
+        return done
+
+    async def _handle(self, handler: Handler, deliveries: list[AbstractIncomingMessage], messages: list[Message]
+                      ) -> list[AbstractIncomingMessage]:
+        """Run ``handler`` until it succeeds; the deliveries to acknowledge (none when the
+        channel went away: the broker delivers them again). A batch that fails on its merits
+        is tried one message at a time, so that only the message at fault is dead-lettered."""
         outage_attempt = merit_failures = 0
         while True:
             try:
-                await self.state_ready()
-                await handler(message)
+                if not (isinstance(handler, Batch) and handler.checks_state):
+                    await self.state_ready()
+                if isinstance(handler, Batch):
+                    await handler.handle(messages)
+                else:
+                    await handler(messages[0])
                 self._recovered()
-                return True
+                return deliveries
             except Exception as exc:
                 away = is_outage(exc) or bool(await self._away())
                 if away:
                     self.metrics.outage_retries.labels(self.region, self.name).inc()
                     if outage_attempt == 0:
                         self.log.warning("dependency_away_will_retry", error=f"{type(exc).__name__}: {exc}"[:300])
-                    if _channel_closed(msg):
-                        return False  # unacknowledged on a dead channel: the broker redelivers it
+                    if any(_channel_closed(d) for d in deliveries):
+                        return []  # unacknowledged on a dead channel: the broker redelivers them
                     await asyncio.sleep(backoff_s(outage_attempt))
                     outage_attempt += 1
                     continue
-                merit_failures += 1
                 self.metrics.handler_failures.labels(self.region, self.name).inc()
+                if len(messages) > 1:
+                    self.log.warning("batch_failed_trying_one_by_one", count=len(messages),
+                                     error=f"{type(exc).__name__}: {exc}"[:300])
+                    done: list[AbstractIncomingMessage] = []
+                    for delivery, message in zip(deliveries, messages, strict=True):
+                        with bind_context(**_context([delivery], [message])):
+                            done += await self._handle(handler, [delivery], [message])
+                    return done
+                merit_failures += 1
                 if merit_failures >= MERIT_TRIES:
                     self.log.exception("handler_failed_dead_lettered", attempts=merit_failures)
-                    await self.dead_letter(msg, f"handler_error: {type(exc).__name__}: {exc}"[:500])
-                    return False
+                    await self.dead_letter(deliveries[0], f"handler_error: {type(exc).__name__}: {exc}"[:500],
+                                           ack=False)
+                    return deliveries
                 self.log.exception("handler_failed_will_retry", attempt=merit_failures)
                 await asyncio.sleep(backoff_s(merit_failures, first=0.1))
 
-    def _authentic(self, msg: RabbitMessage, routing_key: str, body: bytes) -> bool:
+    def _authentic(self, msg: AbstractIncomingMessage, routing_key: str, body: bytes) -> bool:
         users = self.settings.service_users
-        if users and msg.raw_message.user_id not in users:
+        if users and msg.user_id not in users:
             return False
         return self.signer.verify(routing_key, body, (msg.headers or {}).get(SIGNATURE_HEADER))
 
-    async def _refused(self, msg: RabbitMessage, channel: str, why: str) -> None:
+    async def _refused(self, msg: AbstractIncomingMessage, channel: str, why: str) -> None:
         """A message that is not what its key says: logged, counted, parked, never acted on."""
-        self.log.warning("message_refused", why=why, routing_key=msg.raw_message.routing_key,
-                         user=msg.raw_message.user_id)
+        self.log.warning("message_refused", why=why, routing_key=msg.routing_key,
+                         user=msg.user_id)
         self.metrics.forged_messages.labels(self.region, self.name, channel, why).inc()
         await self._count_bad_input(msg, None)
         await self.dead_letter(msg, why)
 
-    async def _count_bad_input(self, msg: RabbitMessage, claimed: str | None) -> None:
+    async def _count_bad_input(self, msg: AbstractIncomingMessage, claimed: str | None) -> None:
         """Per sender, in Redis (``microte bad-input``): never a metric label per participant.
         Best effort: counting never holds up a refusal."""
-        user = msg.raw_message.user_id
+        user = msg.user_id
         sender = f"user:{user}" if user else (f"claims:{claimed}" if claimed else "anonymous")
         try:
             await self.state.count_bad_input(sender, time.strftime("%Y-%m-%d", time.gmtime()))
         except Exception as exc:
             self.log.debug("bad_input_not_counted", error=type(exc).__name__)
 
-    async def _identity_holds(self, msg: RabbitMessage, message: Message) -> bool:
+    async def _identity_holds(self, msg: AbstractIncomingMessage, message: Message) -> bool:
         """With broker identity, a request counts only from the user it names."""
         pid = getattr(message, "participant_id", None)
         if self.settings.identity != "broker_user":
             return True
-        user = msg.raw_message.user_id
+        user = msg.user_id
         if pid is not None and user == pid:
             return True
         self.log.warning("identity_mismatch", claimed=pid, user=user)
@@ -319,15 +443,15 @@ class Service:
             await self.dead_letter(msg, "identity_mismatch: no user_id")
         return False
 
-    async def _refuse(self, msg: RabbitMessage, body: bytes, why: str) -> None:
+    async def _refuse(self, msg: AbstractIncomingMessage, body: bytes, why: str) -> None:
         """A request that cannot be read: a ``malformed`` answer if it names a valid sender."""
         sender = sender_of(body) if body else None
         await self._count_bad_input(msg, sender[0] if sender else None)
-        routing_key = msg.raw_message.routing_key or ""
+        routing_key = msg.routing_key or ""
         where = parse_key(self.region, routing_key)
         if sender is not None and where is not None and where[0] == IN:
             pid, reference = sender
-            if self.settings.identity == "broker_user" and msg.raw_message.user_id != pid:
+            if self.settings.identity == "broker_user" and msg.user_id != pid:
                 await self.dead_letter(msg, f"undecodable: {why}")  # never answer a participant it is not
                 return
             self.log.warning("request_malformed", participant_id=pid, reason=why[:300])
@@ -339,11 +463,11 @@ class Service:
             return
         await self.dead_letter(msg, f"undecodable: {why}")
 
-    async def dead_letter(self, msg: RabbitMessage, reason: str) -> None:
+    async def dead_letter(self, msg: AbstractIncomingMessage, reason: str, *, ack: bool = True) -> None:
         """Park a message in the region's bounded dead-letter queue, with why, then acknowledge it.
 
         When the queue is full the broker refuses the message: it is counted, logged and dropped."""
-        self.log.warning("dead_lettered", reason=reason[:300], routing_key=msg.raw_message.routing_key)
+        self.log.warning("dead_lettered", reason=reason[:300], routing_key=msg.routing_key)
         self.metrics.dead_letters.labels(self.region, self.name, reason.split(":")[0]).inc()
         body: bytes = msg.body
         headers: dict[str, Any] = {"x-microte-reason": reason[:500], "x-microte-service": self.name}
@@ -351,15 +475,17 @@ class Service:
             headers["x-microte-truncated-from"] = len(body)
             body = body[:DEAD_LETTER_KEEP_BYTES]
         try:
-            await self.broker.publish(
-                body, exchange=DEAD_LETTER_EXCHANGE, routing_key=msg.raw_message.routing_key or self.region,
-                persist=True, headers=headers,
-                message_id=msg.message_id, content_type=msg.content_type or "application/octet-stream",
-            )
+            assert self._dlx is not None, "not connected yet"
+            await self._dlx.publish(
+                aio_pika.Message(body, headers=headers, message_id=msg.message_id,
+                                 content_type=msg.content_type or "application/octet-stream",
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=msg.routing_key or self.region)
         except (aio_pika.exceptions.DeliveryError, aiormq.exceptions.PublishError):
             self.metrics.dead_letter_overflow.labels(self.region, self.name).inc()
             self.log.error("dead_letter_queue_full_message_dropped", reason=reason[:300])
-        await self._settle(msg.ack())
+        if ack:
+            await self._settle(msg.ack())
 
     async def _settle(self, ack: Awaitable[None]) -> None:
         """Acknowledge; on a channel that died meanwhile the broker redelivers, which is harmless."""
@@ -385,7 +511,10 @@ class Service:
         return [dep for dep, check in self._probes.items() if not await self._check(dep, check)]
 
     async def _broker_connected(self) -> bool:
-        return bool(self.broker.running) and bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
+        connection, out = self._connection, self._out
+        if connection is None or out is None:  # not started yet: FastStream's own connection says
+            return bool(self.broker.running) and bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
+        return not connection.is_closed and not out.is_closed
 
     def _recovered(self) -> None:
         if self._outages:
@@ -400,6 +529,10 @@ class Service:
         if not self.needs_state:
             return
         exists, start = await self.state.generation_and_round()
+        self.state_seen(exists, start)
+
+    def state_seen(self, exists: bool, start: int | None) -> None:
+        """``state_ready`` on what a handler read itself in one round trip with its own reads."""
         if not exists:
             raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
         if start is not None and start < self._round_seen:  # rounds only move forward: a stale copy
@@ -432,10 +565,13 @@ class Service:
         message_id = hashlib.blake2b(body, digest_size=12).hexdigest()
         headers: dict[str, Any] = {"x-microte-service": self.name,
                                    SIGNATURE_HEADER: self.signer.sign(routing_key, body)}
+        assert self._exchange is not None, "not connected yet"
         for _ in range(2 if self.settings.duplicate_delivery else 1):
-            await self.broker.publish(body, exchange=EXCHANGE, routing_key=routing_key, persist=True,
-                                      content_type=CONTENT_TYPE, message_id=message_id,
-                                      timestamp=None, headers=headers, user_id=self.broker_user)
+            await self._exchange.publish(
+                aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE, message_id=message_id,
+                                 user_id=self.broker_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=routing_key)
+        self.metrics.messages_published.labels(self.region, self.name, bounded_key(routing_key)).inc()
 
     async def publish_all(self, items: list[tuple[Message, str]]) -> None:
         await asyncio.gather(*(self.publish(m, k) for m, k in items))
@@ -493,6 +629,7 @@ class Service:
 
         @app.on_shutdown
         async def stop_background() -> None:
+            await self._stop_consuming()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -501,14 +638,23 @@ class Service:
         async def close_redis() -> None:
             for hook in self._on_stop:
                 await hook()
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    await self._connection.close()
             await self.redis.aclose()
             self.log.info("service_stopped")
 
         return app
 
 
-def _context(msg: RabbitMessage, message: Message) -> dict[str, str]:
-    context = {"message_id": msg.message_id or "", "message_type": type(message).__name__}
+def _context(deliveries: list[AbstractIncomingMessage], messages: list[Message]) -> dict[str, str]:
+    """Log context of one handler run: the message's own, or for a batch its type and size."""
+    message = messages[0]
+    context = {"message_type": type(message).__name__}
+    if len(messages) > 1:
+        context["batch"] = str(len(messages))
+        return context
+    context["message_id"] = deliveries[0].message_id or ""
     if (pid := getattr(message, "participant_id", None)) is not None:
         context["participant_id"] = pid
     if isinstance(message, RoundStarted):
@@ -520,9 +666,33 @@ def _context(msg: RabbitMessage, message: Message) -> dict[str, str]:
     return context
 
 
-def _channel_closed(msg: RabbitMessage) -> bool:
-    channel = getattr(msg.raw_message, "channel", None)
+def _channel_closed(msg: AbstractIncomingMessage) -> bool:
+    channel = getattr(msg, "channel", None)
     return bool(getattr(channel, "is_closed", False))
+
+
+def _handler_name(handler: Handler) -> str:
+    inner = handler.handle if isinstance(handler, Batch) else handler
+    return getattr(inner, "__name__", type(inner).__name__)
+
+
+def _idle_event() -> asyncio.Event:
+    idle = asyncio.Event()
+    idle.set()  # no run in hand
+    return idle
+
+
+@dataclass
+class _Consumer:
+    queue: RabbitQueue
+    routes: dict[tuple[str, str], dict[type[Message], Handler]]
+    prefetch: int
+    inbox: asyncio.Queue[AbstractIncomingMessage] = field(default_factory=asyncio.Queue)
+    idle: asyncio.Event = field(default_factory=_idle_event)
+    stopping: bool = False
+    tag: str | None = None
+    amqp_queue: aio_pika.abc.AbstractQueue | None = None
+    worker: asyncio.Task[None] | None = None
 
 
 def serve(service: Service) -> int:

@@ -25,18 +25,72 @@ from redis.asyncio import Redis
 
 from shared.market import Slot
 
-_INSERT_ORDER = """
-local existing = redis.call('HGET', KEYS[2], ARGV[2])
-if existing then return {'duplicate', existing} end
-if redis.call('HGET', KEYS[1], 'start') ~= ARGV[1] then return {'moved', ''} end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
-return {'ok', ARGV[3]}
-"""
-
-_CANCEL_ORDER = """
-if redis.call('HGET', KEYS[1], 'start') ~= ARGV[1] then return -1 end
-return redis.call('HDEL', KEYS[2], ARGV[2])
+# One call for every order, cancel and finish drained together (single requests and
+# batches alike), so that membership, the agent's entitlement, the duplicate check, the
+# round and the insertion are one atomic step. The round is checked once, first: if it
+# moved since the orders were validated, nothing is written and the caller validates again.
+# KEYS: gen, round, members, agents, wake, then the keys the ops name by index.
+# ARGV: round start ('' for no check: finishes only), now in ms, then ops of 8 fields:
+# kind, participant, sender (the agent that sent its batch; '' for the participant
+# itself), key index 1, key index 2, and three arguments. Answers: 'ok', then a status and
+# a value per op.
+_INTAKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'start') ~= ARGV[1] then return {'moved'} end
+local now, out, woke = ARGV[2], {'ok'}, false
+local function refused(pid, sender, need_member)
+  if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[4], pid) ~= sender then return 'not_entitled' end
+  if need_member and redis.call('HEXISTS', KEYS[3], pid) == 0 then return 'not_a_member' end
+  return nil
+end
+for i = 3, #ARGV, 8 do
+  local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local k1, k2 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
+  local a, b, c = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local status, value = nil, ''
+  if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book; a client id, b order id, c body)
+    status = refused(pid, sender, true)
+    if not status then
+      local existing = redis.call('HGET', k1, a)
+      if existing then
+        local stored = redis.call('HGET', k2, existing)
+        if stored then status, value = 'duplicate', stored else status = 'cancelled' end
+      elseif kind == 'd' then
+        status = 'none'  -- an order the market core refused, and no duplicate: the refusal stands
+      else
+        redis.call('HSET', k1, a, b)
+        redis.call('HSET', k2, b, c)
+        status = 'ok'
+      end
+    end
+  elseif kind == 'c' then  -- a cancel (k1 client ids, k2 book; a client id, c '1' when its gate closed)
+    status = refused(pid, sender, false)
+    if not status then
+      local oid = redis.call('HGET', k1, a)
+      if not oid then status = 'unknown'
+      elseif c == '1' then status, value = 'closed', oid
+      elseif redis.call('HDEL', k2, oid) == 1 then status, value = 'ok', oid
+      else status, value = 'gone', oid end
+    end
+  elseif kind == 'm' then  -- membership and entitlement only (a request the core refused before)
+    status = refused(pid, sender, true) or 'ok'
+  elseif kind == 'f' then  -- a finish (k1 the round's finished set, k2 the count the clock waits for)
+    status = refused(pid, sender, true)
+    if not status then
+      redis.call('HSET', KEYS[3], pid, now)
+      redis.call('SADD', k1, pid)
+      status = 'ok'
+      if redis.call('SCARD', k1) >= tonumber(redis.call('GET', k2) or '0') then woke = true end
+    end
+  end
+  out[#out + 1] = status
+  out[#out + 1] = value
+end
+if woke then
+  redis.call('RPUSH', KEYS[5], '1')
+  redis.call('LTRIM', KEYS[5], -1, -1)
+end
+return out
 """
 
 _ADVANCE_ROUND = """
@@ -67,12 +121,38 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_ADD_READING = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'duplicate' end  -- accepted before: say so again
-if tonumber(redis.call('GET', KEYS[3]) or '-1') >= tonumber(ARGV[3]) then return 'reconciled' end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'reconciled' end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 'ok'
+# Every reading drained together, in one call. A reading is refused once its slot's
+# reconciliation has begun, so no accepted reading is left out of the slot it belongs to.
+# KEYS: gen, members, agents, reconciled-up-to, then the keys the ops name by index.
+# ARGV: ops of 7 fields: kind ('r' a reading, 'm' membership only), participant, sender
+# (the agent that sent its batch; '' for the participant itself), readings key index,
+# claim key index, slot end, body.
+# Answers: 'ok', the member count, then a status and a value per op (for 'ok' the slot's
+# reading count, for 'duplicate' the reading that stands).
+_READINGS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local out = {'ok', tostring(redis.call('HLEN', KEYS[2]))}
+local upto = tonumber(redis.call('GET', KEYS[4]) or '-1')
+for i = 1, #ARGV, 7 do
+  local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local readings, claim = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
+  local status, value = nil, ''
+  if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[3], pid) ~= sender then status = 'not_entitled'
+  elseif redis.call('HEXISTS', KEYS[2], pid) == 0 then status = 'not_a_member'
+  elseif kind == 'm' then status = 'ok'
+  else
+    local stored = redis.call('HGET', readings, pid)
+    if stored then status, value = 'duplicate', stored  -- accepted before: say so again
+    elseif upto >= tonumber(ARGV[i + 5]) or redis.call('EXISTS', claim) == 1 then status = 'reconciled'
+    else
+      redis.call('HSET', readings, pid, ARGV[i + 6])
+      status, value = 'ok', tostring(redis.call('HLEN', readings))
+    end
+  end
+  out[#out + 1] = status
+  out[#out + 1] = value
+end
+return out
 """
 
 # A claim freezes a slot's inputs and says who works on it: new (first claim), again
@@ -128,8 +208,58 @@ Claim = Literal["new", "again", "busy", "done"]
 CLAIM_LEASE_MS = 30_000
 BAD_INPUT_SENDERS = 1000
 BAD_INPUT_KEEP_S = 8 * 86400
-InsertResult = Literal["ok", "duplicate", "moved"]
-ReadingResult = Literal["ok", "duplicate", "reconciled"]
+
+
+@dataclass(frozen=True)
+class IntakeOp:
+    """One order, cancel or finish for ``RegionState.apply_intake``.
+
+    kind: "o" an order to insert, "d" an order the market core refused (checked for
+    membership and for a duplicate only), "c" a cancel, "f" a finish, "m" membership
+    and entitlement only."""
+
+    kind: Literal["o", "d", "c", "f", "m"]
+    participant_id: str
+    slot: Slot | None = None  # orders and cancels
+    client_order_id: str = ""
+    order_id: str = ""
+    body: bytes = b""  # the encoded OrderAccepted of an order to insert
+    gate_closed: bool = False  # a cancel whose slot's gate has closed
+    round_start: int = 0  # a finish: the round it finishes
+    sender: str = ""  # the agent that sent its batch; "" for the participant itself
+
+
+@dataclass(frozen=True)
+class ReadingOp:
+    """One reading for ``RegionState.apply_readings``; without a body, membership only."""
+
+    participant_id: str
+    slot: Slot | None = None
+    body: bytes = b""
+    sender: str = ""  # the agent that sent its batch; "" for the participant itself
+
+
+# Per op: (status, value). Orders: ok, duplicate (value: the order that stands), cancelled
+# (its client id was cancelled), none (a refused order with no duplicate), not_a_member,
+# not_entitled. Cancels: ok, gone (cancelled before), closed, unknown (value: the order id).
+# Finishes: ok. Readings: ok (value: the slot's reading count), duplicate (value: the
+# reading that stands), reconciled.
+OpResults = list[tuple[str, bytes]]
+
+
+class _KeyList:
+    """A script's KEYS: the fixed ones first, then each other key once, named by its
+    1-based index (``named(key)``), as the scripts' ops refer to them."""
+
+    def __init__(self, *fixed: str) -> None:
+        self.keys = list(fixed)
+        self._index = {k: i + 1 for i, k in enumerate(fixed)}
+
+    def __call__(self, key: str) -> int:
+        if key not in self._index:
+            self.keys.append(key)
+            self._index[key] = len(self.keys)
+        return self._index[key]
 
 
 def _s(slot: Slot) -> str:
@@ -141,12 +271,11 @@ class RegionState:
         self.redis = redis
         self.region = region
         self._p = f"mt:{{{region}}}:"
-        self._insert = redis.register_script(_INSERT_ORDER)
-        self._cancel = redis.register_script(_CANCEL_ORDER)
+        self._intake = redis.register_script(_INTAKE)
         self._advance = redis.register_script(_ADVANCE_ROUND)
         self._lease = redis.register_script(_LEASE)
         self._release = redis.register_script(_RELEASE)
-        self._add_reading = redis.register_script(_ADD_READING)
+        self._readings = redis.register_script(_READINGS)
         self._claim = redis.register_script(_CLAIM)
         self._finish_reconcile = redis.register_script(_FINISH_RECONCILE)
 
@@ -251,6 +380,13 @@ class RegionState:
         keys = [self.key("round"), self.key("first-round"), self.key("done", "reconcile")]
         return bool(await self._advance(keys=keys, args=[start, fence, at_ms]))
 
+    async def finish_simulation(self) -> None:
+        """The simulation's last round is done: no clock is to lead the region again."""
+        await self.redis.set(self.key("simulation-finished"), 1)
+
+    async def simulation_finished(self) -> bool:
+        return bool(await self.redis.exists(self.key("simulation-finished")))
+
     async def first_round(self) -> int | None:
         value = await self.redis.get(self.key("first-round"))
         return None if value is None else int(value)
@@ -263,8 +399,24 @@ class RegionState:
     async def release_lease(self, holder: str) -> None:
         await self._release(keys=[self.key("lease")], args=[holder])
 
-    async def finish_round(self, round_start: int, participant_id: str) -> None:
-        await self.redis.sadd(self.key("finished", str(round_start)), participant_id)
+    async def await_finishes(self, round_start: int, count: int) -> None:
+        """Wake the clock (``wait_wake``) once this many participants finished the round."""
+        await self.redis.set(self.key("finish-target", str(round_start)), count, ex=86400)
+
+    async def round_progress(self, round_start: int, closing: Slot, delivered: Slot) -> tuple[int, bool, bool]:
+        """One round trip: how many participants finished the round, whether the slot whose
+        gate closed is cleared, whether the delivered slot is recorded in the ledger."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(self.key("finished", str(round_start)))
+        pipe.get(self.key("claim", "clear", _s(closing)))
+        pipe.get(self.key("done", "reconcile"))
+        pipe.exists(self.key("recorded", _s(delivered)))
+        finished, claim, upto, recorded = await pipe.execute()
+        cleared = claim == b"done" or (upto is not None and closing.end <= int(upto))
+        return int(finished), cleared, bool(recorded)
+
+    async def finished_count(self, round_start: int) -> int:
+        return int(await self.redis.scard(self.key("finished", str(round_start))))
 
     async def finished(self, round_start: int) -> set[str]:
         members = await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("finished", str(round_start))))
@@ -278,17 +430,33 @@ class RegionState:
         return bool(await self.redis.exists(self.key("recorded", _s(slot))))
 
     async def forget_round(self, round_start: int, duration: int) -> None:
-        await self.redis.delete(self.key("finished", str(round_start)),
+        await self.redis.delete(self.key("finished", str(round_start)), self.key("finish-target", str(round_start)),
                                 self.key("recorded", _s(Slot(round_start, round_start + duration))))
 
     # --- membership --------------------------------------------------------------------
 
-    async def join(self, participant_id: str, now_ms: int) -> bool:
-        """True when the participant was not a member before."""
-        return bool(await self.redis.hset(self.key("members"), participant_id, now_ms))
+    async def join(self, members: list[tuple[str, str | None]], now_ms: int) -> None:
+        """Members (participant, agent or None) joined at ``now_ms``: one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.key("members"), mapping={pid: now_ms for pid, _ in members})
+        agents = {pid: agent for pid, agent in members if agent}
+        if agents:
+            pipe.hset(self.key("agents"), mapping=dict[Any, Any](agents))
+        unagented = [pid for pid, agent in members if not agent]
+        if unagented:
+            pipe.hdel(self.key("agents"), *unagented)
+        await pipe.execute()
 
     async def leave(self, participant_id: str) -> bool:
-        return bool(await self.redis.hdel(self.key("members"), participant_id))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hdel(self.key("members"), participant_id)
+        pipe.hdel(self.key("agents"), participant_id)
+        left, _ = await pipe.execute()
+        return bool(left)
+
+    async def agents(self) -> dict[str, str]:
+        found = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("agents")))
+        return {p.decode(): a.decode() for p, a in found.items()}
 
     async def touch(self, participant_id: str, now_ms: int) -> bool:
         """Record activity of a member; False when it is not a member."""
@@ -309,30 +477,73 @@ class RegionState:
 
     # --- orders ------------------------------------------------------------------------
 
-    async def next_seq(self) -> int:
-        return int(await self.redis.incr(self.key("seq")))
+    async def intake_view(self, reserve: int) -> tuple[bool, tuple[int, int] | None, int]:
+        """One round trip: whether the state has its generation, the current round (start,
+        fence), and the first of ``reserve`` fresh sequence numbers (0 when none reserved).
+        A reserved number left unused is a gap; numbers only order, they never count."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.key("gen"))
+        pipe.hmget(self.key("round"), "start", "fence")
+        if reserve:
+            pipe.incrby(self.key("seq"), reserve)
+        found = await pipe.execute()
+        start, fence = found[1]
+        current = None if start is None or fence is None else (int(start), int(fence))
+        first = int(found[2]) - reserve + 1 if reserve else 0
+        return bool(found[0]), current, first
 
-    async def order_id_for(self, slot: Slot, participant_id: str, client_order_id: str) -> str | None:
-        value = await cast(Awaitable[bytes | None],
-                           self.redis.hget(self.key("coid", _s(slot)), f"{participant_id}/{client_order_id}"))
-        return None if value is None else value.decode()
+    async def apply_intake(self, ops: list[IntakeOp], *, round_start: int | None, now_ms: int) -> OpResults | None:
+        """Every op in one atomic script; None (and nothing written) when the round is no
+        longer ``round_start``. Raises ``RegionStateLost`` when the state has no generation."""
+        named = _KeyList(self.key("gen"), self.key("round"), self.key("members"), self.key("agents"),
+                         self.key("wake"))
 
-    async def insert_order(
-        self, slot: Slot, round_start: int, participant_id: str, client_order_id: str, order_id: str, encoded: bytes
-    ) -> tuple[InsertResult, str]:
-        keys = [self.key("round"), self.key("coid", _s(slot)), self.key("book", _s(slot))]
-        status, value = await self._insert(
-            keys=keys, args=[round_start, f"{participant_id}/{client_order_id}", order_id, encoded]
-        )
-        return cast(InsertResult, status.decode()), value.decode()
+        args: list[Any] = ["" if round_start is None else round_start, now_ms]
+        for op in ops:
+            pid = op.participant_id
+            if op.kind == "f":
+                done, target = named(self.key("finished", str(op.round_start))), named(self.key(
+                    "finish-target", str(op.round_start)))
+                args += ["f", pid, op.sender, done, target, "", "", ""]
+                continue
+            if op.kind == "m":
+                args += ["m", pid, op.sender, 1, 1, "", "", ""]
+                continue
+            assert op.slot is not None
+            coids, book = named(self.key("coid", _s(op.slot))), named(self.key("book", _s(op.slot)))
+            last = op.body if op.kind == "o" else ("1" if op.gate_closed else "0")
+            args += [op.kind, pid, op.sender, coids, book, f"{pid}/{op.client_order_id}", op.order_id, last]
+        found = await self._intake(keys=named.keys, args=args)
+        return self._results(found)
 
-    async def get_order(self, slot: Slot, order_id: str) -> bytes | None:
-        return await cast(Awaitable[bytes | None], self.redis.hget(self.key("book", _s(slot)), order_id))
+    async def apply_readings(self, ops: list[ReadingOp]) -> tuple[int, OpResults]:
+        """Every reading in one atomic script: the member count, and each op's result."""
+        named = _KeyList(self.key("gen"), self.key("members"), self.key("agents"), self.key("done", "reconcile"))
 
-    async def cancel_order(self, slot: Slot, round_start: int, order_id: str) -> Literal["ok", "gone", "moved"]:
-        result = int(await self._cancel(keys=[self.key("round"), self.key("book", _s(slot))],
-                                        args=[round_start, order_id]))
-        return "moved" if result < 0 else ("ok" if result else "gone")
+        args: list[Any] = []
+        for op in ops:
+            if op.slot is None or not op.body:
+                args += ["m", op.participant_id, op.sender, 1, 1, 0, ""]
+                continue
+            readings = named(self.key("readings", _s(op.slot)))
+            claim = named(self.key("claim", "reconcile", _s(op.slot)))
+            args += ["r", op.participant_id, op.sender, readings, claim, op.slot.end, op.body]
+        found = await self._readings(keys=named.keys, args=args)
+        results = self._results([found[0], *found[2:]])
+        assert results is not None
+        return int(found[1]), results
+
+    def _results(self, found: list[bytes]) -> OpResults | None:
+        head = found[0].decode()
+        if head == "lost":
+            raise RegionStateLost(f"no round state for region {self.region} in Redis: waiting for its rebuild")
+        if head == "moved":
+            return None
+        return [(found[i].decode(), found[i + 1]) for i in range(1, len(found), 2)]
+
+    async def wait_wake(self, timeout_s: float) -> bool:
+        """Block until a finish was counted (``apply_intake``) or the timeout passed."""
+        return await self.redis.blpop([self.key("wake")], timeout=timeout_s) is not None
 
     async def book(self, slot: Slot) -> list[bytes]:
         return await cast(Awaitable[list[bytes]], self.redis.hvals(self.key("book", _s(slot))))
@@ -368,12 +579,6 @@ class RegionState:
 
     async def drop_claim(self, kind: Literal["clear", "reconcile"], slot: Slot) -> None:
         await self.redis.delete(self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot)))
-
-    async def add_reading(self, slot: Slot, participant_id: str, encoded: bytes) -> ReadingResult:
-        keys = [self.key("readings", _s(slot)), self.key("claim", "reconcile", _s(slot)),
-                self.key("done", "reconcile")]
-        return cast(ReadingResult, (await self._add_reading(keys=keys, args=[participant_id, encoded, slot.end]))
-                    .decode())
 
     async def readings(self, slot: Slot) -> dict[str, bytes]:
         raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("readings", _s(slot))))

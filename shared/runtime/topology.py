@@ -2,7 +2,8 @@
 
 One durable topic exchange ``microte``; routing keys start with the region:
 
-- ``<region>.in.<kind>``: requests from participants (order, cancel, reading, member, finish)
+- ``<region>.in.<kind>``: requests from participants (order, cancel, reading, member, finish,
+  batch: a household's whole round, or many households' from their aggregator)
 - ``<region>.to.<participant>.<kind>``: answers to one participant
 - ``<region>.fact.<kind>``: facts between services (round_started, slot_cleared, ...)
 
@@ -62,13 +63,14 @@ def parse_key(region: str, routing_key: str) -> tuple[str, str, str] | None:
 
 
 # Request kinds and the message types they carry.
-ORDER, CANCEL, READING, MEMBER, FINISH = "order", "cancel", "reading", "member", "finish"
+ORDER, CANCEL, READING, MEMBER, FINISH, BATCH = "order", "cancel", "reading", "member", "finish", "batch"
 # Fact kinds.
 ROUND_STARTED, SLOT_CLEARED, SLOT_RECONCILED, SLOT_RECORDED = (
     "round_started", "slot_cleared", "slot_reconciled", "slot_recorded")
 # Answer kinds.
 ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEMENT, MEMBERSHIP = (
     "order_accepted", "order_cancelled", "rejected", "reading_accepted", "settlements", "statement", "membership")
+# A batch's answers come back on the batch kind too: ``<region>.to.<sender>.batch``.
 
 
 def service_queue(region: str, service: str, first_key: str, *, single_active: bool = False) -> RabbitQueue:

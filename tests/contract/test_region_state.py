@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.market import Slot
-from shared.runtime.state import RegionState
+from shared.runtime.state import IntakeOp, ReadingOp, RegionState, RegionStateLost
 
 REDIS_URL = os.environ.get("MICROTE_REDIS_URL", "redis://127.0.0.1:6379/0")
 D = 60
@@ -25,22 +25,41 @@ async def state() -> AsyncIterator[RegionState]:
     except OSError as exc:
         pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); run scripts/services.sh redis")
     region = "t" + secrets.token_hex(4)
-    yield RegionState(redis, region)
+    state = RegionState(redis, region)
+    await state.create_generation("g0")
+    await state.join([(p, None) for p in ("p", "p1", "p2", "p3", "q")], 0)
+    yield state
     keys = [k async for k in redis.scan_iter(match=f"mt:\\{{{region}\\}}:*")]
     if keys:
         await redis.delete(*keys)
     await redis.aclose()
 
 
+async def insert(state: RegionState, slot: Slot, round_start: int, pid: str, coid: str, oid: str, body: bytes
+                 ) -> tuple[str, str]:
+    """One order, as order-intake writes it: ("ok" | "duplicate" | "moved", the order's body)."""
+    found = await state.apply_intake([IntakeOp("o", pid, slot, client_order_id=coid, order_id=oid, body=body)],
+                                     round_start=round_start, now_ms=0)
+    if found is None:
+        return "moved", ""
+    status, value = found[0]
+    return status, value.decode()
+
+
+async def add_reading(state: RegionState, slot: Slot, pid: str, body: bytes, sender: str = "") -> str:
+    _, found = await state.apply_readings([ReadingOp(pid, slot, body, sender=sender)])
+    return found[0][0]
+
+
 async def test_no_order_slips_in_after_its_round_moved_on(state: RegionState) -> None:
     assert await state.advance_round(600, 1, 0)
     slot = Slot(720, 780)
     outcomes = await asyncio.gather(
-        *(state.insert_order(slot, 600, "p", f"c{i}", f"o{i}", b"x") for i in range(30)),
+        *(insert(state, slot, 600, "p", f"c{i}", f"o{i}", b"x") for i in range(30)),
         state.advance_round(660, 1, 0),
-        *(state.insert_order(slot, 600, "p", f"d{i}", f"q{i}", b"x") for i in range(30)),
+        *(insert(state, slot, 600, "p", f"d{i}", f"q{i}", b"x") for i in range(30)),
     )
-    inserted = {o[1] for o in outcomes if isinstance(o, tuple) and o[0] == "ok"}
+    inserted = [o for o in outcomes if isinstance(o, tuple) and o[0] == "ok"]
     moved = [o for o in outcomes if isinstance(o, tuple) and o[0] == "moved"]
     assert len(inserted) + len(moved) == 60
     assert len(await state.book(slot)) == len(inserted)  # every ok is in the book, nothing else
@@ -49,10 +68,10 @@ async def test_no_order_slips_in_after_its_round_moved_on(state: RegionState) ->
 async def test_a_client_order_id_is_stored_once(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
     slot = Slot(720, 780)
-    first = await state.insert_order(slot, 600, "p", "c1", "o1", b"x")
-    again = await state.insert_order(slot, 600, "p", "c1", "o2", b"y")
-    assert first == ("ok", "o1")
-    assert again == ("duplicate", "o1")
+    first = await insert(state, slot, 600, "p", "c1", "o1", b"x")
+    again = await insert(state, slot, 600, "p", "c1", "o2", b"y")
+    assert first == ("ok", "")
+    assert again == ("duplicate", "x")  # the order that stands
     assert await state.book(slot) == [b"x"]
 
 
@@ -79,10 +98,10 @@ async def test_the_lease_has_one_holder_and_every_taking_raises_the_fence(state:
 async def test_readings_are_refused_once_their_slot_is_claimed_for_reconciliation(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
     slot = Slot(600, 660)
-    assert await state.add_reading(slot, "p1", b"r1") == "ok"
-    assert await state.add_reading(slot, "p1", b"r1-again") == "duplicate"
+    assert await add_reading(state, slot, "p1", b"r1") == "ok"
+    assert await add_reading(state, slot, "p1", b"r1-again") == "duplicate"
     assert await state.claim("reconcile", slot, "replica-a") == "new"
-    assert await state.add_reading(slot, "p2", b"r2") == "reconciled"
+    assert await add_reading(state, slot, "p2", b"r2") == "reconciled"
     assert await state.readings(slot) == {"p1": b"r1"}
 
 
@@ -95,7 +114,7 @@ async def test_a_claim_belongs_to_one_replica_until_it_finishes(state: RegionSta
     await state.finish_reconciling(slot)
     assert await state.claim("reconcile", slot, "b") == "done"
     assert await state.reconciled_upto() == 660
-    assert await state.add_reading(slot, "p3", b"r3") == "reconciled"
+    assert await add_reading(state, slot, "p3", b"r3") == "reconciled"
 
 
 async def test_finishing_a_slot_that_was_cleaned_up_leaves_no_key(state: RegionState) -> None:
@@ -138,8 +157,7 @@ async def test_bad_input_is_counted_per_sender_and_day_worst_first(state: Region
 
 async def test_forgetting_everything_keeps_only_a_rebuild_in_progress(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
-    await state.join("p", 0)
-    await state.create_generation("g1")
+    await state.join([("p", None)], 0)
     assert await state.lock_rebuild("me", 10_000)
     assert await state.forget_everything() >= 3
     assert await state.generation() is None and await state.current_round() is None
@@ -151,9 +169,86 @@ async def test_forgetting_everything_keeps_only_a_rebuild_in_progress(state: Reg
 async def test_a_reading_accepted_before_is_a_duplicate_even_once_its_slot_is_reconciled(state: RegionState) -> None:
     """Its first answer may have been lost in an outage: the repeat must be answered alike."""
     slot = Slot(600, 660)
-    assert await state.add_reading(slot, "p", b"r1") == "ok"
+    assert await add_reading(state, slot, "p", b"r1") == "ok"
     assert await state.claim("reconcile", slot, "a") == "new"
     await state.finish_reconciling(slot)
-    assert await state.add_reading(slot, "p", b"r2") == "duplicate"
-    assert await state.add_reading(slot, "q", b"r3") == "reconciled"
+    assert await add_reading(state, slot, "p", b"r2") == "duplicate"
+    assert await add_reading(state, slot, "q", b"r3") == "reconciled"
     assert (await state.readings(slot))["p"] == b"r1"
+
+
+async def test_a_batch_is_written_whole_or_not_at_all_when_its_round_moved(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    slot = Slot(720, 780)
+    ops = [IntakeOp("o", "p1", slot, client_order_id="c1", order_id="o1", body=b"x"),
+           IntakeOp("f", "p1", round_start=600)]
+    assert await state.apply_intake(ops, round_start=540, now_ms=0) is None
+    assert await state.book(slot) == [] and await state.finished_count(600) == 0
+    assert await state.apply_intake(ops, round_start=600, now_ms=0) == [("ok", b""), ("ok", b"")]
+    assert await state.book(slot) == [b"x"] and await state.finished(600) == {"p1"}
+
+
+async def test_an_agent_acts_only_for_the_members_registered_to_it(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    await state.join([("h1", "agg1"), ("h2", "agg2")], 0)
+    slot = Slot(720, 780)
+    ops = [IntakeOp("o", pid, slot, client_order_id="c1", order_id=f"o-{pid}", body=pid.encode(), sender="agg1")
+           for pid in ("h1", "h2", "stranger")] + [IntakeOp("f", "h2", round_start=600, sender="agg1")]
+    found = await state.apply_intake(ops, round_start=600, now_ms=0)
+    assert [status for status, _ in found or []] == ["ok", "not_entitled", "not_entitled", "not_entitled"]
+    assert await state.book(slot) == [b"h1"] and await state.finished_count(600) == 0
+    assert await add_reading(state, Slot(600, 660), "h2", b"r", sender="agg1") == "not_entitled"
+    assert await add_reading(state, Slot(600, 660), "h1", b"r", sender="agg1") == "ok"
+    await state.leave("h1")  # leaving ends the agent's right too
+    await state.join([("h1", None)], 0)
+    assert await add_reading(state, Slot(660, 720), "h1", b"r", sender="agg1") == "not_entitled"
+
+
+async def test_non_members_are_refused_and_nothing_is_written(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    slot = Slot(720, 780)
+    found = await state.apply_intake([IntakeOp("o", "nobody", slot, client_order_id="c", order_id="o", body=b"x"),
+                                      IntakeOp("f", "nobody", round_start=600)], round_start=600, now_ms=0)
+    assert found == [("not_a_member", b""), ("not_a_member", b"")]
+    assert await add_reading(state, Slot(600, 660), "nobody", b"r") == "not_a_member"
+    assert await state.book(slot) == [] and await state.readings(Slot(600, 660)) == {}
+
+
+async def test_cancels_answer_unknown_closed_ok_and_gone(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    slot = Slot(720, 780)
+    await insert(state, slot, 600, "p", "c1", "o1", b"x")
+
+    def cancel(coid: str, closed: bool = False) -> IntakeOp:
+        return IntakeOp("c", "p", slot, client_order_id=coid, gate_closed=closed)
+
+    found = await state.apply_intake([cancel("nope"), cancel("c1", closed=True), cancel("c1"), cancel("c1")],
+                                     round_start=600, now_ms=0)
+    assert found == [("unknown", b""), ("closed", b"o1"), ("ok", b"o1"), ("gone", b"o1")]
+    assert await state.book(slot) == []
+    assert (await insert(state, slot, 600, "p", "c1", "o1", b"x"))[0] == "cancelled"  # its id stays used
+
+
+async def test_the_finish_the_clock_waits_for_wakes_it_and_earlier_ones_do_not(state: RegionState) -> None:
+    assert not await state.wait_wake(0.1)
+    await state.await_finishes(600, 2)
+    await state.apply_intake([IntakeOp("f", "p", round_start=600)], round_start=None, now_ms=0)
+    assert not await state.wait_wake(0.1)
+    await state.apply_intake([IntakeOp("f", "q", round_start=600)], round_start=None, now_ms=0)
+    assert await state.wait_wake(1.0)
+    assert await state.finished_count(600) == 2
+
+
+async def test_sequence_numbers_are_reserved_in_blocks_that_never_overlap(state: RegionState) -> None:
+    views = await asyncio.gather(*(state.intake_view(n) for n in (3, 1, 5, 2)))
+    numbers = [x for (_, _, first), n in zip(views, (3, 1, 5, 2), strict=True) for x in range(first, first + n)]
+    assert sorted(numbers) == list(range(1, 12))
+
+
+async def test_a_state_without_its_generation_is_never_written(state: RegionState) -> None:
+    await state.redis.delete(state.key("gen"))
+    with pytest.raises(RegionStateLost):
+        await state.apply_intake([IntakeOp("f", "p", round_start=600)], round_start=None, now_ms=0)
+    with pytest.raises(RegionStateLost):
+        await state.apply_readings([ReadingOp("p", Slot(600, 660), b"r")])
+    assert await state.finished_count(600) == 0 and await state.readings(Slot(600, 660)) == {}

@@ -27,7 +27,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def exported_metrics() -> dict[str, str]:
-    """Metric name -> the source section ('services', 'faststream', 'rabbitmq') it is listed under."""
+    """Metric name -> the source section ('services', 'rabbitmq') it is listed under."""
     source, names = "", {}
     for line in (HERE / "exported_metrics.txt").read_text().splitlines():
         line = line.strip()
@@ -111,10 +111,10 @@ def test_the_promql_reader_finds_metric_names_and_nothing_else() -> None:
 
 def test_the_exported_metric_list_follows_the_prometheus_naming_conventions() -> None:
     metrics = exported_metrics()
-    assert set(metrics.values()) == {"services", "faststream", "rabbitmq"}
+    assert set(metrics.values()) == {"services", "rabbitmq"}
     for name, source in metrics.items():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
-        assert name.startswith({"services": "microte_", "faststream": "faststream_", "rabbitmq": "rabbitmq_"}[source])
+        assert name.startswith({"services": "microte_", "rabbitmq": "rabbitmq_"}[source])
         assert not name.endswith((*HISTOGRAM_SUFFIXES, "_created")), f"{name}: list histograms by base name"
         # base units (seconds, joules, bytes); a price may be quoted per kWh, as tariffs are
         assert not re.search(r"_(milliseconds|ms|minutes|hours)(_|$)|(?<!_per)_k?wh(_|$)", name), f"{name}: base units"
@@ -330,14 +330,15 @@ def test_the_market_dashboard_shows_prices_volumes_and_grid_exchange() -> None:
 
 def test_the_operations_dashboard_shows_rates_latencies_queues_errors_rounds_and_the_ledger() -> None:
     assert {
-        "faststream_received_messages_total",
-        "faststream_received_processed_messages_duration_seconds",
+        "microte_messages_received_total",
+        "microte_batch_duration_seconds",
+        "microte_batch_size",
         "microte_order_ack_latency_seconds",
         "microte_clearing_duration_seconds",
         "rabbitmq_queue_messages_ready",
         "rabbitmq_queue_consumers",
         "microte_dead_letters_total",
-        "faststream_received_processed_messages_exceptions_total",
+        "microte_handler_failures_total",
         "microte_round_duration_seconds",
         "microte_ledger_backlog_records",
         "microte_ledger_energy_imbalance_joules",

@@ -56,6 +56,18 @@ SAMPLES: dict[type[t.Message], t.Message] = {
     t.SlotReconciled: t.SlotReconciled(region="r1", slot=SLOT, reconciled_at_ms=720_000, missing_readings=["p9"],
                                        entries=[ENTRY]),
     t.SlotRecorded: t.SlotRecorded(region="r1", slot=SLOT, entry_count=1),
+    t.SubmitBatch: t.SubmitBatch(region="r1", participant_id="agg1", batch_id="b1", items=[
+        t.ParticipantRound(participant_id="p1", cancels=[t.CancelItem(client_order_id="c0", slot=SLOT)],
+                           orders=[t.OrderItem(client_order_id="c1", side="bid", quantity_wh=1500, price="0.1449",
+                                               source="solar", slot=SLOT)],
+                           reading=t.ReadingItem(slot=SLOT, import_wh=300, export_wh={"solar": 2}),
+                           finish_round=540),
+        t.ParticipantRound(participant_id="p2", finish_round=540)]),
+    t.RoundFinished: t.RoundFinished(region="r1", participant_id="p1", round_start=540),
+    t.BatchAnswered: t.BatchAnswered(region="r1", participant_id="agg1", batch_id="b1", service="order-intake",
+                                     answers=[t.RoundFinished(region="r1", participant_id="p1", round_start=540),
+                                              t.Rejected(region="r1", participant_id="p2", request="SubmitOrder",
+                                                         reason="not_entitled")]),
 }
 
 

@@ -1,0 +1,169 @@
+"""The scaffold's inbound path with in-memory deliveries: what the prefetch window holds is
+admitted, then handled in runs that keep arrival order; a delivery is acknowledged only
+after its handler returned; a batch that fails on its merits is tried one message at a time
+so that only the message at fault is dead-lettered. (End to end, with the real broker and
+Redis: tests/e2e and tests/faults.)"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from shared.messages import encode
+from shared.messages import types as t
+from shared.runtime.service import Batch, Service
+from shared.runtime.settings import from_env
+
+REGION = "r1"
+SLOT = t.Slot(600, 660)
+
+
+@dataclass
+class Delivery:
+    """What the scaffold reads of an aio-pika delivery."""
+
+    routing_key: str
+    body: bytes
+    log: list[str]
+    headers: dict[str, Any] = field(default_factory=dict)
+    user_id: str | None = None
+    message_id: str = "m"
+    content_type: str = "application/msgpack"
+    channel: Any = None
+    delivery_tag: int = 0
+
+    async def ack(self, multiple: bool = False) -> None:
+        self.log.append(f"ack {self.delivery_tag}{'+' if multiple else ''}")
+
+
+def order(pid: str, coid: str) -> t.SubmitOrder:
+    return t.SubmitOrder(region=REGION, participant_id=pid, client_order_id=coid, side="bid", quantity_wh=100,
+                         price="0.1", source="solar", slot=SLOT)
+
+
+class Recorder:
+    def __init__(self, log: list[str], fail_on: str = "", outage_once: bool = False) -> None:
+        self.log = log
+        self.fail_on = fail_on
+        self.outage_once = outage_once
+
+    async def orders(self, messages: list[t.SubmitOrder]) -> None:
+        if self.outage_once:
+            self.outage_once = False
+            raise ConnectionError("redis went away")
+        if any(m.client_order_id == self.fail_on for m in messages):
+            raise ValueError(f"cannot handle {self.fail_on}")
+        self.log.append("orders " + ",".join(m.client_order_id for m in messages))
+
+    async def join(self, m: t.JoinMarket) -> None:
+        self.log.append(f"join {m.participant_id}")
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch) -> Service:
+    svc = Service("order-intake", from_env({"MICROTE_REGION": REGION, "MICROTE_SERVICE_KEY": "k" * 40}), 0)
+    svc.needs_state = False
+    dead: list[str] = []
+
+    async def dead_letter(msg: Any, reason: str, *, ack: bool = True) -> None:
+        dead.append(reason)
+        if ack:
+            await msg.ack()
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    async def no_probe() -> list[str]:
+        return []
+
+    published: list[tuple[t.Message, str]] = []
+
+    async def publish(message: t.Message, key: str) -> None:
+        published.append((message, key))
+
+    monkeypatch.setattr(svc, "publish", publish)
+    svc.published = published  # type: ignore[attr-defined]
+    monkeypatch.setattr(svc, "dead_letter", dead_letter)
+    monkeypatch.setattr(svc.state, "count_bad_input", nothing)
+    monkeypatch.setattr(svc, "_away", no_probe)
+    svc.dead = dead  # type: ignore[attr-defined]
+    return svc
+
+
+def wire(svc: Service, recorder: Recorder) -> Any:
+    requests = Batch(recorder.orders)
+    svc.consume({svc.keys.request("order"): {t.SubmitOrder: requests},
+                 svc.keys.request("member"): {t.JoinMarket: recorder.join}})
+    return svc._consumers[-1].routes
+
+
+TAGS = iter(range(1, 1_000_000))
+
+
+def deliveries(log: list[str], *messages: t.Message) -> list[Any]:
+    out = []
+    for m in messages:
+        kind = "member" if isinstance(m, t.JoinMarket) else "order"
+        out.append(Delivery(f"{REGION}.in.{kind}", encode(m), log, delivery_tag=next(TAGS)))
+    return out
+
+
+async def test_runs_keep_arrival_order_and_the_drain_is_acknowledged_once_after_every_run(service: Service) -> None:
+    log: list[str] = []
+    routes = wire(service, Recorder(log))
+    drained = deliveries(log, t.JoinMarket(region=REGION, participant_id="a"), order("a", "o1"), order("a", "o2"),
+                         t.JoinMarket(region=REGION, participant_id="b"), order("b", "o3"))
+    await service._process(drained, routes)
+    # every run, in arrival order, then one acknowledgement of the last delivery and all before it
+    assert log == ["join a", "orders o1,o2", "join b", "orders o3", f"ack {drained[-1].delivery_tag}+"]
+
+
+async def test_a_batch_failing_on_its_merits_is_tried_alone_and_only_the_bad_message_is_dead_lettered(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
+    log: list[str] = []
+    routes = wire(service, Recorder(log, fail_on="bad"))
+    drained = deliveries(log, order("a", "o1"), order("a", "bad"), order("b", "o2"))
+    await service._process(drained, routes)
+    assert log == ["orders o1", "orders o2", f"ack {drained[-1].delivery_tag}+"]  # the bad one is covered too
+    assert len(service.dead) == 1 and "cannot handle bad" in service.dead[0]  # type: ignore[attr-defined]
+
+
+async def test_an_outage_keeps_the_run_and_tries_it_again_whole(service: Service,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
+    log: list[str] = []
+    routes = wire(service, Recorder(log, outage_once=True))
+    drained = deliveries(log, order("a", "o1"), order("b", "o2"))
+    await service._process(drained, routes)
+    assert log == ["orders o1,o2", f"ack {drained[-1].delivery_tag}+"]
+    assert service.dead == []  # type: ignore[attr-defined]
+
+
+async def test_a_message_on_a_key_it_does_not_belong_on_never_reaches_a_handler(service: Service) -> None:
+    log: list[str] = []
+    routes = wire(service, Recorder(log))
+    wrong = Delivery(f"{REGION}.in.member", encode(order("a", "o1")), log, delivery_tag=next(TAGS))  # wrong key
+    right = deliveries(log, order("a", "o2"))
+    await service._process([wrong, *right], routes)
+    assert log == [f"ack {wrong.delivery_tag}", "orders o2", f"ack {right[0].delivery_tag}+"]
+    (answer, key), = service.published  # type: ignore[attr-defined]
+    assert isinstance(answer, t.Rejected) and answer.reason == "malformed" and key == f"{REGION}.to.a.rejected"
+
+
+async def test_the_worker_drains_at_most_the_prefetch_window_per_run(service: Service) -> None:
+    log: list[str] = []
+    recorder = Recorder(log)
+    service.consume({service.keys.request("order"): {t.SubmitOrder: Batch(recorder.orders)}}, prefetch=2)
+    consumer = service._consumers[-1]
+    for d in deliveries(log, *(order("a", f"o{i}") for i in range(5))):
+        consumer.inbox.put_nowait(d)
+    worker = asyncio.create_task(service._work(consumer))
+    while len(log) < 6:
+        await asyncio.sleep(0)  # yield to the worker until it has handled and settled all five
+    worker.cancel()
+    assert [line for line in log if not line.startswith("ack")] == ["orders o0,o1", "orders o2,o3", "orders o4"]
+    assert sum(line.startswith("ack") for line in log) == 3  # one per drain
