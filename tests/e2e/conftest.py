@@ -15,7 +15,7 @@ import pytest
 
 from services.demo import During, simulate
 from services.ensemble import purge_region
-from services.participants.community import Tally
+from services.participants.community import Tally, agent_ids
 from services.participants.profiles import community
 from shared.runtime.ledger import LedgerStore, open_ledger
 from shared.runtime.settings import from_env
@@ -63,13 +63,14 @@ async def pg_url() -> AsyncIterator[str]:
     await admin.close()
 
 
-async def run(env: dict[str, str], tmp_path: Path, during: During | None = None, replicas: int = 1) -> Tally:
+async def run(env: dict[str, str], tmp_path: Path, during: During | None = None, replicas: int = 1,
+              aggregators: int = 0) -> Tally:
     settings = from_env(env)
-    ids = [h.participant_id for h in community(PARTICIPANTS, SEED)]
+    ids = [h.participant_id for h in community(PARTICIPANTS, SEED)] + agent_ids(aggregators)
     await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
     try:
         return await simulate(env, participants=PARTICIPANTS, seed=SEED, log_dir=tmp_path / "logs", during=during,
-                              replicas=replicas)
+                              replicas=replicas, aggregators=aggregators)
     finally:
         await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
 
