@@ -38,7 +38,7 @@ def _simulate(args: argparse.Namespace) -> int:
     settings = from_env()
     homes = community(args.participants, args.seed)
     tally = asyncio.run(Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
-                                  max_rounds=args.rounds).run())
+                                  max_rounds=args.rounds, aggregators=args.aggregators).run())
     print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, rejections {dict(tally.rejections)}")
     return 0
 
@@ -149,14 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--seed", type=int, default=7)
     sim.add_argument("--rounds", type=int, default=0,
                      help="leave after this many rounds (default: when the clock's last round is recorded)")
+    sim.add_argument("--aggregators", type=int, default=1,
+                     help="aggregators submitting one batch a round for their households (0: one message each)")
     sim.set_defaults(run=_simulate)
     demo = sub.add_parser("demo", help="start the five services, simulate a community, report")
     demo.add_argument("--participants", type=int, default=20)
     demo.add_argument("--rounds", type=int, default=1440, help="rounds to simulate (1440 x 60 s = one day)")
     demo.add_argument("--round-seconds", type=int, default=60)
-    demo.add_argument("--aggregators", type=int, default=0,
-                      help="households act through this many aggregators, each submitting one batch a round for "
-                           "all of its households (default 0: every household sends its own requests)")
+    demo.add_argument("--aggregators", type=int, default=1,
+                      help="the households act through this many aggregators, each submitting one batch a round "
+                           "for all of its households (default 1: the community as one aggregator; 0: every "
+                           "household sends its own requests, one message each)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--start", default="2026-06-21T00:00", help="local market time of the first round")
     demo.add_argument("--timezone", default="America/Vancouver")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 import msgspec
 
@@ -23,7 +23,7 @@ from shared.messages.convert import (
 )
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service, now_ms
-from shared.runtime.state import ReadingOp
+from shared.runtime.state import ReadingOp, RegionState
 from shared.runtime.topology import BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
 
 
@@ -38,6 +38,8 @@ class MeterCollector:
         self.deadline_s = self.market.reading_deadline_s if realtime else 0
         self.realtime = realtime
         self._reconciling = asyncio.Lock()
+        self._active: set[str] = set()  # active members, as last read (see _next_ready)
+        self._active_at = -1e9
 
     async def on_readings(self, messages: list[t.SubmitReading | t.SubmitBatch]) -> None:
         """Every reading drained together, single requests and batches alike: checked by the
@@ -183,9 +185,18 @@ class MeterCollector:
         market_now = max(current[0], int(time.time())) if self.realtime else current[0]
         if market_now >= slot.end + self.deadline_s:
             return slot
-        active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
-        reported = set(await self.state.readings(slot))
-        return slot if active <= reported else None
+        # Counters first: every member reported (one round trip, O(1)); else the active
+        # members (read again at most every second) against who reported.
+        reported_count, member_count = await self.state.reading_and_member_count(slot)
+        if reported_count >= member_count:
+            return slot
+        now = time.monotonic()
+        if now - self._active_at >= 1.0:
+            self._active = await self.state.active_members(now_ms(), self.market.member_timeout_s * 1000)
+            self._active_at = now
+        if reported_count < len(self._active):
+            return None
+        return slot if self._active <= await self.state.reporters(slot) else None
 
     async def reconcile_slot(self, slot: Slot) -> bool:
         """False when another replica holds the slot."""
@@ -222,13 +233,20 @@ class MeterCollector:
                                       missing_readings=missing, entries=records,
                                       settled_wh=sum(s.quantity_wh for s in settlements),
                                       readings=[_as_original(a) for a in accepted])
-        parties = sorted({e.seller for e in entries} | {e.buyer for e in entries} - {"grid", "market"})
+        by_party: dict[str, list[t.EntryRecord]] = defaultdict(list)
+        for r in records:  # one pass: each party's entries, in the slot's order
+            for p in {r.seller, r.buyer} - {"grid", "market"}:
+                by_party[p].append(r)
+        statements = [t.Statement(region=region, participant_id=p, slot=wire_slot, entries=by_party[p])
+                      for p in sorted(by_party)]
+        direct, bundled = await _by_agent(self.state, statements)
+        keys = self.svc.keys
         # One batch of confirms: the broker syncs them to disk together.
-        await self.svc.publish_all([(reconciled, self.svc.keys.fact(SLOT_RECONCILED))] + [
-            (t.Statement(region=region, participant_id=p, slot=wire_slot,
-                         entries=[r for r in records if p in (r.seller, r.buyer)]), self.svc.keys.to(p, STATEMENT))
-            for p in parties
-        ])
+        await self.svc.publish_all([
+            (reconciled, keys.fact(SLOT_RECONCILED)),
+            *((s, keys.to(s.participant_id, STATEMENT)) for s in direct),
+            *((t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, statements=mine),
+               keys.to(agent, STATEMENT)) for agent, mine in bundled)])
         await self.state.finish_reconciling(slot)
         for e in entries:
             if e.kind is EntryKind.GRID_IMPORT:
@@ -251,6 +269,19 @@ class MeterCollector:
                                                 held=stage, failure=error[:1000]),
                                self.svc.keys.fact(SLOT_RECONCILED))
         await self.state.finish_reconciling(slot)
+
+
+async def _by_agent(state: RegionState, statements: list[t.Statement]
+                    ) -> tuple[list[t.Statement], list[tuple[str, list[t.Statement]]]]:
+    """The statements that go to their household, and those that go to its agent, by agent."""
+    agents = await state.agents()
+    direct, bundled = [], defaultdict(list)
+    for s in statements:
+        if (agent := agents.get(s.participant_id)) is None:
+            direct.append(s)
+        else:
+            bundled[agent].append(s)
+    return direct, sorted(bundled.items())
 
 
 def _as_original(stored: t.ReadingAccepted) -> t.ReadingAccepted:

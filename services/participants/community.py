@@ -169,6 +169,11 @@ class Aggregator:
             waiting = self.waiting.pop((message.batch_id, message.service), None)
             if waiting is not None and not waiting.done():
                 waiting.set_result(message)
+        elif isinstance(message, t.AgentBundle):  # its households' notices or statements, one message
+            inner: list[t.SettlementsNotice | t.Statement] = [*message.notices, *message.statements]
+            for each in inner:
+                if (p := self.members.get(each.participant_id)) is not None:
+                    await p.on_message(each)
         elif (p := self.members.get(getattr(message, "participant_id", ""))) is not None:
             await p.on_message(message)
 

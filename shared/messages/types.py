@@ -257,6 +257,16 @@ class Statement(Message, frozen=True):
     entries: list[EntryRecord]
 
 
+class AgentBundle(Message, frozen=True):
+    """The settlements notices, or the statements, of one slot for every household that acts
+    through an agent (``JoinMarket.agent``), in one message to the agent."""
+
+    participant_id: Id  # the agent
+    slot: Slot
+    notices: list[SettlementsNotice] = []
+    statements: list[Statement] = []
+
+
 # --- facts between services -----------------------------------------------------------
 
 
@@ -308,6 +318,6 @@ class SlotRecorded(Message, frozen=True):
 
 REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound, SubmitBatch)
 ANSWERS = (MemberJoined, MemberLeft, OrderAccepted, OrderCancelled, Rejected, ReadingAccepted, RoundFinished,
-           BatchAnswered, SettlementsNotice, Statement)
+           BatchAnswered, SettlementsNotice, Statement, AgentBundle)
 FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotRecorded)
 ALL_MESSAGES = REQUESTS + ANSWERS + FACTS

@@ -584,8 +584,17 @@ class RegionState:
         raw = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("readings", _s(slot))))
         return {p.decode(): v for p, v in raw.items()}
 
-    async def reading_count(self, slot: Slot) -> int:
-        return int(await self.redis.hlen(self.key("readings", _s(slot))))
+    async def reading_and_member_count(self, slot: Slot) -> tuple[int, int]:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hlen(self.key("readings", _s(slot)))
+        pipe.hlen(self.key("members"))
+        readings, members = await pipe.execute()
+        return int(readings), int(members)
+
+    async def reporters(self, slot: Slot) -> set[str]:
+        """Who has a reading of ``slot`` (the names only)."""
+        names = await cast(Awaitable[list[bytes]], self.redis.hkeys(self.key("readings", _s(slot))))
+        return {p.decode() for p in names}
 
     async def store_settlements(self, slot: Slot, encoded: bytes) -> None:
         await self.redis.set(self.key("settled", _s(slot)), encoded, nx=True)

@@ -64,6 +64,8 @@ SAMPLES: dict[type[t.Message], t.Message] = {
                            finish_round=540),
         t.ParticipantRound(participant_id="p2", finish_round=540)]),
     t.RoundFinished: t.RoundFinished(region="r1", participant_id="p1", round_start=540),
+    t.AgentBundle: t.AgentBundle(region="r1", participant_id="agg1", slot=SLOT, statements=[
+        t.Statement(region="r1", participant_id="p1", slot=SLOT, entries=[ENTRY])]),
     t.BatchAnswered: t.BatchAnswered(region="r1", participant_id="agg1", batch_id="b1", service="order-intake",
                                      answers=[t.RoundFinished(region="r1", participant_id="p1", round_start=540),
                                               t.Rejected(region="r1", participant_id="p2", request="SubmitOrder",
