@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 
-from shared.market import Slot, clear
-from shared.messages import decode_as
+from shared.market import Slot
 from shared.messages import types as t
-from shared.messages.convert import order_from_wire, settlement_to_wire, slot_from_wire, slot_to_wire
+from shared.messages.convert import by_agent, clear_wire_book, slot_from_wire, slot_to_wire
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service
 from shared.runtime.state import CLAIM_LEASE_MS
@@ -62,6 +60,7 @@ class Matcher:
     async def clear_slot(self, slot: Slot, matched_at_ms: int) -> None:
         """Deterministic: the book is frozen once its gate closed, so a redo gives the same bytes.
 
+        The book is cleared as columns (``clear_wire_book``), straight from its stored bytes.
         A book that cannot be cleared (it fails to decode, or clearing raises) fails every
         time: the slot is held instead (no settlements; see ``microte replay-slot``), and
         the region goes on."""
@@ -69,9 +68,8 @@ class Matcher:
         book = await self.state.book(slot)
         started = time.perf_counter()
         try:
-            orders = [order_from_wire(decode_as(raw, t.OrderAccepted)) for raw in book]
-            settlements = clear(orders, region=region, slot=slot, rule=self.market.rule, matched_at_ms=matched_at_ms)
-            records = [settlement_to_wire(s) for s in settlements]
+            cleared = clear_wire_book(book, region=region, slot=slot, rule=self.market.rule,
+                                      matched_at_ms=matched_at_ms)
         except Exception as exc:
             await self.svc.state_ready()  # unless what failed was read from a state lost meanwhile
             await self.hold(slot, matched_at_ms, len(book), f"{type(exc).__name__}: {exc}")
@@ -79,31 +77,31 @@ class Matcher:
         metrics.clearing_duration.labels(region).observe(time.perf_counter() - started)
         await self.svc.state_ready()  # the book was read from the state it still has
         wire_slot = slot_to_wire(slot)
-        by_party: dict[str, list[t.SettlementRecord]] = defaultdict(list)
-        for record in records:
-            by_party[record.buyer].append(record)
-            by_party[record.seller].append(record)
-        cleared = t.SlotCleared(region=region, slot=wire_slot, rule=str(self.market.rule),
-                                matched_at_ms=matched_at_ms, order_count=len(orders), settlements=records)
+        fact = t.SlotCleared(region=region, slot=wire_slot, rule=str(self.market.rule), matched_at_ms=matched_at_ms,
+                             order_count=cleared.order_count, settlements=cleared.records)
+        notices = [t.SettlementsNotice(region=region, participant_id=p, slot=wire_slot, settlements=mine)
+                   for p, mine in cleared.by_party]
+        # Households that act through an agent: one bundle for each agent.
+        direct, bundled = by_agent(notices, await self.state.agents())
+        keys = self.svc.keys
         # One batch of confirms: the broker syncs them to disk together.
-        await self.svc.publish_all([(cleared, self.svc.keys.fact(SLOT_CLEARED))] + [
-            (t.SettlementsNotice(region=region, participant_id=p, slot=wire_slot, settlements=mine),
-             self.svc.keys.to(p, SETTLEMENTS))
-            for p, mine in sorted(by_party.items())
-        ])
+        await self.svc.publish_all([
+            (fact, keys.fact(SLOT_CLEARED)),
+            *((n, keys.to(n.participant_id, SETTLEMENTS)) for n in direct),
+            *((t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, notices=mine),
+               keys.to(agent, SETTLEMENTS)) for agent, mine in bundled)])
         await self.state.finish_clearing(slot)
-        energy = sum(s.quantity_wh for s in settlements)
-        for side in ("bid", "ask"):
-            metrics.book_orders.labels(region, side).set(sum(1 for o in orders if o.side == side))
-        for s in settlements:
-            metrics.matched_energy.labels(region, s.source).inc(s.quantity_wh * JOULES_PER_WH)
-        metrics.settlements.labels(region).inc(len(settlements))
+        energy = cleared.energy_wh
+        metrics.book_orders.labels(region, "bid").set(cleared.bids)
+        metrics.book_orders.labels(region, "ask").set(cleared.asks)
+        for source, wh in cleared.energy_by_source.items():
+            metrics.matched_energy.labels(region, source).inc(wh * JOULES_PER_WH)
+        metrics.settlements.labels(region).inc(len(cleared.records))
         metrics.slot_matched_energy.labels(region).set(energy * JOULES_PER_WH)
         if energy:
-            paid = sum(s.buy_price * s.quantity_wh for s in settlements)
-            metrics.slot_price.labels(region).set(float(paid / energy))  # display only
-        self.svc.log.info("slot_cleared", slot=str(slot), orders=len(orders), settlements=len(settlements),
-                          energy_wh=energy)
+            metrics.slot_price.labels(region).set(float(cleared.paid / energy))  # display only
+        self.svc.log.info("slot_cleared", slot=str(slot), orders=cleared.order_count,
+                          settlements=len(cleared.records), energy_wh=energy)
 
     async def hold(self, slot: Slot, matched_at_ms: int, order_count: int, error: str) -> None:
         """A poison slot: say it is held, with why, so that the region goes on without it."""

@@ -14,6 +14,7 @@ from shared.messages import types as t
 from shared.messages.codec import encode
 from shared.messages.convert import (
     SourceRepeated,
+    by_agent,
     entry_to_wire,
     reading_from_wire,
     reading_to_wire,
@@ -23,7 +24,7 @@ from shared.messages.convert import (
 )
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service, now_ms
-from shared.runtime.state import ReadingOp, RegionState
+from shared.runtime.state import ReadingOp
 from shared.runtime.topology import BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
 
 
@@ -239,7 +240,7 @@ class MeterCollector:
                 by_party[p].append(r)
         statements = [t.Statement(region=region, participant_id=p, slot=wire_slot, entries=by_party[p])
                       for p in sorted(by_party)]
-        direct, bundled = await _by_agent(self.state, statements)
+        direct, bundled = by_agent(statements, await self.state.agents())
         keys = self.svc.keys
         # One batch of confirms: the broker syncs them to disk together.
         await self.svc.publish_all([
@@ -269,19 +270,6 @@ class MeterCollector:
                                                 held=stage, failure=error[:1000]),
                                self.svc.keys.fact(SLOT_RECONCILED))
         await self.state.finish_reconciling(slot)
-
-
-async def _by_agent(state: RegionState, statements: list[t.Statement]
-                    ) -> tuple[list[t.Statement], list[tuple[str, list[t.Statement]]]]:
-    """The statements that go to their household, and those that go to its agent, by agent."""
-    agents = await state.agents()
-    direct, bundled = [], defaultdict(list)
-    for s in statements:
-        if (agent := agents.get(s.participant_id)) is None:
-            direct.append(s)
-        else:
-            bundled[agent].append(s)
-    return direct, sorted(bundled.items())
 
 
 def _as_original(stored: t.ReadingAccepted) -> t.ReadingAccepted:

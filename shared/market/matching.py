@@ -12,14 +12,16 @@ priority within its pool, then by the ask's priority.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from itertools import compress
 
 import numpy as np
 
-from shared.market.numbers import half_ticks_to_price, ticks_to_price
+from shared.market.numbers import EXACT, TICKS_PER_DOLLAR, half_ticks_to_price, ticks_to_price
 from shared.market.orders import POOL_ORDER, SOURCE_POOLS, Order, Side
 from shared.market.timing import Slot
 from shared.market.walk import Fills, IntArray, walk
@@ -59,19 +61,24 @@ _SOURCE_CODES = {source: code for code, source in enumerate(_SOURCES)}
 _POOL_OF_CODE = np.array([POOL_ORDER.index(SOURCE_POOLS[s]) for s in _SOURCES], dtype=np.int64)
 _BID, _ASK = 0, 1
 _INT64_MAX = 2**63 - 1
+_ASK_TEXT = str(Side.ASK)
+_SIDES = frozenset({str(Side.BID), str(Side.ASK)})
 
 
 @dataclass(frozen=True, slots=True)
 class Book:
-    """One slot's orders as columns; row ``i`` is ``orders[i]``."""
+    """One slot's orders as columns. Built by ``from_orders``, row ``i`` is ``orders[i]``;
+    built by ``from_columns``, ``orders`` is empty and the columns are all there is."""
 
     orders: list[Order]
     is_ask: IntArray
     price: IntArray  # ticks
     qty: IntArray
     seq: IntArray
-    owner: IntArray
-    source: IntArray
+    owner: IntArray  # index into ``parties``
+    source: IntArray  # index into ``SOURCES``
+    order_ids: list[str]
+    parties: list[str]  # participant ids, in order of first appearance
 
     @classmethod
     def from_orders(cls, orders: Iterable[Order]) -> Book:
@@ -97,11 +104,60 @@ class Book:
                 seq=column(o.seq for o in rows),
                 owner=column(owners.setdefault(o.participant_id, len(owners)) for o in rows),
                 source=column(_SOURCE_CODES[o.source] for o in rows),
+                order_ids=[o.order_id for o in rows],
+                parties=list(owners),
             )
         except OverflowError:
             book = None
         if book is None or (n and int(book.qty.min()) < 1):
             raise ValueError(_out_of_range(rows))
+        return book
+
+    @classmethod
+    def from_columns(
+        cls,
+        *,
+        order_ids: list[str],
+        participant_ids: Sequence[str],
+        sides: Sequence[str],
+        quantity_wh: Sequence[int],
+        price_ticks: Sequence[int],
+        seq: Sequence[int],
+        sources: Sequence[str],
+    ) -> Book:
+        """The book ``from_orders`` builds from the same orders, row for row, straight
+        from their columns: no ``Order`` values.
+
+        Raises ValueError for a side that is not "bid" or "ask", a source that is not one
+        of ``SOURCES``, a quantity not in [1, 2**63 - 1] Wh, or price ticks or a sequence
+        that do not fit int64."""
+        n = len(order_ids)
+        if not (len(participant_ids) == len(sides) == len(quantity_wh) == len(price_ticks) == len(seq)
+                == len(sources) == n):
+            raise ValueError("the columns of a book must all have one row per order")
+        if not set(sides) <= _SIDES:
+            raise ValueError(f"a side must be 'bid' or 'ask', got {sorted(set(sides) - _SIDES)[:5]}")
+        unknown = set(sources) - _SOURCE_CODES.keys()
+        if unknown:
+            raise ValueError(f"a source must be one of {', '.join(_SOURCES)}, got {sorted(unknown)[:5]}")
+        parties = list(dict.fromkeys(participant_ids))  # in order of first appearance, as from_orders
+        owners = {p: code for code, p in enumerate(parties)}
+        try:
+            book = cls(
+                orders=[],
+                is_ask=np.fromiter(map(_ASK_TEXT.__eq__, sides), dtype=np.int64, count=n),
+                price=np.fromiter(price_ticks, dtype=np.int64, count=n),
+                qty=np.fromiter(quantity_wh, dtype=np.int64, count=n),
+                seq=np.fromiter(seq, dtype=np.int64, count=n),
+                owner=np.array(list(map(owners.__getitem__, participant_ids)), dtype=np.int64),
+                source=np.fromiter(map(_SOURCE_CODES.__getitem__, sources), dtype=np.int64, count=n),
+                order_ids=order_ids,
+                parties=parties,
+            )
+        except OverflowError:
+            book = None
+        if book is None or (n and int(book.qty.min()) < 1):
+            raise ValueError(_columns_out_of_range(order_ids, quantity_wh, price_ticks, seq))
         return book
 
     def ranked(self) -> dict[tuple[int, bool], IntArray]:
@@ -115,7 +171,7 @@ class Book:
                 for p in range(len(POOL_ORDER)) for a in (0, 1)}
 
     def _sort(self, group: IntArray, signed: IntArray) -> IntArray:
-        n = len(self.orders)
+        n = len(self.order_ids)
         if not n:
             return np.zeros(0, dtype=np.int64)
         # One int64 key (group | price | sequence) sorts in one pass when the values fit;
@@ -128,7 +184,7 @@ class Book:
             if not bool((ordered[1:] == ordered[:-1]).any()):
                 return rows
         keys: list[IntArray] = [self.seq, signed, group]
-        ids = np.array([o.order_id for o in self.orders])
+        ids = np.array(self.order_ids)
         keys.insert(0, np.unique(ids, return_inverse=True)[1].astype(np.int64))
         return np.lexsort(keys)
 
@@ -141,6 +197,19 @@ def _out_of_range(rows: list[Order]) -> str:
             return f"order {o.order_id} has price {o.price}: its ticks do not fit int64"
         if not -_INT64_MAX <= o.seq <= _INT64_MAX:
             return f"order {o.order_id} has seq {o.seq}, which does not fit int64"
+    return "an order does not fit the book's int64 columns"
+
+
+def _columns_out_of_range(
+    order_ids: list[str], quantity_wh: Sequence[int], price_ticks: Sequence[int], seq: Sequence[int]
+) -> str:
+    for i, order_id in enumerate(order_ids):
+        if not 1 <= quantity_wh[i] <= _INT64_MAX:
+            return f"order {order_id} has quantity_wh {quantity_wh[i]}; a book holds 1 to 2**63 - 1 Wh"
+        if not -_INT64_MAX <= price_ticks[i] <= _INT64_MAX:
+            return f"order {order_id} has price ticks {price_ticks[i]}, which do not fit int64"
+        if not -_INT64_MAX <= seq[i] <= _INT64_MAX:
+            return f"order {order_id} has seq {seq[i]}, which does not fit int64"
     return "an order does not fit the book's int64 columns"
 
 
@@ -183,7 +252,7 @@ def match_book(book: Book, rule: PricingRule) -> Fills:
         bids, asks = ranked[(pool, False)], ranked[(pool, True)]
         if not len(bids) or not len(asks):
             continue
-        rank = np.empty(len(book.orders), dtype=np.int64)
+        rank = np.empty(len(book.order_ids), dtype=np.int64)
         rank[bids] = np.arange(len(bids))
         parts = []
         present = (np.bincount(book.source[bids], minlength=len(_SOURCES)) > 0) & (
@@ -207,6 +276,126 @@ def _prices(rule: PricingRule, bid_ticks: int, ask_ticks: int) -> tuple[Decimal,
     if rule is PricingRule.PAY_AS_BID:
         return ticks_to_price(bid_ticks), ticks_to_price(ask_ticks)
     return ticks_to_price(bid_ticks), ticks_to_price(bid_ticks)
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementColumns:
+    """The settlements ``settlements_of`` makes of the same fills, as columns, row for
+    row: the same ids, and each price as its exact decimal text (``str(buy_price)``)."""
+
+    settlement_id: list[str]
+    source: list[str]
+    buyer: list[str]
+    seller: list[str]
+    bid_id: list[str]
+    ask_id: list[str]
+    quantity_wh: list[int]
+    buy_price: list[str]
+    sell_price: list[str]
+    buyer_code: IntArray  # index into the book's ``parties``
+    seller_code: IntArray
+    source_code: IntArray  # index into ``SOURCES``
+    buy_half_ticks: list[int]  # the buy price in half ticks
+    parties: list[str]
+
+    def __len__(self) -> int:
+        return len(self.settlement_id)
+
+    @property
+    def energy_wh(self) -> int:
+        return sum(self.quantity_wh)
+
+    def energy_by_source(self) -> dict[str, int]:
+        """Wh matched per source, for the sources that matched any."""
+        return {_SOURCES[code]: sum(compress(self.quantity_wh, (self.source_code == code).tolist()))
+                for code in np.unique(self.source_code).tolist()}
+
+    def paid(self) -> Decimal:
+        """The sum of ``buy_price * quantity_wh`` over the settlements, exactly."""
+        total = sum(map(operator.mul, self.buy_half_ticks, self.quantity_wh))
+        return EXACT.divide(Decimal(total), Decimal(2 * TICKS_PER_DOLLAR))
+
+    def by_party(self) -> tuple[list[str], IntArray, list[int]]:
+        """Each party's settlements (as buyer or seller), parties sorted by id: returns the
+        parties, the rows grouped by party in that order (each party's rows in matching
+        order), and bounds, so that ``rows[bounds[k]:bounds[k + 1]]`` are ``parties[k]``'s."""
+        # Buyer and seller of each row side by side: a stable sort by party keeps each
+        # party's rows in matching order.
+        codes = np.column_stack((self.buyer_code, self.seller_code)).ravel()
+        present = sorted(np.unique(codes).tolist(), key=self.parties.__getitem__)
+        rank = np.zeros(len(self.parties), dtype=np.int64)
+        rank[present] = np.arange(len(present))
+        party = rank[codes]
+        order = np.argsort(party, kind="stable")
+        bounds = np.searchsorted(party[order], np.arange(len(present) + 1)).tolist()
+        return [self.parties[code] for code in present], order // 2, bounds
+
+
+def settlement_columns(book: Book, fills: Fills, *, region: str, slot: Slot, rule: PricingRule) -> SettlementColumns:
+    """What ``settlements_of`` gives for ``fills`` of ``book``, as columns, without a
+    ``Settlement`` or a ``Decimal`` per fill: the prices are worked out once per value."""
+    fb, fa, fq = fills
+    ids, parties = np.array(book.order_ids, dtype=object), np.array(book.parties, dtype=object)
+    bid_ids, ask_ids = ids[fb].tolist(), ids[fa].tolist()
+    buyer_code, seller_code = book.owner[fb], book.owner[fa]
+    source_code = book.source[fb]
+    bid_ticks, ask_ticks = book.price[fb], book.price[fa]
+    buy, sell, buy_half = _price_texts(rule, bid_ticks, ask_ticks)
+    # settlement_id() of each fill: the same text hashed the same way, the common prefix once.
+    prefixed = hashlib.blake2b(f"{region}|{slot}|".encode(), digest_size=12)
+
+    def fill_id(bid_id: str, ask_id: str) -> str:
+        h = prefixed.copy()
+        h.update(f"{bid_id}|{ask_id}".encode())
+        return h.hexdigest()
+
+    return SettlementColumns(
+        settlement_id=list(map(fill_id, bid_ids, ask_ids)),
+        source=np.array(_SOURCES, dtype=object)[source_code].tolist(),
+        buyer=parties[buyer_code].tolist(),
+        seller=parties[seller_code].tolist(),
+        bid_id=bid_ids,
+        ask_id=ask_ids,
+        quantity_wh=fq.tolist(),
+        buy_price=buy,
+        sell_price=sell,
+        buyer_code=buyer_code,
+        seller_code=seller_code,
+        source_code=source_code,
+        buy_half_ticks=buy_half,
+        parties=book.parties,
+    )
+
+
+def _price_texts(rule: PricingRule, bid: IntArray, ask: IntArray) -> tuple[list[str], list[str], list[int]]:
+    """``str()`` of the prices ``_prices`` gives each fill, and the buy price in half ticks.
+
+    Each price depends on one number (midpoint: the sum of the ticks, in half ticks;
+    otherwise the bid's or the ask's ticks), so it is made once per distinct number. In
+    step with ``_prices``: tests/properties/test_columnar_core.py holds them to it."""
+    if rule is PricingRule.MIDPOINT:
+        if len(bid) and not (min(int(bid.min()), int(ask.min())) > -(1 << 61)
+                             and max(int(bid.max()), int(ask.max())) < 1 << 61):
+            # Sums that could wrap int64: Python ints, one fill at a time.
+            half = [b + a for b, a in zip(bid.tolist(), ask.tolist(), strict=True)]
+            mids = {h: str(half_ticks_to_price(h)) for h in set(half)}
+            texts = [mids[h] for h in half]
+            return texts, texts, half
+        sums = bid + ask
+        texts = _texts(sums, half_ticks_to_price)
+        return texts, texts, sums.tolist()
+    buy = _texts(bid, ticks_to_price)
+    sell = buy if rule is PricingRule.EQUAL_PRICE else _texts(ask, ticks_to_price)
+    return buy, sell, [2 * b for b in bid.tolist()]
+
+
+def _texts(values: IntArray, price: Callable[[int], Decimal]) -> list[str]:
+    if not len(values):
+        return []
+    distinct, where = np.unique(values, return_inverse=True)
+    texts = np.array([str(price(v)) for v in distinct.tolist()], dtype=object)
+    result: list[str] = texts[where].tolist()
+    return result
 
 
 def clear(

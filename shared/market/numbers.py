@@ -5,6 +5,7 @@ No binary float takes part in any of these: every conversion is exact or raises.
 
 from __future__ import annotations
 
+import re
 from decimal import Context, Decimal, Inexact, InvalidOperation
 
 PRICE_TICK = Decimal("0.0001")
@@ -52,6 +53,28 @@ def price_to_ticks(price: Decimal) -> int:
     if ticks != ticks.to_integral_value():
         raise InvalidPrice(f"price {price} is not on the {PRICE_TICK} tick")
     return int(ticks)
+
+
+# Plain decimal text ("0.1449", "-3", "12.50000"); anything else takes the Decimal route.
+# At most 24 whole digits: then ``price * TICKS_PER_DOLLAR`` of a price on the tick has at
+# most 28 significant digits, which ``price_to_ticks`` computes exactly too.
+_PLAIN_PRICE = re.compile(r"(-?)([0-9]{1,24})(?:\.([0-9]{1,60}))?")
+_TICK_DIGITS = 4  # TICKS_PER_DOLLAR = 10**4
+
+
+def text_to_ticks(text: str) -> int:
+    """``price_to_ticks(Decimal(text))``, exactly, without a Decimal for plain decimal text.
+
+    Raises what that raises: ``InvalidPrice`` for a price off the tick (or not finite),
+    ``decimal.InvalidOperation`` for text that is not a number at all."""
+    plain = _PLAIN_PRICE.fullmatch(text)
+    if plain is not None:
+        sign, whole, fraction = plain.groups()
+        fraction = fraction or ""
+        if not fraction[_TICK_DIGITS:].strip("0"):
+            ticks = int(whole) * TICKS_PER_DOLLAR + int(fraction[:_TICK_DIGITS].ljust(_TICK_DIGITS, "0"))
+            return -ticks if sign else ticks
+    return price_to_ticks(Decimal(text))
 
 
 def ticks_to_price(ticks: int) -> Decimal:
