@@ -455,11 +455,6 @@ class PrivateRabbit(PrivateServer):
     def _argv(self) -> list[str]:
         return [str(self.scripts / "rabbitmq-server")]
 
-    def ctl(self, *args: str) -> str:
-        """One ``rabbitmqctl`` command against this node (as the broker sees it: consumers,
-        their prefetch, queues), with the node's own cookie."""
-        return _run([str(self.scripts / "rabbitmqctl"), "-n", self.node, "-q", *args], env=self._env()).stdout
-
     def _ready(self) -> bool:
         """The AMQP port answers the protocol header with Connection.Start (a method frame),
         and the boot-time definitions, if any, are imported (the listener opens first)."""

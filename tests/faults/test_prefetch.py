@@ -37,12 +37,8 @@ async def test_every_service_consumes_with_the_prefetch_its_code_sets(servers: S
     ensemble = Ensemble(env, tmp_path / "logs")
     try:
         await ensemble.start_all(tuple(n for n in SERVICES if n != "clock"))
-        rows = servers.rabbit.ctl("list_consumers", "queue_name", "prefetch_count")
-        found = {}
-        for line in rows.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] in expected:
-                found[parts[0]] = int(parts[1])
+        found = {str(c["queue_name"]): int(c["prefetch_count"]) for c in servers.rabbit.consumers()
+                 if c["queue_name"] in expected}
         expected.pop(f"microte.{region}.clock")
         assert found == expected, f"prefetch as the broker applies it: {found}, as the code sets it: {expected}"
     finally:
