@@ -1,5 +1,5 @@
 # The verbs the README names. Each one installs what it needs first.
-.PHONY: simulate test lint unit faults bench venv services clean
+.PHONY: simulate test lint unit faults bench bench-ensemble bench-matcher venv services clean
 
 VENV := .venv/bin
 ARGS ?=
@@ -26,6 +26,14 @@ faults: venv  ## the fault suite alone: private servers, faults and attacks at r
 
 bench: venv  ## the clearing benchmark (README, "Benchmarks")
 	$(VENV)/python bench/clearing.py $(ARGS)
+
+bench-ensemble: venv  ## the five services as processes against a bare-RabbitMQ floor (README, "Benchmarks")
+	@scripts/services.sh rabbitmq redis
+	$(VENV)/python bench/ensemble.py $(ARGS)
+
+bench-matcher: venv  ## the matcher benchmark: a slot read from Redis, cleared and published, objects vs columns
+	@scripts/services.sh rabbitmq redis
+	$(VENV)/python bench/matcher.py $(ARGS)
 
 venv:
 	@scripts/bootstrap.sh

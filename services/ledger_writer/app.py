@@ -38,7 +38,9 @@ def create(settings: Settings) -> Service:
 
     async def open_store() -> None:
         await store.open()
-        writer.attach(Batcher(store, after_commit=writer.after_commit))
+        # No linger: the service hands over everything its queue held at once (a drain),
+        # so waiting for more would only delay the commit, and the round, by the linger.
+        writer.attach(Batcher(store, after_commit=writer.after_commit, linger_s=0.0))
 
     svc.on_start(open_store)
     svc.probe("ledger", store.ping)
