@@ -94,6 +94,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from clearing import cpu_model  # noqa: E402  (bench/clearing.py, beside this file)
+
 from services.ensemble import Ensemble, purge_region  # noqa: E402
 from services.participants.community import Community, agent_ids  # noqa: E402
 from services.participants.profiles import community  # noqa: E402
@@ -116,16 +118,6 @@ Key = Hashable
 
 
 # --- the machine ---------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def version(package: str) -> str:
