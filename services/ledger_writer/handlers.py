@@ -66,7 +66,8 @@ class LedgerWriter:
         if isinstance(m, t.RoundStarted):
             return RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)])
         if isinstance(m, t.MemberJoined):
-            return RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)])
+            return RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)],
+                               agents=[(m.region, m.participant_id, m.agent, m.joined_at_ms)] if m.agent else [])
         if isinstance(m, t.MemberLeft):
             return RecordBatch(memberships=[(m.region, m.participant_id, "left", m.left_at_ms)])
         if isinstance(m, t.SlotCleared):

@@ -9,7 +9,8 @@ with ``RegionState.restore``, generation last. The services then go on where the
 
 - the current round, its fence (the clock takes the lease again above it), the first
   round, the reconciliation watermark and the acceptance sequence;
-- the members (each seen now, so that no one times out for the outage);
+- the members (each seen now, so that no one times out for the outage), and the agent each
+  named when it joined;
 - the book and the client order ids of every slot not yet reconciled;
 - the readings of every slot not yet reconciled;
 - the clearing of every slot whose gate closed before the current round and which is not
@@ -44,7 +45,8 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
     rounds = await store.rounds(region)
     orders = await store.orders(region)
     cancelled = set(await store.cancelled_orders(region))
-    snap = Snapshot(members=await store.members(region), seq=max((o.seq for o in orders), default=0))
+    snap = Snapshot(members=await store.members(region), agents=await store.agents(region),
+                    seq=max((o.seq for o in orders), default=0))
     if not rounds:
         return snap
     snap.round_start, snap.fence = rounds[-1]

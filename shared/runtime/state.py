@@ -191,6 +191,7 @@ class Snapshot:
     reconciled_upto: int = 0
     seq: int = 0
     members: list[str] = field(default_factory=list)
+    agents: dict[str, str] = field(default_factory=dict)  # member -> the agent it named
     books: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)  # order id -> OrderAccepted
     client_ids: dict[Slot, dict[str, str]] = field(default_factory=dict)  # participant/client id -> order id
     readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)  # participant -> ReadingAccepted
@@ -336,6 +337,8 @@ class RegionState:
         pipe.set(k("seq"), snapshot.seq)
         if snapshot.members:
             pipe.hset(k("members"), mapping={p: now_ms for p in snapshot.members})
+        if snapshot.agents:
+            pipe.hset(k("agents"), mapping=dict[Any, Any](snapshot.agents))
         for slot, entries in snapshot.books.items():
             if entries:
                 pipe.hset(k("book", _s(slot)), mapping=dict(entries))

@@ -347,6 +347,22 @@ async def test_members_are_those_whose_last_event_is_a_join(store: LedgerStore) 
     assert await store.members("south") == ["z"]
 
 
+async def test_a_members_agent_is_the_one_it_named_at_its_last_join(store: LedgerStore) -> None:
+    events = [("north", "a", "joined", 10), ("north", "b", "joined", 10), ("north", "b", "left", 20),
+              ("north", "c", "joined", 10), ("north", "c", "left", 20), ("north", "c", "joined", 30),
+              ("north", "d", "joined", 10), ("north", "d", "left", 20), ("north", "d", "joined", 30),
+              ("south", "z", "joined", 1)]
+    agents = [("north", "a", "agg1", 10), ("north", "b", "agg1", 10), ("north", "c", "agg1", 10),
+              ("north", "c", "agg2", 30), ("north", "d", "agg1", 10), ("south", "z", "agg9", 1)]
+
+    written = await store.write(RecordBatch(memberships=events, agents=agents))
+    assert written.agents == len(agents)
+    assert (await store.write(RecordBatch(agents=agents))).agents == 0
+    # b left; c joined again naming agg2; d joined again naming no one
+    assert await store.agents("north") == {"a": "agg1", "c": "agg2"}
+    assert await store.agents("south") == {"z": "agg9"}
+
+
 async def test_a_membership_event_of_an_unknown_kind_is_refused(store: LedgerStore) -> None:
     with pytest.raises(ConstraintViolation):
         await store.write(RecordBatch(memberships=[("north", "a", "visited", 1)]))

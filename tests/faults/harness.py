@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from services.demo import simulate
 from services.ensemble import Ensemble, purge_region
-from services.participants.community import Community, Tally
+from services.participants.community import Community, Tally, agent_ids
 from services.participants.profiles import community
 from shared.runtime.audit import Audit, audit
 from shared.runtime.ledger import open_ledger
@@ -271,11 +271,13 @@ class Simulator:
 
     async def run(self, env_overrides: dict[str, str] | None = None, during: Hook | None = None, *,
                   rounds: int = ROUNDS, participants: int = PARTICIPANTS, seed: int = SEED,
-                  servers: Servers | None = None, timeout_s: float = RUN_TIMEOUT_S, name: str = "run") -> Ledger:
-        """One whole simulation; the ledger it recorded (fresh database), with its audit."""
+                  servers: Servers | None = None, timeout_s: float = RUN_TIMEOUT_S, name: str = "run",
+                  aggregators: int = 0) -> Ledger:
+        """One whole simulation; the ledger it recorded (fresh database), with its audit.
+        ``aggregators``: the households act through that many aggregators, in batches."""
         servers = servers or self.servers
         servers.ensure_running()
-        ids = [h.participant_id for h in community(participants, seed)]
+        ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)
         database = f"ledger_{secrets.token_hex(4)}"
         url = servers.postgres.create_database(database)
         env = sim_env(self.region, url, servers, rounds, **(env_overrides or {}))
@@ -294,7 +296,8 @@ class Simulator:
         began = time.monotonic()
         try:
             tally = await asyncio.wait_for(
-                simulate(env, participants=participants, seed=seed, log_dir=log_dir, during=hook),
+                simulate(env, participants=participants, seed=seed, log_dir=log_dir, during=hook,
+                         aggregators=aggregators),
                 timeout=timeout_s)
         except TimeoutError:
             at = rounds_started(running[0]) if running else 0
@@ -323,10 +326,13 @@ class Simulator:
 
     async def check_against_baseline(self, during: Hook, env_overrides: dict[str, str] | None = None, *,
                                      rounds: int = ROUNDS, participants: int = PARTICIPANTS, seed: int = SEED,
-                                     servers: Servers | None = None, name: str = "fault") -> Ledger:
-        """Run with a fault; assert the ledger equals the baseline's and passes its audit."""
+                                     servers: Servers | None = None, name: str = "fault",
+                                     aggregators: int = 0) -> Ledger:
+        """Run with a fault; assert the ledger equals the baseline's and passes its audit.
+        With ``aggregators`` the households act through aggregators, in batches: their
+        ledger is the one they make acting alone (tests/e2e/test_batches.py), the baseline."""
         expected = await self.baseline(rounds=rounds, participants=participants, seed=seed)
         got = await self.run(env_overrides, during, rounds=rounds, participants=participants, seed=seed,
-                             servers=servers, name=name)
+                             servers=servers, name=name, aggregators=aggregators)
         assert got == expected and got.audit.ok, diff(expected, got)
         return got

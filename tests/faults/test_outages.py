@@ -68,6 +68,21 @@ async def test_redis_restarted_without_persistence_is_rebuilt_from_the_ledger(
 
 
 @pytest.mark.timeout(1800)
+async def test_redis_lost_mid_run_keeps_the_aggregators_of_households_acting_in_batches(
+        sim: Simulator, volatile_redis: PrivateRedis) -> None:
+    """The rebuild restores each member's agent from the ledger: an aggregator's batches are
+    served after it as before, and the ledger is the fault-free one."""
+    async def fault(f: FaultContext) -> None:
+        await f.at_round(22)
+        f.note("Redis (no persistence) restarted with households acting through aggregators")
+        await f.servers.redis.arestart()
+
+    got = await sim.check_against_baseline(fault, servers=sim.servers.with_redis(volatile_redis),
+                                           name="redis-lost-batched", aggregators=3)
+    assert got.tally is not None and not got.tally.rejections, got.tally.rejections
+
+
+@pytest.mark.timeout(1800)
 async def test_a_failover_to_a_redis_replica_that_lagged_is_noticed_and_rebuilt(sim: Simulator) -> None:
     """At round 22 a copy of the region's keys is taken; at round 25 Redis is replaced by
     that copy, as a failover to a replica three rounds behind would do. The ledger-writer

@@ -70,6 +70,8 @@ class RecordBatch:
     # The round state's record, from which the services rebuild Redis if it is lost:
     rounds: Sequence[tuple[str, int, int, int]] = ()  # (region, round start, fence, started_at_ms)
     memberships: Sequence[tuple[str, str, str, int]] = ()  # (region, participant, "joined" | "left", at_ms)
+    # (region, participant, agent, joined_at_ms): the aggregator named at that join
+    agents: Sequence[tuple[str, str, str, int]] = ()
 
     def regions(self) -> set[str]:
         return (
@@ -82,6 +84,7 @@ class RecordBatch:
             | {r for r, _, _, _ in self.held}
             | {r for r, _, _, _ in self.rounds}
             | {r for r, _, _, _ in self.memberships}
+            | {r for r, _, _, _ in self.agents}
         )
 
 
@@ -98,6 +101,7 @@ class WriteResult:
     held: int = 0
     rounds: int = 0
     memberships: int = 0
+    agents: int = 0
 
 
 class LedgerStore(Protocol):
@@ -135,6 +139,9 @@ class LedgerStore(Protocol):
 
     async def members(self, region: str) -> list[str]:
         """Participants whose last membership event is a join, by id."""
+
+    async def agents(self, region: str) -> dict[str, str]:
+        """The agent each current member named when it last joined (members without one are absent)."""
 
     async def cancelled_orders(self, region: str) -> list[str]:
         """Ids of the orders cancelled before their gate closed, by slot, then order id."""
@@ -246,6 +253,11 @@ def check_types(batch: RecordBatch) -> None:
         for name, text in (("region", region), ("participant_id", pid), ("event", event)):
             _text(what, name, text)
         _whole(what, "at_ms", at_ms)
+    for region, pid, agent, at_ms in batch.agents:
+        what = f"agent of {pid!r}"
+        for name, text in (("region", region), ("participant_id", pid), ("agent", agent)):
+            _text(what, name, text)
+        _whole(what, "joined_at_ms", at_ms)
     for region, slot, stage, error in batch.held:
         what = f"held slot {slot}"
         _text(what, "region", region)
@@ -294,6 +306,19 @@ def check_constraints(batch: RecordBatch) -> None:
     for _, pid, event, _ in batch.memberships:
         if event not in MEMBERSHIP_EVENTS:
             fail("membership_events", "event in (joined, left)", pid)
+
+
+def current_agents(events: Iterable[tuple[str, str, int]], registrations: Iterable[tuple[str, str, int]]
+                   ) -> dict[str, str]:
+    """The agent of each current member: the one registered with its last join.
+    ``events``: (participant, event, at_ms); ``registrations``: (participant, agent, joined_at_ms)."""
+    last_join: dict[str, int] = {}
+    events = list(events)
+    for pid, event, at_ms in events:
+        if event == "joined" and at_ms >= last_join.get(pid, -1):
+            last_join[pid] = at_ms
+    named = {(pid, at_ms): agent for pid, agent, at_ms in registrations}
+    return {pid: named[pid, last_join[pid]] for pid in current_members(events) if (pid, last_join[pid]) in named}
 
 
 def current_members(events: Iterable[tuple[str, str, int]]) -> list[str]:

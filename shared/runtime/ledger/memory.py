@@ -23,6 +23,7 @@ from shared.runtime.ledger.base import (
     WriteResult,
     check_constraints,
     check_types,
+    current_agents,
     current_members,
 )
 
@@ -42,6 +43,7 @@ class _Tables:
     held: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
     rounds: dict[tuple[str, int, int], int] = field(default_factory=dict)
     memberships: set[tuple[str, str, str, int]] = field(default_factory=set)
+    agents: dict[tuple[str, str, int], str] = field(default_factory=dict)
 
 
 _NAMED: dict[str, _Tables] = {}
@@ -120,8 +122,13 @@ class MemoryLedgerStore:
                 rounds += 1
         memberships = len(set(batch.memberships) - t.memberships)
         t.memberships |= set(batch.memberships)
+        agents = 0
+        for region, pid, agent, at_ms in batch.agents:
+            if (region, pid, at_ms) not in t.agents:
+                t.agents[region, pid, at_ms] = agent
+                agents += 1
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds,
-                           memberships)
+                           memberships, agents)
 
     async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
         rows = [
@@ -158,6 +165,11 @@ class MemoryLedgerStore:
     async def members(self, region: str) -> list[str]:
         return current_members((pid, event, at_ms) for r, pid, event, at_ms in self._ready().memberships
                                if r == region)
+
+    async def agents(self, region: str) -> dict[str, str]:
+        t = self._ready()
+        return current_agents(((pid, event, at_ms) for r, pid, event, at_ms in t.memberships if r == region),
+                              ((pid, agent, at_ms) for (r, pid, at_ms), agent in t.agents.items() if r == region))
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = [(slot.start, slot.end, oid) for (r, oid), slot in self._ready().cancellations.items() if r == region]

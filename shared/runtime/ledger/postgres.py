@@ -36,6 +36,7 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
+    current_agents,
     current_members,
 )
 
@@ -152,6 +153,14 @@ CREATE TABLE IF NOT EXISTS membership_events (
     PRIMARY KEY (region, participant_id, event, at_ms)
 );
 
+CREATE TABLE IF NOT EXISTS agent_registrations (
+    region          text    NOT NULL,
+    participant_id  text    NOT NULL,
+    agent           text    NOT NULL,  -- the aggregator the participant named when it joined
+    joined_at_ms    bigint  NOT NULL,
+    PRIMARY KEY (region, participant_id, joined_at_ms)
+);
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       text   NOT NULL,
     order_id     text   NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -180,6 +189,7 @@ _TYPES = {
     "fence": "bigint",
     "started_at_ms": "bigint",
     "at_ms": "bigint",
+    "joined_at_ms": "bigint",
     "price": "numeric",
     "buy_price": "numeric",
     "sell_price": "numeric",
@@ -230,6 +240,7 @@ _CANCELLATIONS = _Table("order_cancellations", rows.CANCELLATION_COLUMNS)
 _HELD = _Table("held_slots", rows.HELD_COLUMNS)
 _ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
 _MEMBERSHIPS = _Table("membership_events", rows.MEMBERSHIP_COLUMNS)
+_AGENTS = _Table("agent_registrations", rows.AGENT_COLUMNS)
 
 
 def _inserted(status: str) -> int:
@@ -296,6 +307,7 @@ class PostgresLedgerStore:
             (_HELD, [rows.held_row(*h) for h in batch.held]),
             (_ROUNDS, list(batch.rounds)),
             (_MEMBERSHIPS, list(batch.memberships)),
+            (_AGENTS, list(batch.agents)),
         )
         for attempt in range(self._retries + 1):
             try:
@@ -309,8 +321,9 @@ class PostgresLedgerStore:
                 raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members = counts
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members)
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
+                           agents)
 
     async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
         if not values:
@@ -390,6 +403,14 @@ class PostgresLedgerStore:
         found = await self._fetch("SELECT participant_id, event, at_ms FROM membership_events WHERE region = $1",
                                   region)
         return current_members((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in found)
+
+    async def agents(self, region: str) -> dict[str, str]:
+        events = await self._fetch("SELECT participant_id, event, at_ms FROM membership_events WHERE region = $1",
+                                   region)
+        named = await self._fetch("SELECT participant_id, agent, joined_at_ms FROM agent_registrations "
+                                  "WHERE region = $1", region)
+        return current_agents(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                              ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
 
     async def regions(self) -> list[str]:
         return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]

@@ -80,6 +80,7 @@ CANCELLATION_COLUMNS = ("region", "order_id", "slot_start", "slot_end")
 HELD_COLUMNS = ("region", "slot_start", "slot_end", "stage", "error")
 ROUND_COLUMNS = ("region", "round_start", "fence", "started_at_ms")
 MEMBERSHIP_COLUMNS = ("region", "participant_id", "event", "at_ms")
+AGENT_COLUMNS = ("region", "participant_id", "agent", "joined_at_ms")
 
 # Column positions (in the *_COLUMNS order) holding a price; the rest are text or int.
 ENTRY_PRICES = (9, 10)

@@ -33,6 +33,7 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
+    current_agents,
     current_members,
 )
 
@@ -150,6 +151,14 @@ CREATE TABLE IF NOT EXISTS membership_events (
     PRIMARY KEY (region, participant_id, event, at_ms)
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS agent_registrations (
+    region          TEXT    NOT NULL,
+    participant_id  TEXT    NOT NULL,
+    agent           TEXT    NOT NULL,  -- the aggregator the participant named when it joined
+    joined_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (region, participant_id, joined_at_ms)
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       TEXT    NOT NULL,
     order_id     TEXT    NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -179,6 +188,7 @@ _INSERT_CANCELLATION = _insert("order_cancellations", rows.CANCELLATION_COLUMNS)
 _INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
 _INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
 _INSERT_MEMBERSHIP = _insert("membership_events", rows.MEMBERSHIP_COLUMNS)
+_INSERT_AGENT = _insert("agent_registrations", rows.AGENT_COLUMNS)
 
 
 def _priced(row: rows.Row, prices: tuple[int, ...]) -> rows.Row:
@@ -264,6 +274,7 @@ class SqliteLedgerStore:
             (_INSERT_HELD, [rows.held_row(*h) for h in batch.held]),
             (_INSERT_ROUND, list(batch.rounds)),
             (_INSERT_MEMBERSHIP, list(batch.memberships)),
+            (_INSERT_AGENT, list(batch.agents)),
         )
 
         def transaction(conn: sqlite3.Connection) -> list[int]:
@@ -286,8 +297,9 @@ class SqliteLedgerStore:
             counts = await self._run(transaction)
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members = counts
-        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members)
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents = counts
+        return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
+                           agents)
 
     async def _select(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -352,6 +364,14 @@ class SqliteLedgerStore:
         found = await self._select("SELECT participant_id, event, at_ms FROM membership_events WHERE region = ?",
                                    region)
         return current_members((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in found)
+
+    async def agents(self, region: str) -> dict[str, str]:
+        events = await self._select("SELECT participant_id, event, at_ms FROM membership_events WHERE region = ?",
+                                    region)
+        named = await self._select("SELECT participant_id, agent, joined_at_ms FROM agent_registrations "
+                                   "WHERE region = ?", region)
+        return current_agents(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                              ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
 
     async def regions(self) -> list[str]:
         return [str(r) for (r,) in await self._select("SELECT region FROM regions ORDER BY region")]
