@@ -96,7 +96,7 @@ sys.path.insert(0, str(ROOT))
 
 from clearing import cpu_model  # noqa: E402  (bench/clearing.py, beside this file)
 
-from services.ensemble import Ensemble, purge_region  # noqa: E402
+from services.ensemble import Ensemble, delete_queues, purge_region  # noqa: E402
 from services.participants.community import Community, agent_ids  # noqa: E402
 from services.participants.profiles import community  # noqa: E402
 from shared.messages import CONTENT_TYPE, decode, encode  # noqa: E402
@@ -296,15 +296,6 @@ def read_timeouts(ensemble: Ensemble) -> tuple[float | None, str]:
     if TIMEOUT_METRIC not in text:
         return None, f"{TIMEOUT_METRIC} not found in the clock's /metrics"
     return sum(float(line.rsplit(" ", 1)[1]) for line in samples), "; ".join(samples)
-
-
-async def delete_queues(amqp_url: str, names: list[str]) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        for name in names:
-            channel = await connection.channel()
-            await channel.queue_delete(name)
-            await channel.close()
 
 
 # --- the wire -------------------------------------------------------------------------------

@@ -101,19 +101,25 @@ class Ensemble:
         return out
 
 
-async def purge_region(amqp_url: str, redis_url: str, region: str, participant_ids: list[str]) -> None:
-    """Delete a region's queues and Redis keys (after a demo or between test runs)."""
+async def delete_queues(amqp_url: str, names: list[str]) -> None:
+    """Delete these queues (a missing one is no error), each on a channel of its own."""
     import aio_pika
-    from redis.asyncio import Redis
 
-    names = [f"microte.{region}.{n}" for n in (*SERVICES, "dead", "community")]
-    names += [f"microte.{region}.participant.{p}" for p in participant_ids]
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         for name in names:
             channel = await connection.channel()
             await channel.queue_delete(name)
             await channel.close()
+
+
+async def purge_region(amqp_url: str, redis_url: str, region: str, participant_ids: list[str]) -> None:
+    """Delete a region's queues and Redis keys (after a demo or between test runs)."""
+    from redis.asyncio import Redis
+
+    names = [f"microte.{region}.{n}" for n in (*SERVICES, "dead", "community")]
+    names += [f"microte.{region}.participant.{p}" for p in participant_ids]
+    await delete_queues(amqp_url, names)
     redis = Redis.from_url(redis_url)
     try:
         keys = [k async for k in redis.scan_iter(match=f"mt:\\{{{region}\\}}:*", count=1000)]

@@ -99,8 +99,8 @@ class OrderIntake:
     async def on_requests(self, messages: list[t.SubmitOrder | t.CancelOrder | t.SubmitBatch]) -> None:
         run = self._items(messages)
         started = now_ms()
+        orders = sum(1 for i in run.items if i.order is not None)
         for _ in range(_MAX_TRIES):
-            orders = sum(1 for i in run.items if i.order is not None)
             exists, current, first_seq = await self.state.intake_view(orders)
             self.svc.state_seen(exists, None if current is None else current[0])
             ops = self._ops(run.items, current, first_seq, started)

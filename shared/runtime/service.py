@@ -49,7 +49,6 @@ from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
 from shared.messages.types import FinishRound, Message, Rejected, RoundStarted
-from shared.runtime.broker_metrics import bounded_key
 from shared.runtime.logs import bind_context, configure_logging
 from shared.runtime.metrics import create_metrics, initialise
 from shared.runtime.outages import backoff_s, is_outage
@@ -62,6 +61,7 @@ from shared.runtime.topology import (
     REJECTED,
     TO,
     Keys,
+    bounded_key,
     dead_letter_queue,
     parse_key,
     service_queue,
@@ -123,7 +123,6 @@ class Service:
                                                health_check_interval=15, retry=Retry(NoBackoff(), 0))
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
-        self._routes: list[tuple[RabbitQueue, Routes]] = []
         self._consumers: list[_Consumer] = []
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._out: aio_pika.abc.AbstractChannel | None = None
@@ -159,8 +158,7 @@ class Service:
             where = parse_key(self.region, key)
             assert where is not None, f"{key} is not a routing key of region {self.region}"
             by_place[where[:2]] = handlers
-        self._routes.append((queue, routes))
-        self._consumers.append(_Consumer(queue, by_place, prefetch))
+        self._consumers.append(_Consumer(queue, keys, by_place, prefetch))
 
     def background(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str = "") -> None:
         """A loop started once consuming has begun, restarted if it fails, cancelled at shutdown.
@@ -197,9 +195,10 @@ class Service:
         dlq = dead_letter_queue(self.region, self.settings.dead_letter_max, self.settings.dead_letter_ttl_s)
         dead = await channel.declare_queue(dlq.name, durable=True, arguments=dlq.arguments)
         await dead.bind(dlx, routing_key=f"{self.region}.#")
-        for queue, routes in self._routes:
+        for consumer in self._consumers:
+            queue = consumer.queue
             declared = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
-            for key in routes:
+            for key in consumer.keys:
                 await declared.bind(exchange, routing_key=key)
         await channel.close()
         # Publisher confirms: a publish returns once the broker has the message (on disk,
@@ -685,7 +684,8 @@ def _idle_event() -> asyncio.Event:
 @dataclass
 class _Consumer:
     queue: RabbitQueue
-    routes: dict[tuple[str, str], dict[type[Message], Handler]]
+    keys: list[str]  # bound to the queue
+    routes: dict[tuple[str, str], dict[type[Message], Handler]]  # (channel, kind) -> its types' handlers
     prefetch: int
     inbox: asyncio.Queue[AbstractIncomingMessage] = field(default_factory=asyncio.Queue)
     idle: asyncio.Event = field(default_factory=_idle_event)

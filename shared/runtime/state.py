@@ -471,9 +471,6 @@ class RegionState:
     async def is_member(self, participant_id: str) -> bool:
         return bool(await self.redis.hexists(self.key("members"), participant_id))
 
-    async def member_count(self) -> int:
-        return int(await self.redis.hlen(self.key("members")))
-
     async def active_members(self, now_ms: int, timeout_ms: int) -> set[str]:
         members = await cast(Awaitable[dict[bytes, bytes]], self.redis.hgetall(self.key("members")))
         return {p.decode() for p, seen in members.items() if now_ms - int(seen) <= timeout_ms}
@@ -559,12 +556,6 @@ class RegionState:
     async def claim(self, kind: Literal["clear", "reconcile"], slot: Slot, holder: str) -> Claim:
         keys = [self.key("claim", kind, _s(slot)), self.key("holder", kind, _s(slot)), self.key("done", "reconcile")]
         return cast(Claim, (await self._claim(keys=keys, args=[holder, CLAIM_LEASE_MS, slot.end])).decode())
-
-    async def is_cleared(self, slot: Slot) -> bool:
-        if await self.redis.get(self.key("claim", "clear", _s(slot))) == b"done":
-            return True
-        upto = await self.reconciled_upto()
-        return upto is not None and slot.end <= upto  # cleared, delivered and cleaned up since
 
     async def finish_clearing(self, slot: Slot) -> None:
         await self.redis.set(self.key("claim", "clear", _s(slot)), "done", xx=True)

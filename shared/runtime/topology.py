@@ -46,6 +46,18 @@ class Keys:
 IN, TO, FACT = "in", "to", "fact"
 
 
+def bounded_key(routing_key: str) -> str:
+    """A routing key's shape, for metric labels that stay bounded whoever connects: the
+    participant of a ``to`` key becomes ``*`` (``r1.to.h001.order_accepted`` ->
+    ``r1.to.*.order_accepted``); a key that is none of the region's shapes is ``other``."""
+    parts = routing_key.split(".")
+    if len(parts) == 3 and parts[1] in (IN, FACT):
+        return routing_key
+    if len(parts) == 4 and parts[1] == TO:
+        return f"{parts[0]}.{TO}.*.{parts[3]}"
+    return "other"
+
+
 def parse_key(region: str, routing_key: str) -> tuple[str, str, str] | None:
     """(channel, kind, addressee) of one of ``region``'s routing keys, or None if it is not one.
 

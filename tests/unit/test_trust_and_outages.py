@@ -11,9 +11,8 @@ import pytest
 import redis.exceptions
 
 from shared.messages import Undecodable, decode, sender_of
-from shared.runtime.broker_metrics import bounded_key
 from shared.runtime.outages import backoff_s, is_outage
-from shared.runtime.topology import parse_key
+from shared.runtime.topology import bounded_key, parse_key
 from shared.runtime.trust import Signer, TrustError, service_users
 
 KEY = "k" * 40
