@@ -201,15 +201,27 @@ class Service:
             for key in consumer.keys:
                 await declared.bind(exchange, routing_key=key)
         await channel.close()
-        # Publisher confirms: a publish returns once the broker has the message (on disk,
-        # for a durable queue), or raises.
-        self._out = await connection.channel(publisher_confirms=True)
-        self._exchange = await self._out.get_exchange(EXCHANGE.name, ensure=False)
-        self._dlx = await self._out.get_exchange(DEAD_LETTER_EXCHANGE.name, ensure=False)
+        await self._open_publisher()
         await self.redis.ping()
         for hook in self._on_start:
             await hook()
         await self._start_consuming()
+
+    async def _open_publisher(self) -> None:
+        """The channel that publishes, with publisher confirms: a publish returns once the
+        broker has the message (on disk, for a durable queue), or raises. A channel closed
+        by an outage is opened again on the next publish (see ``_publishing``)."""
+        assert self._connection is not None
+        self._out = await self._connection.channel(publisher_confirms=True)
+        self._exchange = await self._out.get_exchange(EXCHANGE.name, ensure=False)
+        self._dlx = await self._out.get_exchange(DEAD_LETTER_EXCHANGE.name, ensure=False)
+
+    async def _publishing(self) -> tuple[aio_pika.abc.AbstractExchange, aio_pika.abc.AbstractExchange]:
+        """The exchanges to publish to, on an open channel."""
+        if self._out is None or self._out.is_closed:
+            await self._open_publisher()
+        assert self._exchange is not None and self._dlx is not None
+        return self._exchange, self._dlx
 
     # --- inbound ---------------------------------------------------------------------------
     # Each queue is consumed on a channel of its own whose prefetch is the consumer's limit.
@@ -474,8 +486,8 @@ class Service:
             headers["x-microte-truncated-from"] = len(body)
             body = body[:DEAD_LETTER_KEEP_BYTES]
         try:
-            assert self._dlx is not None, "not connected yet"
-            await self._dlx.publish(
+            _, dlx = await self._publishing()
+            await dlx.publish(
                 aio_pika.Message(body, headers=headers, message_id=msg.message_id,
                                  content_type=msg.content_type or "application/octet-stream",
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
@@ -513,7 +525,7 @@ class Service:
         connection, out = self._connection, self._out
         if connection is None or out is None:  # not started yet: FastStream's own connection says
             return bool(self.broker.running) and bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
-        return not connection.is_closed and not out.is_closed
+        return not connection.is_closed  # a closed publishing channel is opened again on use
 
     def _recovered(self) -> None:
         if self._outages:
@@ -564,9 +576,9 @@ class Service:
         message_id = hashlib.blake2b(body, digest_size=12).hexdigest()
         headers: dict[str, Any] = {"x-microte-service": self.name,
                                    SIGNATURE_HEADER: self.signer.sign(routing_key, body)}
-        assert self._exchange is not None, "not connected yet"
+        exchange, _ = await self._publishing()
         for _ in range(2 if self.settings.duplicate_delivery else 1):
-            await self._exchange.publish(
+            await exchange.publish(
                 aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE, message_id=message_id,
                                  user_id=self.broker_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=routing_key)
