@@ -1,4 +1,5 @@
-"""The ``microte`` command: serve a service, simulate a community, run the demo, report."""
+"""The ``microte`` command: serve a service, simulate a community, run the demo, report, and
+provision the broker accounts of a region's participants."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import os
 import sys
 import time
+import urllib.parse
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -118,6 +120,61 @@ def _bad_input_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:15672"
+
+
+async def _membership(settings: Settings, ids: list[str]) -> tuple[set[str], dict[str, str]]:
+    from redis.asyncio import Redis
+
+    from shared.runtime.state import RegionState
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        state = RegionState(redis, settings.region)
+        members = {pid for pid in ids if await state.is_member(pid)}
+        return members, await state.agents()
+    finally:
+        await redis.aclose()
+
+
+def _participants_cmd(args: argparse.Namespace) -> int:
+    from services.participants import accounts as a
+
+    settings = from_env({**os.environ, "MICROTE_REGION": args.region})
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(settings.amqp_url).path.lstrip("/")) or "/"
+    admin = a.Management(args.management_url, vhost)
+    try:
+        if args.action == "add":
+            added = a.add(admin, settings.amqp_url, args.region, args.participant,
+                          kind="aggregator" if args.aggregator else "household", agent=args.agent,
+                          password=args.password)
+            print(f"{added.account.kind} {args.participant} is an account of region {args.region}"
+                  + (f", acting through agent {added.agent}" if added.agent else ""))
+            if added.password is not None and args.password is None:
+                print(f"password: {added.password}")
+            return 0
+        if args.action == "remove":
+            closed = a.remove(admin, settings.amqp_url, args.region, args.participant)
+            print(f"{args.participant} removed from region {args.region}: left the market, "
+                  f"{closed} connection(s) closed, queue and user deleted")
+            return 0
+        found = a.accounts(admin, args.region)
+        try:
+            members, agents = asyncio.run(_membership(settings, [x.participant_id for x in found]))
+        except OSError as exc:
+            print(f"microte: Redis is not reachable ({exc}); membership is not shown", file=sys.stderr)
+            members, agents = set(), {}
+        print(f"{'participant':<24} {'kind':<11} {'member':<7} agent")
+        for x in found:
+            print(f"{x.participant_id:<24} {x.kind:<11} {'yes' if x.participant_id in members else 'no':<7} "
+                  f"{agents.get(x.participant_id, '')}")
+        print(f"{len(found)} account(s) in region {args.region}")
+        return 0
+    except a.AccountError as exc:
+        print(f"microte: {exc}", file=sys.stderr)
+        return 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
@@ -181,7 +238,22 @@ def main(argv: list[str] | None = None) -> int:
     bad.add_argument("--region", required=True)
     bad.add_argument("--day", help="YYYY-MM-DD, UTC (default: today); kept 8 days")
     bad.set_defaults(run=_bad_input_cmd)
+    parts = sub.add_parser("participants", help="broker accounts of a region's households and aggregators, "
+                           "through RabbitMQ's management API (for MICROTE_IDENTITY=broker_user)")
+    parts.add_argument("action", choices=("add", "remove", "list"))
+    parts.add_argument("participant", nargs="?", help="participant id (add, remove)")
+    parts.add_argument("--region", required=True)
+    parts.add_argument("--aggregator", action="store_true", help="add: an aggregator, not a household")
+    parts.add_argument("--agent", help="add: the aggregator that may act for this household (it is joined "
+                       "to the market naming it)")
+    parts.add_argument("--password", help="add: its password (default: a new random one, printed once)")
+    parts.add_argument("--management-url", default=os.environ.get("MICROTE_MANAGEMENT_URL", _MANAGEMENT_URL),
+                       help="RabbitMQ management API with an administrator's credentials "
+                            f"(default: MICROTE_MANAGEMENT_URL, else {_MANAGEMENT_URL})")
+    parts.set_defaults(run=_participants_cmd)
     args = parser.parse_args(argv)
+    if args.command == "participants" and (args.action == "list") == (args.participant is not None):
+        parser.error("participants add and remove need a participant id; list takes none")
     try:
         return int(args.run(args))
     except (SettingsError, TrustError) as exc:

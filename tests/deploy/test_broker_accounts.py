@@ -30,6 +30,8 @@ import pytest
 import yaml
 from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
+from services.participants.accounts import Account as ParticipantAccount
+from services.participants.accounts import account_of, grants
 from shared.runtime import topology
 from shared.runtime.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, Keys
 from tests.faults.servers import PrivateRabbit, ServerError
@@ -45,6 +47,8 @@ OTHER_REGION = "elsewhere"
 ADMIN = "microte-admin"
 COMMUNITY = "microte-r1-community"
 HOUSEHOLD = "h001"  # the example household of the definitions
+# User tags that give rights (management UI and API, or setting another user's user_id).
+RIGHTS_TAGS = {"administrator", "monitoring", "policymaker", "management", "impersonator"}
 X, DLX = EXCHANGE.name, DEAD_LETTER_EXCHANGE.name
 DEFAULT_EXCHANGE = "amq.default"  # the name RabbitMQ checks permissions on for exchange ""
 # Every kind the topology names (requests, facts, answers), and one it does not.
@@ -378,7 +382,7 @@ def test_no_participant_account_can_publish_a_fact_or_an_answer() -> None:
         for exchange in (DLX, "amq.topic", DEFAULT_EXCHANGE):
             assert not a.may("write", exchange), f"{name} may publish to {exchange!r}"
         assert not a.publish("", f"microte.{r}.matcher"), f"{name} may write into a service's queue directly"
-        assert not a.tags
+        assert not set(a.tags) & RIGHTS_TAGS, f"{name} has a management or impersonator tag"
 
 
 def test_the_example_household_reads_only_its_own_queue_and_answers() -> None:
@@ -393,6 +397,17 @@ def test_the_example_household_reads_only_its_own_queue_and_answers() -> None:
         assert not (a.declare_queue(q) or a.consume(q) or a.may("write", q)), q
     # it cannot delete or redeclare the exchanges (its client must declare them passively)
     assert not (a.declare_exchange(X) or a.declare_exchange(DLX))
+
+
+def test_the_example_household_is_what_microte_participants_add_provisions() -> None:
+    """One design: the example account in definitions.json has the rights and tags that
+    services/participants/accounts.py gives every household (tests/e2e/test_participants.py
+    checks those on a real node)."""
+    a, g = compose_accounts()[HOUSEHOLD], grants(COMPOSE_REGION, HOUSEHOLD)
+    assert (a.configure, a.write, a.read) == (g.configure, g.write, g.read)
+    assert a.topics == {X: (g.topic_write, g.topic_read)}
+    assert account_of({"name": HOUSEHOLD, "tags": a.tags}) == ParticipantAccount(HOUSEHOLD, "household",
+                                                                                 COMPOSE_REGION)
 
 
 def test_the_simulated_community_can_do_what_services_participants_community_does() -> None:
@@ -634,8 +649,8 @@ def test_each_overlay_deployment_has_its_own_broker_account_and_the_region_lists
     listed = config["data"]["MICROTE_SERVICE_USERS"].split(",")
     assert sorted(listed) == sorted(service_user(region, s) for s in SERVICES), (
         f"overlays/{overlay}/region.env: MICROTE_SERVICE_USERS must list exactly microte-{region}-<service>")
-    # issue 7: "broker_user" once participants connect with broker users of their own
-    assert config["data"]["MICROTE_IDENTITY"] == "message"
+    # every household and aggregator connects as its own user (microte participants add)
+    assert config["data"]["MICROTE_IDENTITY"] == "broker_user"
 
 
 # --------------------------------------------------------------------------- a real RabbitMQ node

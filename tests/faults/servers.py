@@ -413,23 +413,27 @@ class PrivateRabbit(PrivateServer):
 
     kind = "rabbitmq"
 
-    def __init__(self, definitions: Path | None = None) -> None:
+    def __init__(self, definitions: Path | None = None, *, management: bool = False) -> None:
         """``definitions``: a RabbitMQ definitions file to boot from (users, permissions);
-        such a node has no guest user."""
+        such a node has no guest user. ``management``: with the management plugin, its HTTP
+        API on a port of its own (``management_url``)."""
         super().__init__()
         self.definitions = definitions
+        self.management_port = free_port() if management else None
         self.node = f"mtfault-{secrets.token_hex(4)}@localhost"
         self.dist_port = free_port()
         self.scripts = _rabbit_scripts()
         (self.tmp / "home").mkdir()
         (self.tmp / "rabbitmq-env.conf").write_text("")
-        (self.tmp / "enabled_plugins").write_text("[].\n")
+        (self.tmp / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
         (self.tmp / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "loopback_users = none\n"
             "log.console = false\n"
             "log.file.level = info\n"
             + (f"load_definitions = {definitions}\n" if definitions else "")
+            + (f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+               if management else "")
         )
 
     def _env(self) -> dict[str, str]:
@@ -465,6 +469,11 @@ class PrivateRabbit(PrivateServer):
                     return False
         except OSError:
             return False
+        if self.management_port is not None:
+            try:
+                socket.create_connection(("127.0.0.1", self.management_port), timeout=1).close()
+            except OSError:
+                return False
         if self.definitions is None:
             return True
         try:
@@ -475,6 +484,11 @@ class PrivateRabbit(PrivateServer):
     @property
     def url(self) -> str:
         return self.url_for("guest", "guest")
+
+    @property
+    def management_url(self) -> str:
+        assert self.management_port is not None, "started without the management plugin"
+        return f"http://guest:guest@127.0.0.1:{self.management_port}"
 
     def url_for(self, user: str, password: str) -> str:
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
