@@ -14,8 +14,8 @@ test: venv  ## every check and test CI runs
 	$(VENV)/pytest $(ARGS)
 
 lint: venv
-	$(VENV)/ruff check shared services tests bench
-	$(VENV)/mypy shared
+	$(VENV)/ruff check shared services microte tests bench
+	$(VENV)/mypy shared microte
 	$(VENV)/lint-imports
 
 unit: venv  ## the tests that need no servers, in seconds
