@@ -22,7 +22,6 @@ RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.tom
 COPY README.md ./
 COPY shared ./shared
 COPY services ./services
-COPY microte ./microte
 RUN /opt/microte/bin/pip install --constraint constraints.txt --no-deps . \
  && /opt/microte/bin/pip check \
  && /opt/microte/bin/pip uninstall --yes pip

@@ -5,12 +5,15 @@ participant id: that is the user ``MICROTE_IDENTITY=broker_user`` compares a req
 ``participant_id`` with (RabbitMQ validates the ``user_id`` against the connection's
 credentials). Its rights, set here through RabbitMQ's management HTTP API, are:
 
-- *configure* its own queues only: ``microte.<region>.participant.<id>`` and any
-  ``microte.<region>.participant.<id>.<name>`` (no exchange, no service queue, not the
-  dead-letter queue);
+- *configure* its own queues only: ``microte.<region>.participant.<id>``, any
+  ``microte.<region>.participant.<id>.<name>``, and ``mqtt-subscription-<id>qos0|1`` (the
+  queues of its MQTT subscriptions, when it connects over MQTT with client id ``<id>``): no
+  exchange, no service queue, not the dead-letter queue;
 - *write* and *read* the ``microte`` exchange (to publish and to bind) and its own queues;
   nothing on the default exchange, which routes straight to a queue by its name;
-- topic *write* ``<region>.in.<kind>`` (requests of its region) and topic *read*
+- topic *write* ``<region>.in.<kind>`` (requests of its region) and
+  ``<region>.in.<kind>.<id>`` (the same naming itself as sender, for MQTT, whose messages
+  carry no ``user_id``: the services take the key's sender as proven), and topic *read*
   ``<region>.to.<id>.<kind>`` and ``<region>.fact.round_started``: it can bind its queue to
   its own answers and the public round announcements, and to nothing else.
 
@@ -75,11 +78,13 @@ class Grants:
 
 
 def grants(region: str, participant_id: str) -> Grants:
-    queues = re.escape(participant_queue(region, participant_id)) + r"(\.[^.]+)?"
     r, pid = re.escape(region), re.escape(participant_id)
+    # Its AMQP queues, and the queues RabbitMQ's MQTT plugin makes for its subscriptions
+    # (an MQTT client must connect with its participant id as client id).
+    queues = re.escape(participant_queue(region, participant_id)) + rf"(\.[^.]+)?|mqtt-subscription-{pid}qos[01]"
     own = f"^({re.escape(k.EXCHANGE.name)}|{queues})$"
-    return Grants(configure=f"^{queues}$", write=own, read=own,
-                  topic_write=rf"^{r}\.{k.IN}\.[^.]+$",
+    return Grants(configure=f"^({queues})$", write=own, read=own,
+                  topic_write=rf"^{r}\.{k.IN}\.[^.]+(\.{pid})?$",
                   topic_read=rf"^{r}\.({k.TO}\.{pid}\.[^.]+|{k.FACT}\.{k.ROUND_STARTED})$")
 
 

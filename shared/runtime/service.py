@@ -154,11 +154,14 @@ class Service:
         keys = list(routes)
         queue = service_queue(self.region, self.name, keys[0], single_active=single_active)
         by_place: dict[tuple[str, str], dict[type[Message], Handler]] = {}
+        bound: list[str] = []
         for key, handlers in routes.items():
             where = parse_key(self.region, key)
             assert where is not None, f"{key} is not a routing key of region {self.region}"
             by_place[where[:2]] = handlers
-        self._consumers.append(_Consumer(queue, keys, by_place, prefetch))
+            # A request comes on its kind's key, or on one that names its sender (MQTT clients).
+            bound += [key, self.keys.request_from(where[1], "*")] if where[0] == IN else [key]
+        self._consumers.append(_Consumer(queue, bound, by_place, prefetch))
 
     def background(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str = "") -> None:
         """A loop started once consuming has begun, restarted if it fails, cancelled at shutdown.
@@ -344,7 +347,7 @@ class Service:
         if channel == TO and getattr(message, "participant_id", None) != addressee:
             await self._refused(msg, channel, "misaddressed")
             return None
-        if channel == IN and not await self._identity_holds(msg, message):
+        if channel == IN and not await self._identity_holds(msg, message, addressee):
             return None
         return handler, message
 
@@ -422,24 +425,37 @@ class Service:
         await self._count_bad_input(msg, None)
         await self.dead_letter(msg, why)
 
+    def _sender(self, msg: AbstractIncomingMessage) -> str | None:
+        """Who sent a request, as the broker vouches for it: the AMQP ``user_id`` (RabbitMQ
+        checks it against the connection's user), else the sender its routing key names
+        (the topic permissions let a participant write only its own id there)."""
+        if msg.user_id:
+            return str(msg.user_id)
+        where = parse_key(self.region, msg.routing_key or "")
+        return where[2] if where is not None and where[0] == IN and where[2] else None
+
     async def _count_bad_input(self, msg: AbstractIncomingMessage, claimed: str | None) -> None:
         """Per sender, in Redis (``microte bad-input``): never a metric label per participant.
         Best effort: counting never holds up a refusal."""
-        user = msg.user_id
+        user = self._sender(msg)
         sender = f"user:{user}" if user else (f"claims:{claimed}" if claimed else "anonymous")
         try:
             await self.state.count_bad_input(sender, time.strftime("%Y-%m-%d", time.gmtime()))
         except Exception as exc:
             self.log.debug("bad_input_not_counted", error=type(exc).__name__)
 
-    async def _identity_holds(self, msg: AbstractIncomingMessage, message: Message) -> bool:
-        """With broker identity, a request counts only from the user it names."""
+    async def _identity_holds(self, msg: AbstractIncomingMessage, message: Message, key_sender: str) -> bool:
+        """A request on a key that names its sender counts only from that sender; with broker
+        identity, a request counts only from the user it names (``_sender``)."""
         pid = getattr(message, "participant_id", None)
-        if self.settings.identity != "broker_user":
+        if key_sender and msg.user_id and msg.user_id != key_sender:
+            user: str | None = str(msg.user_id)  # its key names someone its user is not
+        elif self.settings.identity != "broker_user" and (not key_sender or key_sender == pid):
             return True
-        user = msg.user_id
-        if pid is not None and user == pid:
-            return True
+        else:
+            user = self._sender(msg)
+            if pid is not None and user == pid:
+                return True
         self.log.warning("identity_mismatch", claimed=pid, user=user)
         await self._count_bad_input(msg, pid)
         self.metrics.rejected_requests.labels(self.region, self.name, type(message).__name__, "identity_mismatch").inc()
@@ -462,7 +478,7 @@ class Service:
         where = parse_key(self.region, routing_key)
         if sender is not None and where is not None and where[0] == IN:
             pid, reference = sender
-            if self.settings.identity == "broker_user" and msg.user_id != pid:
+            if (self.settings.identity == "broker_user" or where[2]) and self._sender(msg) != pid:
                 await self.dead_letter(msg, f"undecodable: {why}")  # never answer a participant it is not
                 return
             self.log.warning("request_malformed", participant_id=pid, reason=why[:300])

@@ -4,6 +4,10 @@ One durable topic exchange ``microte``; routing keys start with the region:
 
 - ``<region>.in.<kind>``: requests from participants (order, cancel, reading, member, finish,
   batch: a household's whole round, or many households' from their aggregator)
+- ``<region>.in.<kind>.<sender>``: the same requests with their sender in the key, for
+  clients that cannot set the AMQP ``user_id`` (MQTT meters and gateways: RabbitMQ's MQTT
+  plugin sets none). The broker's topic permissions let a participant's account write only
+  its own id there (``services.participants.accounts``), so the key proves the sender.
 - ``<region>.to.<participant>.<kind>``: answers to one participant
 - ``<region>.fact.<kind>``: facts between services (round_started, slot_cleared, ...)
 
@@ -31,6 +35,10 @@ class Keys:
     def request(self, kind: str) -> str:
         return f"{self.region}.in.{kind}"
 
+    def request_from(self, kind: str, sender: str) -> str:
+        """A request whose key names its sender (``*``: the binding for every sender)."""
+        return f"{self.region}.in.{kind}.{sender}"
+
     def to(self, participant_id: str, kind: str) -> str:
         return f"{self.region}.to.{participant_id}.{kind}"
 
@@ -55,20 +63,25 @@ def bounded_key(routing_key: str) -> str:
         return routing_key
     if len(parts) == 4 and parts[1] == TO:
         return f"{parts[0]}.{TO}.*.{parts[3]}"
+    if len(parts) == 4 and parts[1] == IN:
+        return f"{parts[0]}.{IN}.{parts[2]}.*"
     return "other"
 
 
 def parse_key(region: str, routing_key: str) -> tuple[str, str, str] | None:
     """(channel, kind, addressee) of one of ``region``'s routing keys, or None if it is not one.
 
-    ``addressee`` is the participant of a ``to`` key and empty otherwise. Patterns made by
-    ``Keys`` parse the same way (``to.*.kind`` gives addressee ``*``).
+    ``addressee`` is the participant of a ``to`` key, the sender of an ``in`` key that names
+    one, and empty otherwise. Patterns made by ``Keys`` parse the same way (``to.*.kind``
+    gives addressee ``*``).
     """
     parts = routing_key.split(".")
     if len(parts) < 3 or parts[0] != region:
         return None
     if parts[1] in (IN, FACT) and len(parts) == 3:
         return parts[1], parts[2], ""
+    if parts[1] == IN and len(parts) == 4 and parts[3]:
+        return IN, parts[2], parts[3]
     if parts[1] == TO and len(parts) == 4:
         return TO, parts[3], parts[2]
     return None

@@ -397,6 +397,14 @@ def test_the_example_household_reads_only_its_own_queue_and_answers() -> None:
         assert not (a.declare_queue(q) or a.consume(q) or a.may("write", q)), q
     # it cannot delete or redeclare the exchanges (its client must declare them passively)
     assert not (a.declare_exchange(X) or a.declare_exchange(DLX))
+    # A request whose key names its sender (MQTT: no user_id) may name only itself.
+    assert a.publish(X, Keys(r).request_from(topology.READING, HOUSEHOLD))
+    for sender in ("h002", f"{HOUSEHOLD}x", "*", "#"):
+        assert not a.publish(X, Keys(r).request_from(topology.READING, sender)), sender
+    assert not a.publish(X, Keys(OTHER_REGION).request_from(topology.READING, HOUSEHOLD))
+    # Its MQTT subscriptions' queues are its own too, nobody else's.
+    assert a.declare_queue(f"mqtt-subscription-{HOUSEHOLD}qos1") and a.consume(f"mqtt-subscription-{HOUSEHOLD}qos0")
+    assert not (a.declare_queue("mqtt-subscription-h002qos1") or a.consume("mqtt-subscription-h002qos1"))
 
 
 def test_the_example_household_is_what_microte_participants_add_provisions() -> None:

@@ -7,11 +7,7 @@ only for the households that named it, and a removed participant is cut off."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -22,12 +18,11 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 from redis.asyncio import Redis
 
-from services.ensemble import Ensemble, purge_region
-from services.participants.accounts import Management, accounts
 from shared.messages import decode, encode
 from shared.messages import types as t
 from shared.runtime.settings import from_env
 from shared.runtime.state import RegionState
+from tests.e2e.accounts import add, participants, region_on
 from tests.faults.servers import PrivateRabbit
 
 pytestmark = pytest.mark.e2e
@@ -44,23 +39,6 @@ def rabbit() -> Iterator[PrivateRabbit]:
         yield server
     finally:
         server.close()
-
-
-def participants(rabbit: PrivateRabbit, region: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``microte participants ARGS --region REGION`` against the private node."""
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli", "participants", *args, "--region", region,
-         "--management-url", rabbit.management_url],
-        env={**os.environ, "MICROTE_AMQP_URL": rabbit.url}, capture_output=True, text=True, timeout=120)
-
-
-def add(rabbit: PrivateRabbit, region: str, *args: str) -> str:
-    """Adds an account; its password (printed once)."""
-    done = participants(rabbit, region, "add", *args)
-    assert done.returncode == 0, done.stderr
-    found = re.search(r"^password: (\S+)$", done.stdout, re.M)
-    assert found, done.stdout
-    return found.group(1)
 
 
 class Client:
@@ -114,21 +92,8 @@ class Client:
 
 @pytest.fixture
 async def region(rabbit: PrivateRabbit, tmp_path: Path) -> AsyncIterator[str]:
-    """A region whose order-intake and ledger-writer trust the broker's user ids only."""
-    region = "acct" + secrets.token_hex(3)
-    env = {"MICROTE_REGION": region, "MICROTE_IDENTITY": "broker_user", "MICROTE_LEDGER_URL": "memory://",
-           "MICROTE_AMQP_URL": rabbit.url}
-    ensemble = Ensemble(env, tmp_path / "logs")
-    try:
-        await ensemble.start_all(("ledger-writer", "order-intake"))
+    async with region_on(rabbit, "acct", ("ledger-writer", "order-intake"), tmp_path) as region:
         yield region
-    finally:
-        ensemble.stop_all()
-        admin = Management(rabbit.management_url)
-        for account in accounts(admin, region):  # the node is the module's: ids are free again
-            admin.delete_user(account.participant_id)
-        settings = from_env(env)
-        await purge_region(settings.amqp_url, settings.redis_url, region, [])
 
 
 async def members(region: str) -> tuple[set[str], dict[str, str]]:

@@ -413,19 +413,23 @@ class PrivateRabbit(PrivateServer):
 
     kind = "rabbitmq"
 
-    def __init__(self, definitions: Path | None = None, *, management: bool = False) -> None:
+    def __init__(self, definitions: Path | None = None, *, management: bool = False, mqtt: bool = False) -> None:
         """``definitions``: a RabbitMQ definitions file to boot from (users, permissions);
         such a node has no guest user. ``management``: with the management plugin, its HTTP
-        API on a port of its own (``management_url``)."""
+        API on a port of its own (``management_url``). ``mqtt``: with the MQTT plugin on a
+        port of its own (``mqtt_port``), publishing into the exchange ``microte`` as the
+        compose stack's broker does, and no anonymous logins."""
         super().__init__()
         self.definitions = definitions
         self.management_port = free_port() if management else None
+        self.mqtt_port = free_port() if mqtt else None
+        plugins = [p for p, on in (("rabbitmq_management", management), ("rabbitmq_mqtt", mqtt)) if on]
         self.node = f"mtfault-{secrets.token_hex(4)}@localhost"
         self.dist_port = free_port()
         self.scripts = _rabbit_scripts()
         (self.tmp / "home").mkdir()
         (self.tmp / "rabbitmq-env.conf").write_text("")
-        (self.tmp / "enabled_plugins").write_text("[rabbitmq_management].\n" if management else "[].\n")
+        (self.tmp / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (self.tmp / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
             "loopback_users = none\n"
@@ -434,6 +438,8 @@ class PrivateRabbit(PrivateServer):
             + (f"load_definitions = {definitions}\n" if definitions else "")
             + (f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
                if management else "")
+            + (f"mqtt.listeners.tcp.default = 127.0.0.1:{self.mqtt_port}\nmqtt.exchange = microte\n"
+               "mqtt.allow_anonymous = false\nmqtt.vhost = /\n" if mqtt else "")
         )
 
     def _env(self) -> dict[str, str]:
@@ -469,9 +475,11 @@ class PrivateRabbit(PrivateServer):
                     return False
         except OSError:
             return False
-        if self.management_port is not None:
+        for port in (self.management_port, self.mqtt_port):
+            if port is None:
+                continue
             try:
-                socket.create_connection(("127.0.0.1", self.management_port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             except OSError:
                 return False
         if self.definitions is None:
