@@ -94,13 +94,33 @@ class RoundAnswers:
         return [a for a in (*self.orders, *self.readings) if isinstance(a, t.Rejected)]
 
 
+def _request_key(m: t.Message) -> tuple[str, ...]:
+    """What identifies a request's answer: ``Client._key`` of the answer gives the same."""
+    pid = getattr(m, "participant_id", "")
+    match m:
+        case t.JoinMarket() | t.LeaveMarket():
+            return ("membership", pid)
+        case t.SubmitOrder():
+            return ("order", pid, m.client_order_id)
+        case t.CancelOrder():
+            return ("cancel", pid, m.client_order_id)
+        case t.SubmitReading():
+            return ("reading", pid, str(m.slot.start))
+        case t.SubmitBatch():
+            return ("batch", m.batch_id)
+    raise ValueError(f"a {type(m).__name__} has no answer of its own: send() it")
+
+
 class Client:
     def __init__(self, url: str, region: str, participant_id: str, *, answer_timeout_s: float = 60.0,
-                 resend_after_s: float = 10.0) -> None:
+                 resend_after_s: float = 10.0, listen_for: Iterable[str] = ()) -> None:
         """``url``: the broker, as ``amqp://user:password@host:5672/``. ``answer_timeout_s``:
         how long a request waits for its answer in all (sending it again every
-        ``resend_after_s``) before ``TimeoutError``."""
+        ``resend_after_s``) before ``TimeoutError``. ``listen_for``: other participants whose
+        answers come to this client too, in the local mode only (a simulator that speaks for
+        many households; a participant's own account may not bind another's answers)."""
         self.url, self.region, self.participant_id = url, region, participant_id
+        self.listen_for = tuple(listen_for)
         user = urllib.parse.unquote(urllib.parse.urlsplit(url).username or "guest")
         # Its own broker user: requests carry it as user_id (checked by RabbitMQ). Else the local mode.
         self.user_id = participant_id if user == participant_id else None
@@ -128,7 +148,8 @@ class Client:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=64)
         queue = await channel.declare_queue(f"microte.{self.region}.participant.{self.participant_id}", durable=True)
-        await queue.bind(_EXCHANGE, routing_key=f"{self.region}.to.{self.participant_id}.#")
+        for pid in (self.participant_id, *self.listen_for):
+            await queue.bind(_EXCHANGE, routing_key=f"{self.region}.to.{pid}.#")
         await queue.bind(_EXCHANGE, routing_key=f"{self.region}.fact.round_started")
         await queue.consume(self._on_message)
 
@@ -152,11 +173,11 @@ class Client:
     async def join(self, agent: str | None = None) -> t.MemberJoined:
         """Joins the market; ``agent``: the aggregator that may act for this household."""
         m = t.JoinMarket(region=self.region, participant_id=self.participant_id, agent=agent)
-        return await self._request(m, ("membership",), t.MemberJoined)
+        return await self._request(m, t.MemberJoined)
 
     async def leave(self) -> t.MemberLeft:
         m = t.LeaveMarket(region=self.region, participant_id=self.participant_id)
-        return await self._request(m, ("membership",), t.MemberLeft)
+        return await self._request(m, t.MemberLeft)
 
     async def order(self, side: str, quantity_wh: int, price: Decimal | str, slot: t.Slot, source: str = "solar",
                     client_order_id: str | None = None) -> t.OrderAccepted:
@@ -164,25 +185,25 @@ class Client:
         coid = client_order_id or new_order_id()
         m = t.SubmitOrder(region=self.region, participant_id=self.participant_id, client_order_id=coid, side=side,
                           quantity_wh=quantity_wh, price=str(price), source=source, slot=slot)
-        return await self._request(m, ("order", coid), t.OrderAccepted)
+        return await self._request(m, t.OrderAccepted)
 
     async def cancel(self, client_order_id: str, slot: t.Slot) -> t.OrderCancelled:
         m = t.CancelOrder(region=self.region, participant_id=self.participant_id, client_order_id=client_order_id,
                           slot=slot)
-        return await self._request(m, ("cancel", client_order_id), t.OrderCancelled)
+        return await self._request(m, t.OrderCancelled)
 
     async def reading(self, slot: t.Slot, import_wh: int, export_wh: Mapping[str, int] | None = None,
                       self_consumed_wh: Mapping[str, int] | None = None) -> t.ReadingAccepted:
         """The meter's reading of a delivered slot: energy imported, and exported by source."""
         m = t.SubmitReading(region=self.region, participant_id=self.participant_id, slot=slot, import_wh=import_wh,
                             export_wh=dict(export_wh or {}), self_consumed_wh=dict(self_consumed_wh or {}))
-        return await self._request(m, ("reading", str(slot.start)), t.ReadingAccepted)
+        return await self._request(m, t.ReadingAccepted)
 
     async def finish(self, round_start: int) -> None:
         """Done with the round that started at ``round_start`` (a simulation's clock waits for
         every member's). It has no answer of its own; ``submit_round`` counts it in its answers."""
-        await self._send(t.FinishRound(region=self.region, participant_id=self.participant_id,
-                                       round_start=round_start))
+        await self.send(t.FinishRound(region=self.region, participant_id=self.participant_id,
+                                      round_start=round_start))
 
     async def submit_round(self, *, orders: Iterable[t.OrderItem] = (), cancels: Iterable[t.CancelItem] = (),
                            reading: t.ReadingItem | None = None, finish_round: int = 0) -> RoundAnswers:
@@ -205,7 +226,7 @@ class Client:
         answered: dict[str, t.BatchAnswered] = {}
         self._batches[batch_id] = (services, answered)
         try:
-            await self._request(message, ("batch", batch_id), t.BatchAnswered)
+            await self._request(message, t.BatchAnswered)
         finally:
             self._batches.pop(batch_id, None)
         return RoundAnswers(orders=list(answered["order-intake"].answers) if "order-intake" in answered else [],
@@ -234,11 +255,17 @@ class Client:
             for event in kept:
                 self._events.put_nowait(event)
 
-    # --- plumbing -----------------------------------------------------------------------
+    # --- any request ----------------------------------------------------------------------
 
-    async def _send(self, message: t.Message, deadline: float | None = None) -> None:
-        """Persistent and confirmed; sent again while the robust connection reconnects, until
-        ``deadline`` (loop time; default ``answer_timeout_s`` from now)."""
+    async def request(self, message: t.Message) -> t.Message:
+        """Sends any request of the wire contract and returns its answer (``BatchAnswered``
+        for a batch: the first service's); raises ``Refused`` when it was refused."""
+        return await self._request(message, t.Message)
+
+    async def send(self, message: t.Message, deadline: float | None = None) -> None:
+        """Sends any request without waiting for its answer: persistent and confirmed, sent
+        again while the robust connection reconnects, until ``deadline`` (loop time;
+        default ``answer_timeout_s`` from now)."""
         assert self._exchange is not None, "connect() first"
         body, kind = encode(message), _REQUEST_KIND[type(message)]
         loop = asyncio.get_running_loop()
@@ -256,14 +283,17 @@ class Client:
                     raise
                 await asyncio.sleep(pause)  # the robust connection is reconnecting meanwhile
 
-    async def _request(self, message: t.Message, key: tuple[str, ...], answer: type[A]) -> A:
+    # --- plumbing -----------------------------------------------------------------------
+
+    async def _request(self, message: t.Message, answer: type[A]) -> A:
+        key = _request_key(message)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.answer_timeout_s
         while True:
             future: asyncio.Future[t.Message] = loop.create_future()
             self._waiting[key] = future
             try:
-                await self._send(message, deadline)
+                await self.send(message, deadline)
                 got = await asyncio.wait_for(future, min(self.resend_after_s, max(0.0, deadline - loop.time())))
             except TimeoutError:
                 if loop.time() >= deadline:
@@ -278,28 +308,29 @@ class Client:
             return got
 
     def _key(self, m: t.Message) -> tuple[str, ...] | None:
-        """The waiting request an answer belongs to."""
+        """The waiting request an answer belongs to (``_request_key`` of that request)."""
+        pid = getattr(m, "participant_id", "")
         match m:
             case t.MemberJoined() | t.MemberLeft():
-                return ("membership",)
+                return ("membership", pid)
             case t.OrderAccepted():
-                return ("order", m.client_order_id)
+                return ("order", pid, m.client_order_id)
             case t.OrderCancelled():
-                return ("cancel", m.client_order_id)
+                return ("cancel", pid, m.client_order_id)
             case t.ReadingAccepted():
-                return ("reading", str(m.slot.start))
+                return ("reading", pid, str(m.slot.start))
             case t.BatchAnswered():
                 return ("batch", m.batch_id)
             case t.Rejected():
                 match m.request:
                     case "JoinMarket" | "LeaveMarket":
-                        return ("membership",)
+                        return ("membership", pid)
                     case "SubmitOrder":
-                        return ("order", m.reference)
+                        return ("order", pid, m.reference)
                     case "CancelOrder":
-                        return ("cancel", m.reference)
+                        return ("cancel", pid, m.reference)
                     case "SubmitReading":
-                        return ("reading", m.reference.split("-", 1)[0])
+                        return ("reading", pid, m.reference.split("-", 1)[0])
                     case "SubmitBatch":
                         return ("batch", m.reference)
         return None

@@ -1,6 +1,8 @@
 """A simulated community: households that use the market exactly as outside clients do,
 over RabbitMQ only: they join, quote for the next open slot, report their meters and say
-when they are done with a round."""
+when they are done with a round. Households acting through an aggregator (the default of
+``microte demo``) do it through the client SDK, ``microte.client``, as any aggregator
+would; households on their own send one message per request, as simple meters do."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
+from microte.client import Client
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
 from shared.market import GridPrices, Slot
@@ -149,26 +152,53 @@ def agent_ids(count: int) -> list[str]:
     return [f"agg{i:03d}" for i in range(count)]
 
 
+class _SimulatedAgent(Client):
+    """The SDK client of a simulated aggregator: in the local mode it also hears its
+    households' answers (their joins), and with the community's test aid it sends every
+    request twice."""
+
+    def __init__(self, community: Community, agent_id: str, members: list[str]) -> None:
+        # A simulation waits as long as the market needs (an outage delays a round, never
+        # changes it), and sends nothing twice unless told to (the ledger stays comparable).
+        super().__init__(community.amqp_url, community.region, agent_id, answer_timeout_s=ANSWER_TIMEOUT_S,
+                         resend_after_s=ANSWER_TIMEOUT_S, listen_for=members)
+        self.duplicate = community.duplicate
+
+    async def send(self, message: t.Message, deadline: float | None = None) -> None:
+        for _ in range(2 if self.duplicate else 1):
+            await super().send(message, deadline)
+
+
 class Aggregator:
     """Acts for many households, as a home-energy-management vendor or a fleet operator
-    does: one batch a round carries every household's reading, orders and "finished"; a
-    second one the cancels and new orders of those that changed their minds. Answers,
-    settlements and statements of its households come to its one queue."""
+    does, through the client SDK: one batch a round carries every household's reading,
+    orders and "finished"; a second one the cancels and new orders of those that changed
+    their minds. Settlements and statements of its households come in its bundles."""
 
     def __init__(self, agent_id: str, members: list[Participant], community: Community) -> None:
         self.agent_id = agent_id
         self.members = {p.pid: p for p in members}
         self.c = community
-        self.waiting: dict[tuple[str, str], asyncio.Future[t.BatchAnswered]] = {}
+        self.client = _SimulatedAgent(community, agent_id, list(self.members))
         self.played: set[int] = set()
+
+    async def listen(self) -> None:
+        """Its events, one at a time: round starts, and its households' bundles."""
+        async for message in self.client.events():
+            await self.on_message(message)
+
+    async def join(self) -> None:
+        """Joins each of its households, naming itself as their agent (the local mode: with
+        broker identity a household's own user sends that join, ``microte participants``)."""
+        async def join(p: Participant) -> None:
+            answer = await self.client.request(t.JoinMarket(region=self.c.region, participant_id=p.pid,
+                                                            agent=self.agent_id))
+            await p.on_message(answer)
+        await asyncio.gather(*(join(p) for p in self.members.values()))
 
     async def on_message(self, message: t.Message) -> None:
         if isinstance(message, t.RoundStarted):
             await self.play(message)
-        elif isinstance(message, t.BatchAnswered):
-            waiting = self.waiting.pop((message.batch_id, message.service), None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(message)
         elif isinstance(message, t.AgentBundle):  # its households' notices or statements, one message
             inner: list[t.SettlementsNotice | t.Statement] = [*message.notices, *message.statements]
             for each in inner:
@@ -177,21 +207,15 @@ class Aggregator:
         elif (p := self.members.get(getattr(message, "participant_id", ""))) is not None:
             await p.on_message(message)
 
-    async def submit(self, batch_id: str, items: list[t.ParticipantRound]) -> list[t.BatchAnswered]:
-        """Send one batch; the answers of the services it concerns (each answers its part)."""
-        services = (["order-intake"] if any(i.orders or i.cancels or i.finish_round for i in items) else []) + (
-            ["meter-collector"] if any(i.reading is not None for i in items) else [])
-        loop = asyncio.get_running_loop()
-        futures = [self.waiting.setdefault((batch_id, s), loop.create_future()) for s in services]
-        await self.c.send(t.SubmitBatch(region=self.c.region, participant_id=self.agent_id, batch_id=batch_id,
-                                        items=items), k.BATCH)
-        answered = await asyncio.wait_for(asyncio.gather(*futures), timeout=ANSWER_TIMEOUT_S)
-        for batch in answered:
-            for answer in batch.answers:
-                self.c.tally.answers[type(answer).__name__] += 1
-                if isinstance(answer, t.Rejected):
-                    self.c.tally.rejections[answer.reason] += 1
-        return answered
+    async def submit(self, batch_id: str, items: list[t.ParticipantRound]) -> list[t.BatchAnswer]:
+        """Send one batch; every item's answers (each service answers its part)."""
+        answered = await self.client.submit_batch(items, batch_id=batch_id)
+        answers = [*answered.orders, *answered.readings]
+        for answer in answers:
+            self.c.tally.answers[type(answer).__name__] += 1
+            if isinstance(answer, t.Rejected):
+                self.c.tally.rejections[answer.reason] += 1
+        return answers
 
     async def play(self, r: t.RoundStarted) -> None:
         start = r.current_round.start
@@ -213,8 +237,7 @@ class Aggregator:
         answered = await self.submit(f"{self.agent_id}-{start}", items)
         if not first_orders:
             return
-        accepted = {(a.participant_id, a.client_order_id) for b in answered for a in b.answers
-                    if isinstance(a, t.OrderAccepted)}
+        accepted = {(a.participant_id, a.client_order_id) for a in answered if isinstance(a, t.OrderAccepted)}
         again = []
         for pid, first in first_orders.items():  # changed minds: cancel, quote half again, finish
             if (pid, first.client_order_id) in accepted:
@@ -236,6 +259,7 @@ class Community:
         self.region = region
         self.keys = Keys(region)
         self.tz = ZoneInfo(timezone)
+        self.duplicate = duplicate  # test aid: send every message twice
         self.participants = [Participant(h, self) for h in homes]
         # With aggregators, household i is in the care of aggregator i mod k, which submits
         # for all of its households in one batch a round (Aggregator).
@@ -243,7 +267,6 @@ class Community:
         self.aggregators = [Aggregator(agent, self.participants[i::k], self) for i, agent in enumerate(agent_ids(k))]
         self.tally = Tally()
         self.progress_every = progress_every
-        self.duplicate = duplicate  # test aid: send every message twice
         self.max_rounds = max_rounds  # leave after this many rounds (0: when the clock's last round is recorded)
         self.finished = asyncio.Event()
         self.rounds_seen = asyncio.Event()  # set at each round start, for observers
@@ -273,44 +296,63 @@ class Community:
 
     async def run(self, joined: asyncio.Event | None = None) -> Tally:
         connection = await aio_pika.connect_robust(self.amqp_url)
+        listening: list[asyncio.Task[None]] = []
         async with connection:
             self._channel = channel = await connection.channel()  # publisher confirms: see send()
             await channel.set_qos(prefetch_count=32)
             self._exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC,
                                                             durable=True)
-            for a in self.aggregators:  # one queue for the aggregator and its households
-                queue = await channel.declare_queue(f"microte.{self.region}.participant.{a.agent_id}", durable=True)
-                for pid in (a.agent_id, *a.members):
-                    await queue.bind(self._exchange, routing_key=f"{self.region}.to.{pid}.#")
-                await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
-                await queue.consume(self._consumer(a))
-            for p in self.participants if not self.aggregators else ():
-                queue = await channel.declare_queue(f"microte.{self.region}.participant.{p.pid}", durable=True)
-                await queue.bind(self._exchange, routing_key=f"{self.region}.to.{p.pid}.#")
-                await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
-                await queue.consume(self._consumer(p))
-            watch = await channel.declare_queue(f"microte.{self.region}.community", durable=True)
-            await watch.bind(self._exchange, routing_key=self.keys.fact(k.SLOT_RECORDED))
-            await watch.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
-            await watch.consume(self._watch)
-            agent_of = {pid: a.agent_id for a in self.aggregators for pid in a.members}
-            for p in self.participants:
-                await self.send(t.JoinMarket(region=self.region, participant_id=p.pid, agent=agent_of.get(p.pid)),
-                                k.MEMBER)
-            await asyncio.gather(*(p.joined.wait() for p in self.participants))
-            if joined is not None:
-                joined.set()
-            await self.finished.wait()
-            for p in self.participants:
-                await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+            try:
+                for a in self.aggregators:  # each its own client, its households' answers on its queue
+                    await a.client.connect()
+                    listening.append(asyncio.create_task(a.listen(), name=f"aggregator-{a.agent_id}"))
+                for p in self.participants if not self.aggregators else ():
+                    queue = await channel.declare_queue(f"microte.{self.region}.participant.{p.pid}", durable=True)
+                    await queue.bind(self._exchange, routing_key=f"{self.region}.to.{p.pid}.#")
+                    await queue.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
+                    await queue.consume(self._consumer(p))
+                watch = await channel.declare_queue(f"microte.{self.region}.community", durable=True)
+                await watch.bind(self._exchange, routing_key=self.keys.fact(k.SLOT_RECORDED))
+                await watch.bind(self._exchange, routing_key=self.keys.fact(k.ROUND_STARTED))
+                await watch.consume(self._watch)
+                if self.aggregators:
+                    await asyncio.gather(*(a.join() for a in self.aggregators))
+                else:
+                    for p in self.participants:
+                        await self.send(t.JoinMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+                    await asyncio.gather(*(p.joined.wait() for p in self.participants))
+                if joined is not None:
+                    joined.set()
+                await self._until_finished(listening)
+                for a in self.aggregators:
+                    for pid in a.members:
+                        await a.client.send(t.LeaveMarket(region=self.region, participant_id=pid))
+                for p in self.participants if not self.aggregators else ():
+                    await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
+            finally:
+                for task in listening:
+                    task.cancel()
+                for a in self.aggregators:
+                    await a.client.close()
         return self.tally
+
+    async def _until_finished(self, listening: list[asyncio.Task[None]]) -> None:
+        """Until the run is over; an aggregator that fails ends it with its error."""
+        finished = asyncio.create_task(self.finished.wait())
+        try:
+            await asyncio.wait([finished, *listening], return_when=asyncio.FIRST_COMPLETED)
+            for task in listening:
+                if task.done():
+                    task.result()  # raises what stopped it
+        finally:
+            finished.cancel()
 
     @property
     def queue_owners(self) -> list[str]:
         """The ids whose queues this community declares (see ``purge_region``)."""
         return [a.agent_id for a in self.aggregators] or [p.pid for p in self.participants]
 
-    def _consumer(self, p: Participant | Aggregator):  # type: ignore[no-untyped-def]
+    def _consumer(self, p: Participant):  # type: ignore[no-untyped-def]
         async def consume(incoming: AbstractIncomingMessage) -> None:
             async with incoming.process(requeue=True):
                 await p.on_message(decode(incoming.body))

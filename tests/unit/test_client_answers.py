@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from microte import Client, ask, bid, new_order_id
+from microte.client import _request_key
 from shared.messages import types as t
 
 R, ME = "r1", "h1"
@@ -31,23 +32,54 @@ def test_client_order_ids_are_random_and_valid_ids() -> None:
 
 
 @pytest.mark.parametrize(("answer", "key"), [
-    (t.MemberJoined(region=R, participant_id=ME, joined_at_ms=1), ("membership",)),
-    (t.MemberLeft(region=R, participant_id=ME), ("membership",)),
+    (t.MemberJoined(region=R, participant_id=ME, joined_at_ms=1), ("membership", ME)),
+    (t.MemberLeft(region=R, participant_id=ME), ("membership", ME)),
     (t.OrderAccepted(region=R, order_id="o", client_order_id="c1", participant_id=ME, side="bid", quantity_wh=1,
-                     price="0.1", source="solar", slot=SLOT, seq=0, submitted_at_ms=1), ("order", "c1")),
-    (t.OrderCancelled(region=R, participant_id=ME, client_order_id="c1", order_id="o", slot=SLOT), ("cancel", "c1")),
+                     price="0.1", source="solar", slot=SLOT, seq=0, submitted_at_ms=1), ("order", ME, "c1")),
+    (t.OrderCancelled(region=R, participant_id=ME, client_order_id="c1", order_id="o", slot=SLOT), ("cancel", ME, "c1")),
     (t.ReadingAccepted(region=R, participant_id=ME, slot=SLOT, import_wh=1, export_wh={}, self_consumed_wh={},
-                       received_at_ms=1), ("reading", str(SLOT.start))),
+                       received_at_ms=1), ("reading", ME, str(SLOT.start))),
     (t.BatchAnswered(region=R, participant_id=ME, batch_id="b", service="order-intake", answers=[]), ("batch", "b")),
     (t.Rejected(region=R, participant_id=ME, request="SubmitOrder", reason="gate_closed", reference="c1"),
-     ("order", "c1")),
+     ("order", ME, "c1")),
     (t.Rejected(region=R, participant_id=ME, request="CancelOrder", reason="unknown_order", reference="c1"),
-     ("cancel", "c1")),
+     ("cancel", ME, "c1")),
     (t.Rejected(region=R, participant_id=ME, request="SubmitReading", reason="not_a_member",
-                reference=f"{SLOT.start}-{SLOT.end}"), ("reading", str(SLOT.start))),
-    (t.Rejected(region=R, participant_id=ME, request="JoinMarket", reason="identity_mismatch"), ("membership",)),
+                reference=f"{SLOT.start}-{SLOT.end}"), ("reading", ME, str(SLOT.start))),
+    (t.Rejected(region=R, participant_id=ME, request="JoinMarket", reason="identity_mismatch"), ("membership", ME)),
     (t.Rejected(region=R, participant_id=ME, request="unknown", reason="malformed"), None),
     (t.RoundFinished(region=R, participant_id=ME, round_start=1), None),
 ])
 def test_an_answer_finds_the_request_it_answers(answer: t.Message, key: tuple[str, ...] | None) -> None:
     assert client()._key(answer) == key
+
+
+@pytest.mark.parametrize("request_", [
+    t.JoinMarket(region=R, participant_id=ME),
+    t.LeaveMarket(region=R, participant_id=ME),
+    t.SubmitOrder(region=R, participant_id=ME, client_order_id="c1", side="bid", quantity_wh=1, price="0.1",
+                  source="solar", slot=SLOT),
+    t.CancelOrder(region=R, participant_id=ME, client_order_id="c1", slot=SLOT),
+    t.SubmitReading(region=R, participant_id=ME, slot=SLOT, import_wh=1),
+    t.SubmitBatch(region=R, participant_id=ME, batch_id="b", items=[]),
+])
+def test_a_request_waits_under_the_key_its_answers_come_back_with(request_: t.Message) -> None:
+    answers = {
+        t.JoinMarket: t.MemberJoined(region=R, participant_id=ME, joined_at_ms=1),
+        t.LeaveMarket: t.MemberLeft(region=R, participant_id=ME),
+        t.SubmitOrder: t.Rejected(region=R, participant_id=ME, request="SubmitOrder", reason="gate_closed",
+                                  reference="c1"),
+        t.CancelOrder: t.OrderCancelled(region=R, participant_id=ME, client_order_id="c1", order_id="o", slot=SLOT),
+        t.SubmitReading: t.Rejected(region=R, participant_id=ME, request="SubmitReading", reason="not_a_member",
+                                    reference=f"{SLOT.start}-{SLOT.end}"),
+        t.SubmitBatch: t.BatchAnswered(region=R, participant_id=ME, batch_id="b", service="order-intake", answers=[]),
+    }
+    assert _request_key(request_) == client()._key(answers[type(request_)])
+
+
+def test_two_households_answers_never_meet() -> None:
+    """A simulator listening for many households: the same client order id of two of them
+    are two requests."""
+    a = t.Rejected(region=R, participant_id="h1", request="SubmitOrder", reason="gate_closed", reference="c1")
+    b = t.Rejected(region=R, participant_id="h2", request="SubmitOrder", reason="gate_closed", reference="c1")
+    assert client()._key(a) != client()._key(b)
