@@ -19,7 +19,7 @@ from shared.messages import types as t
 from shared.messages.codec import encode
 from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.runtime.service import Service, now_ms
-from shared.runtime.state import IntakeOp, OpResults
+from shared.runtime.state import IntakeLimits, IntakeOp, OpResults
 from shared.runtime.topology import BATCH, MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
 
 _MAX_TRIES = 5  # a round that moves while orders are validated: validate again
@@ -63,6 +63,9 @@ class OrderIntake:
         self.svc = service
         self.market = service.settings.market
         self.state = service.state
+        rate = self.market.max_requests_per_s
+        self.limits = IntakeLimits(orders_per_slot=self.market.max_orders_per_slot, requests_per_s=float(rate),
+                                   burst=self.market.request_burst or max(1, int(2 * rate)))
 
     # --- membership ------------------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class OrderIntake:
             self.svc.state_seen(exists, None if current is None else current[0])
             ops = self._ops(run.items, current, first_seq, started)
             results = await self.state.apply_intake(ops, round_start=None if current is None else current[0],
-                                                    now_ms=started)
+                                                    now_ms=started, limits=self.limits)
             if results is not None:
                 self._answer(run.items, ops, results)
                 break
@@ -208,6 +211,13 @@ class OrderIntake:
             elif status == "not_entitled":
                 item.answer = self._rejection(item, RejectReason.NOT_ENTITLED,
                                               f"{item.sender} is not the agent of {item.participant_id}")
+            elif status == "rate_limited":
+                item.answer = self._rejection(item, RejectReason.RATE_LIMITED,
+                                              f"at most {self.market.max_requests_per_s} orders and cancels a second "
+                                              f"(burst {self.limits.burst}); send it again later")
+            elif status == "too_many_orders":
+                item.answer = self._rejection(item, RejectReason.TOO_MANY_ORDERS,
+                                              f"at most {self.limits.orders_per_slot} orders for one slot")
             elif op.kind in ("o", "d"):
                 if status == "duplicate":
                     original = order_from_wire(decode_as(value, t.OrderAccepted))

@@ -19,6 +19,8 @@ class RejectReason(StrEnum):
     NOT_A_MEMBER = "not_a_member"
     IDENTITY_MISMATCH = "identity_mismatch"
     NOT_ENTITLED = "not_entitled"  # a batch's sender is not the agent of the participant it names
+    TOO_MANY_ORDERS = "too_many_orders"  # beyond the orders one participant may submit for one slot
+    RATE_LIMITED = "rate_limited"  # beyond the requests per second one participant may send
     UNKNOWN_ORDER = "unknown_order"
     INVALID_READING = "invalid_reading"
     READING_TOO_LARGE = "reading_too_large"  # a value above numbers.MAX_READING_WH

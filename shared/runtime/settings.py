@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 from shared.market import PricingRule, Schedule, Tariff, check_price_cap
 from shared.runtime.trust import service_users as parse_users
@@ -32,6 +33,11 @@ class MarketSettings:
     price_cap: Decimal = Decimal("10")
     reading_deadline_s: int = 120
     member_timeout_s: int = 300
+    # What one participant may send (order-intake): orders per slot (cancelled ones count),
+    # and orders and cancels per second with a burst (0 per second: no rate limit).
+    max_orders_per_slot: int = 100
+    max_requests_per_s: Decimal = Decimal(0)
+    request_burst: int = 0  # 0: twice the rate per second, at least 1
 
 
 @dataclass(frozen=True)
@@ -76,10 +82,19 @@ def _get(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(f"MICROTE_{name}", default)
 
 
+_N = TypeVar("_N", int, Decimal)
+
+
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     value = int(_get(env, name, str(default)))
     if value <= 0:
         raise SettingsError(f"MICROTE_{name} must be a positive integer, got {value}")
+    return value
+
+
+def _not_negative(value: _N, name: str) -> _N:
+    if value < 0:
+        raise SettingsError(f"MICROTE_{name} must not be negative, got {value}")
     return value
 
 
@@ -107,6 +122,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             price_cap=check_price_cap(Decimal(_get(e, "PRICE_CAP", "10"))),
             reading_deadline_s=int(_get(e, "READING_DEADLINE_S", "120")),
             member_timeout_s=int(_get(e, "MEMBER_TIMEOUT_S", "300")),
+            max_orders_per_slot=_positive(e, "MAX_ORDERS_PER_SLOT", 100),
+            max_requests_per_s=_not_negative(Decimal(_get(e, "MAX_REQUESTS_PER_S", "0")), "MAX_REQUESTS_PER_S"),
+            request_burst=_not_negative(int(_get(e, "REQUEST_BURST", "0")), "REQUEST_BURST"),
         )
         mode = _get(e, "CLOCK_MODE", "simulation")
         if mode not in ("simulation", "realtime"):

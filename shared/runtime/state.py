@@ -17,6 +17,7 @@ Atomicity:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
@@ -29,27 +30,43 @@ from shared.market import Slot
 # batches alike), so that membership, the agent's entitlement, the duplicate check, the
 # round and the insertion are one atomic step. The round is checked once, first: if it
 # moved since the orders were validated, nothing is written and the caller validates again.
-# KEYS: gen, round, members, agents, wake, then the keys the ops name by index.
-# ARGV: round start ('' for no check: finishes only), now in ms, then ops of 8 fields:
-# kind, participant, sender (the agent that sent its batch; '' for the participant
-# itself), key index 1, key index 2, and three arguments. Answers: 'ok', then a status and
-# a value per op.
+# KEYS: gen, round, members, agents, wake, request rates, then the keys the ops name by index.
+# ARGV: round start ('' for no check: finishes only), now in ms, the orders a participant may
+# submit for one slot, its requests per second and burst (0: no rate limit), then ops of 9
+# fields: kind, participant, sender (the agent that sent its batch; '' for the participant
+# itself), key indexes 1, 2 and 3, and three arguments. Answers: 'ok', then a status and a
+# value per op.
 _INTAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'start') ~= ARGV[1] then return {'moved'} end
 local now, out, woke = ARGV[2], {'ok'}, false
+local per_slot, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local function refused(pid, sender, need_member)
   if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[4], pid) ~= sender then return 'not_entitled' end
   if need_member and redis.call('HEXISTS', KEYS[3], pid) == 0 then return 'not_a_member' end
   return nil
 end
-for i = 3, #ARGV, 8 do
+local function limited(pid)  -- a token bucket per participant: 'rate_limited' when it is empty
+  if rate <= 0 then return nil end
+  local held = redis.call('HMGET', KEYS[6], pid, pid .. '@')
+  local t = tonumber(now)
+  local at = tonumber(held[2]) or t
+  local tokens = math.min(burst, (tonumber(held[1]) or burst) + math.max(0, t - at) * rate / 1000)
+  if tokens < 1 then
+    redis.call('HSET', KEYS[6], pid, tostring(tokens), pid .. '@', now)
+    return 'rate_limited'
+  end
+  redis.call('HSET', KEYS[6], pid, tostring(tokens - 1), pid .. '@', now)
+  return nil
+end
+for i = 6, #ARGV, 9 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local k1, k2 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
-  local a, b, c = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  local k1, k2, k3 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])], KEYS[tonumber(ARGV[i + 5])]
+  local a, b, c = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
   local status, value = nil, ''
-  if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book; a client id, b order id, c body)
-    status = refused(pid, sender, true)
+  if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book, k3 orders per participant;
+                                      -- a client id, b order id, c body)
+    status = refused(pid, sender, true) or limited(pid)
     if not status then
       local existing = redis.call('HGET', k1, a)
       if existing then
@@ -57,14 +74,17 @@ for i = 3, #ARGV, 8 do
         if stored then status, value = 'duplicate', stored else status = 'cancelled' end
       elseif kind == 'd' then
         status = 'none'  -- an order the market core refused, and no duplicate: the refusal stands
+      elseif tonumber(redis.call('HGET', k3, pid) or '0') >= per_slot then
+        status = 'too_many_orders'
       else
         redis.call('HSET', k1, a, b)
         redis.call('HSET', k2, b, c)
+        redis.call('HINCRBY', k3, pid, 1)
         status = 'ok'
       end
     end
   elseif kind == 'c' then  -- a cancel (k1 client ids, k2 book; a client id, c '1' when its gate closed)
-    status = refused(pid, sender, false)
+    status = refused(pid, sender, false) or limited(pid)
     if not status then
       local oid = redis.call('HGET', k1, a)
       if not oid then status = 'unknown'
@@ -212,6 +232,19 @@ BAD_INPUT_KEEP_S = 8 * 86400
 
 
 @dataclass(frozen=True)
+class IntakeLimits:
+    """What one participant may send to order-intake (``MICROTE_MAX_ORDERS_PER_SLOT``,
+    ``MICROTE_MAX_REQUESTS_PER_S``, ``MICROTE_REQUEST_BURST``)."""
+
+    orders_per_slot: int = 1_000_000
+    requests_per_s: float = 0.0  # 0: no rate limit
+    burst: int = 1
+
+
+NO_LIMITS = IntakeLimits()
+
+
+@dataclass(frozen=True)
 class IntakeOp:
     """One order, cancel or finish for ``RegionState.apply_intake``.
 
@@ -344,6 +377,8 @@ class RegionState:
                 pipe.hset(k("book", _s(slot)), mapping=dict(entries))
         for slot, coids in snapshot.client_ids.items():
             pipe.hset(k("coid", _s(slot)), mapping=dict[Any, Any](coids))
+            counts = Counter(key.split("/", 1)[0] for key in coids)  # "<participant>/<client order id>"
+            pipe.hset(k("orders-of", _s(slot)), mapping=dict[Any, Any](counts))
         for slot, readings in snapshot.readings.items():
             pipe.hset(k("readings", _s(slot)), mapping=dict[Any, Any](readings))
         for slot, cleared in snapshot.cleared.items():
@@ -492,27 +527,32 @@ class RegionState:
         first = int(found[2]) - reserve + 1 if reserve else 0
         return bool(found[0]), current, first
 
-    async def apply_intake(self, ops: list[IntakeOp], *, round_start: int | None, now_ms: int) -> OpResults | None:
+    async def apply_intake(self, ops: list[IntakeOp], *, round_start: int | None, now_ms: int,
+                           limits: IntakeLimits = NO_LIMITS) -> OpResults | None:
         """Every op in one atomic script; None (and nothing written) when the round is no
-        longer ``round_start``. Raises ``RegionStateLost`` when the state has no generation."""
+        longer ``round_start``. Raises ``RegionStateLost`` when the state has no generation.
+        ``limits``: an order beyond a participant's orders per slot is ``too_many_orders``;
+        an order or cancel beyond its request rate is ``rate_limited``."""
         named = _KeyList(self.key("gen"), self.key("round"), self.key("members"), self.key("agents"),
-                         self.key("wake"))
+                         self.key("wake"), self.key("rates"))
 
-        args: list[Any] = ["" if round_start is None else round_start, now_ms]
+        args: list[Any] = ["" if round_start is None else round_start, now_ms, limits.orders_per_slot,
+                           limits.requests_per_s, limits.burst]
         for op in ops:
             pid = op.participant_id
             if op.kind == "f":
                 done, target = named(self.key("finished", str(op.round_start))), named(self.key(
                     "finish-target", str(op.round_start)))
-                args += ["f", pid, op.sender, done, target, "", "", ""]
+                args += ["f", pid, op.sender, done, target, 1, "", "", ""]
                 continue
             if op.kind == "m":
-                args += ["m", pid, op.sender, 1, 1, "", "", ""]
+                args += ["m", pid, op.sender, 1, 1, 1, "", "", ""]
                 continue
             assert op.slot is not None
             coids, book = named(self.key("coid", _s(op.slot))), named(self.key("book", _s(op.slot)))
+            counts = named(self.key("orders-of", _s(op.slot)))
             last = op.body if op.kind == "o" else ("1" if op.gate_closed else "0")
-            args += [op.kind, pid, op.sender, coids, book, f"{pid}/{op.client_order_id}", op.order_id, last]
+            args += [op.kind, pid, op.sender, coids, book, counts, f"{pid}/{op.client_order_id}", op.order_id, last]
         found = await self._intake(keys=named.keys, args=args)
         return self._results(found)
 
@@ -549,7 +589,8 @@ class RegionState:
         return await cast(Awaitable[list[bytes]], self.redis.hvals(self.key("book", _s(slot))))
 
     async def drop_book(self, slot: Slot) -> None:
-        await self.redis.delete(self.key("book", _s(slot)), self.key("coid", _s(slot)))
+        await self.redis.delete(self.key("book", _s(slot)), self.key("coid", _s(slot)),
+                                self.key("orders-of", _s(slot)))
 
     # --- clearing and reconciliation -------------------------------------------------------
 

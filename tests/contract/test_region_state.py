@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.market import Slot
-from shared.runtime.state import IntakeOp, ReadingOp, RegionState, RegionStateLost
+from shared.runtime.state import IntakeLimits, IntakeOp, ReadingOp, RegionState, RegionStateLost
 
 REDIS_URL = os.environ.get("MICROTE_REDIS_URL", "redis://127.0.0.1:6379/0")
 D = 60
@@ -252,3 +252,45 @@ async def test_a_state_without_its_generation_is_never_written(state: RegionStat
     with pytest.raises(RegionStateLost):
         await state.apply_readings([ReadingOp("p", Slot(600, 660), b"r")])
     assert await state.finished_count(600) == 0 and await state.readings(Slot(600, 660)) == {}
+
+
+async def test_a_participant_may_submit_only_so_many_orders_for_one_slot(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    slot, later = Slot(720, 780), Slot(780, 840)
+    limits = IntakeLimits(orders_per_slot=2)
+
+    def order(pid: str, coid: str, at: Slot = slot) -> IntakeOp:
+        return IntakeOp("o", pid, at, client_order_id=coid, order_id=f"{pid}-{coid}-{at.start}", body=coid.encode())
+
+    found = await state.apply_intake([order("p", "c1"), order("p", "c2"), order("p", "c3"), order("p", "c1"),
+                                      order("q", "c1"), order("p", "c3", later)],
+                                     round_start=600, now_ms=0, limits=limits)
+    # The third is one too many; a repeat of the first is still its duplicate; others are free.
+    assert [status for status, _ in found or []] == ["ok", "ok", "too_many_orders", "duplicate", "ok", "ok"]
+    cancel = IntakeOp("c", "p", slot, client_order_id="c1")
+    assert await state.apply_intake([cancel, order("p", "c4")], round_start=600, now_ms=0, limits=limits) == [
+        ("ok", b"p-c1-720"), ("too_many_orders", b"")]  # a cancelled order still counts
+    assert sorted(await state.book(slot)) == [b"c1", b"c2"]
+    await state.drop_book(slot)
+    assert await state.redis.exists(state.key("orders-of", "720-780")) == 0
+
+
+async def test_a_participant_beyond_its_request_rate_is_refused_until_its_bucket_refills(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    slot = Slot(720, 780)
+    limits = IntakeLimits(requests_per_s=2.0, burst=3)
+
+    async def orders(pid: str, now_ms: int, n: int) -> list[str]:
+        ops = [IntakeOp("o", pid, slot, client_order_id=secrets.token_hex(4), order_id=secrets.token_hex(4), body=b"x")
+               for _ in range(n)]
+        found = await state.apply_intake(ops, round_start=600, now_ms=now_ms, limits=limits)
+        return [status for status, _ in found or []]
+
+    assert await orders("p", 10_000, 4) == ["ok", "ok", "ok", "rate_limited"]  # the burst, then empty
+    assert await orders("q", 10_000, 1) == ["ok"]  # every participant has its own bucket
+    assert await orders("p", 10_400, 1) == ["rate_limited"]  # 0.8 of a token back
+    assert await orders("p", 10_500, 2) == ["ok", "rate_limited"]  # one token back after 0.5 s at 2/s
+    assert await orders("p", 20_000, 4) == ["ok", "ok", "ok", "rate_limited"]  # never more than the burst
+    cancel = IntakeOp("c", "p", slot, client_order_id="nope")
+    assert await state.apply_intake([cancel], round_start=600, now_ms=20_000, limits=limits) == [
+        ("rate_limited", b"")]  # cancels count as requests too
