@@ -11,7 +11,7 @@ REGION = "r1"
 SLOT = Slot(600, 660)
 MATCHED_AT_MS = 540_000
 
-# The grid prices of MARKET.md section 8 with the defaults, written out by hand.
+# The grid prices of docs/market.md section 8 with the defaults, written out by hand.
 GRID_BUY = Decimal("0.1449")
 GRID_SELL = Decimal("0.069")
 GRID = GridPrices(buy_price=GRID_BUY, sell_price=GRID_SELL)

@@ -1,4 +1,4 @@
-"""A deliberately naive clearing, written plainly from MARKET.md section 5.
+"""A deliberately naive clearing, written plainly from docs/market.md section 5.
 
 This is the oracle the differential tests and the benchmark compare ``shared.market.clear``
 with. It is the seed's bids x asks walk: O(bids x asks), no cleverness, no numpy, and it
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from shared.market import Order
 
-# The pools of MARKET.md section 4, in the order section 5 matches them.
+# The pools of docs/market.md section 4, in the order section 5 matches them.
 POOLS = (("bess",), ("solar", "wind"))
 
 Fill = tuple[str, str, int, Decimal, Decimal]  # bid_id, ask_id, quantity_wh, buy_price, sell_price

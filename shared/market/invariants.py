@@ -1,4 +1,4 @@
-"""The checks of MARKET.md section 7, as a function the tests and the report both use."""
+"""The checks of docs/market.md section 7, as a function the tests and the report both use."""
 
 from __future__ import annotations
 

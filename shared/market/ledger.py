@@ -1,4 +1,4 @@
-"""Ledger entries (MARKET.md section 9) and the bills they add up to.
+"""Ledger entries (docs/market.md section 9) and the bills they add up to.
 
 Every entry is a transfer between two parties: ``seller`` delivers to ``buyer`` and
 ``buyer`` pays. The buyer pays ``quantity_wh/1000 * buy_price``, the seller receives

@@ -1,4 +1,4 @@
-"""Clearing one slot (MARKET.md section 5).
+"""Clearing one slot (docs/market.md section 5).
 
 Each slot is cleared once, per source pool (dispatch first) and per source: a bid trades
 only with an ask of its own source, never with its own participant. Priority: bids by

@@ -1,4 +1,4 @@
-"""Orders (MARKET.md section 4): validation with a reason for every rejection.
+"""Orders (docs/market.md section 4): validation with a reason for every rejection.
 
 ``validate_order`` is the single place where an order's terms are judged; it returns the
 normalised terms or a ``Rejection``. Server-side facts (id, acceptance sequence, time)
@@ -26,7 +26,7 @@ class Pool(StrEnum):
     NON_DISPATCH = "non_dispatch"
 
 
-# Dispatch first, always (MARKET.md section 12: the seed iterated a set).
+# Dispatch first, always (docs/market.md section 12: the seed iterated a set).
 POOL_ORDER: tuple[Pool, ...] = (Pool.DISPATCH, Pool.NON_DISPATCH)
 
 SOURCE_POOLS: dict[str, Pool] = {

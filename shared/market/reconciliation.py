@@ -1,4 +1,4 @@
-"""Delivery reconciliation (MARKET.md section 7): settlements + meter readings -> entries.
+"""Delivery reconciliation (docs/market.md section 7): settlements + meter readings -> entries.
 
 Contracts are firm. Settlements are processed dispatch pool first, each pool in matching
 order; each takes energy off the seller's reported export (its battery covering a

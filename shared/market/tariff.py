@@ -1,4 +1,4 @@
-"""Grid prices (MARKET.md section 8), per slot, from the slot's own local start time.
+"""Grid prices (docs/market.md section 8), per slot, from the slot's own local start time.
 
 ``sell_price = price`` (what the grid pays for export), ``buy_price = price * (1 +
 fee_ratio)`` (what it charges for import). A time-of-use table replaces ``price`` by

@@ -1,4 +1,4 @@
-"""Slot arithmetic (MARKET.md section 2). Pure functions of their inputs: no clock reads.
+"""Slot arithmetic (docs/market.md section 2). Pure functions of their inputs: no clock reads.
 
 While round ``[T, T+d)`` is current:
 

@@ -1,6 +1,6 @@
 """The matching walk over one source's bids and asks, already in priority order.
 
-The rule (MARKET.md section 5): take bids in priority order; for each, take asks in
+The rule (docs/market.md section 5): take bids in priority order; for each, take asks in
 priority order, skipping asks that are used up or belong to the bidder, and stop at the
 first ask priced above the bid. Written plainly this is O(bids x asks). Here it is
 O((n + k) log n) for n orders and k fills:

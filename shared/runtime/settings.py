@@ -57,7 +57,7 @@ class Settings:
     duplicate_delivery: bool = False  # test aid: publish every message twice
     # "message": a request's participant_id is taken as sent (simulation, trusted networks);
     # "broker_user": it must equal the AMQP user_id, which RabbitMQ checks against the
-    # connection's credentials (MARKET.md section 3).
+    # connection's credentials (docs/market.md section 3).
     identity: str = "message"
     # Facts and answers are acted on only when signed with this key (shared.runtime.trust)
     # and, if service_users is set, only from those AMQP users.

@@ -1,6 +1,6 @@
 """With MICROTE_IDENTITY=broker_user a participant can act only as the RabbitMQ user it
 connected as: RabbitMQ validates the message's user_id against the connection's
-credentials, and the services compare it with the participant id (MARKET.md section 3)."""
+credentials, and the services compare it with the participant id (docs/market.md section 3)."""
 
 from __future__ import annotations
 

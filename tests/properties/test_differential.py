@@ -1,4 +1,4 @@
-"""``shared.market.clear`` against the naive walk of MARKET.md section 5 (tests/reference.py).
+"""``shared.market.clear`` against the naive walk of docs/market.md section 5 (tests/reference.py).
 
 Small generated books (hypothesis, then thousands more from seeded generators) test the
 rule in all its corners; a few dozen large books make the fast matcher take its numpy bulk

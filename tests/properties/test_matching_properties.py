@@ -1,4 +1,4 @@
-"""Invariants of clearing a slot (MARKET.md section 5), on generated books.
+"""Invariants of clearing a slot (docs/market.md section 5), on generated books.
 
 These check what must hold whatever the walk does; test_differential.py checks the walk
 itself against a naive reference.
@@ -139,7 +139,7 @@ def test_the_midpoint_is_exactly_half_the_sum_of_bid_and_ask(book: list[Order]) 
         bid, ask = orders[s.bid_id].price, orders[s.ask_id].price
         assert s.buy_price == s.sell_price == (bid + ask) / 2
         assert s.buy_price * 2 == bid + ask  # exact, not a rounded quotient
-        # On the tick, or half a tick: at most one more digit (MARKET.md section 10).
+        # On the tick, or half a tick: at most one more digit (docs/market.md section 10).
         assert (s.buy_price * 20_000) == (s.buy_price * 20_000).to_integral_value()
         assert isinstance(s.buy_price, Decimal)
 

@@ -1,4 +1,4 @@
-"""The invariants of MARKET.md section 7 on generated slots.
+"""The invariants of docs/market.md section 7 on generated slots.
 
 Settlements come from ``clear()`` on generated books; meter readings are drawn around the
 settled quantities (exactly, a little under or over, zero, anything) and some parties

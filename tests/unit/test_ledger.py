@@ -1,4 +1,4 @@
-"""Ledger entries, bills and exact money (MARKET.md sections 9 and 10)."""
+"""Ledger entries, bills and exact money (docs/market.md sections 9 and 10)."""
 
 from __future__ import annotations
 

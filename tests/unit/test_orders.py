@@ -1,4 +1,4 @@
-"""Order validation: one rejection reason per broken rule (MARKET.md section 4)."""
+"""Order validation: one rejection reason per broken rule (docs/market.md section 4)."""
 
 from __future__ import annotations
 

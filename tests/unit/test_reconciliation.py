@@ -1,4 +1,4 @@
-"""Delivery reconciliation, one scenario at a time (MARKET.md section 7).
+"""Delivery reconciliation, one scenario at a time (docs/market.md section 7).
 
 Every expected entry list below was worked out by hand from section 7: take the
 settlement's quantity off the seller's export (the battery covering a non-dispatch gap),

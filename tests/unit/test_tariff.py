@@ -1,4 +1,4 @@
-"""Grid prices per slot, from the slot's own local start time (MARKET.md section 8).
+"""Grid prices per slot, from the slot's own local start time (docs/market.md section 8).
 
 Every instant is written as a UTC wall-clock time; the local time it maps to is worked
 out by hand in the comment beside it (IST is UTC+5:30; Berlin is UTC+2 in summer time and

@@ -1,4 +1,4 @@
-"""Round windows, gate closure and slot checks (MARKET.md section 2).
+"""Round windows, gate closure and slot checks (docs/market.md section 2).
 
 Expected windows are written out from section 2's formulas for round ``[T, T+d)``:
 next_settle = [T + d*k, T + d*(k+1)), last_settle = [T + d*(k-1), T + d*k).
