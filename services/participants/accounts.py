@@ -178,13 +178,15 @@ class Management:
         self.call("DELETE", f"/users/{urllib.parse.quote(name, safe='')}")
 
     def close_connections(self, name: str) -> int:
-        """Closes every connection of user ``name``; how many there were."""
-        closed = 0
-        for c in self.call("GET", "/connections") or []:
-            if c.get("user") == name:
-                self.call("DELETE", f"/connections/{urllib.parse.quote(c['name'], safe='')}")
-                closed += 1
-        return closed
+        """Closes every connection of user ``name`` (AMQP and MQTT alike); how many there were.
+        ``/connections/username/<user>`` reads the broker's connection tracking, which knows
+        a connection at once; ``/connections`` lists only what statistics have collected
+        (every few seconds), so a connection opened a moment ago would be missed."""
+        user = urllib.parse.quote(name, safe="")
+        found = self.call("GET", f"/connections/username/{user}") or []
+        if found:
+            self.call("DELETE", f"/connections/username/{user}")
+        return len(found)
 
     def delete_queue(self, name: str) -> None:
         self.call("DELETE", f"/queues/{self.vhost}/{urllib.parse.quote(name, safe='')}")
