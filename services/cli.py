@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
+import importlib.metadata
+import logging
 import os
+import re
+import signal
 import sys
 import time
 import urllib.parse
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
+from typing import NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from shared.market import PricingRule
 from shared.runtime.settings import Settings, SettingsError, from_env
 from shared.runtime.trust import TrustError
 
@@ -24,7 +32,245 @@ _APPS = {
     "meter-collector": "services.meter_collector.app",
     "ledger-writer": "services.ledger_writer.app",
 }
+_RULES = tuple(rule.value for rule in PricingRule)
+DEFAULT_LEDGER = Settings.ledger_url  # sqlite:///var/ledger.sqlite, in the project's own var/
+CHECK_TIMEOUT_S = 5.0  # each server gets this long to answer the check before a run
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT (Ctrl-C) ...
+TERMINATED = 143  # ... and by SIGTERM
 
+_ENVIRONMENT = """\
+environment (every MICROTE_* variable: the README's "Configuration" table):
+  MICROTE_AMQP_URL      RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/)
+  MICROTE_REDIS_URL     Redis (default redis://127.0.0.1:6379/0)
+  MICROTE_LEDGER_URL    the ledger: postgresql://... or sqlite:///path (default sqlite:///var/ledger.sqlite)
+  MICROTE_PRICING_RULE  midpoint, equal_price or pay_as_bid (default midpoint)"""
+
+
+class CliError(Exception):
+    """Ends the command with one line on stderr: ``microte: <message>``, and exit ``code``
+    (2: a bad argument or setting; 1: a server that is not reachable, a refused request)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad argument in one line, ``microte: ...``, exit 2 (argparse prints usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"microte: {_one_line(message)} (see: {self.prog} --help)\n")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("microte")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def redact(url: str) -> str:
+    """A server URL fit to print: its password replaced by ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    except ValueError:
+        return "<an unreadable URL>"
+
+
+# --- argument values -----------------------------------------------------------------------
+
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number not below ``least``."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return whole_number
+
+
+def local_time(text: str) -> str:
+    """An argparse type: a local market time in ISO 8601 form, without a UTC offset."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a local time in ISO 8601 form: use YYYY-MM-DDTHH:MM, e.g. 2026-06-21T11:00") from None
+    if parsed.tzinfo is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a UTC offset: give the local market time without one, e.g. 2026-06-21T11:00 "
+            "(its zone is --timezone)")
+    return text
+
+
+def timezone(text: str) -> str:
+    """An argparse type: an IANA time zone name."""
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a known IANA time zone, e.g. America/Vancouver, Europe/Berlin or UTC") from None
+    return text
+
+
+_REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+
+
+def region_id(text: str) -> str:
+    """An argparse type: a region id, as MICROTE_REGION takes it."""
+    if not _REGION.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a region id: 1 to 64 letters, digits, '_' or '-'")
+    return text
+
+
+def utc_day(text: str) -> str:
+    """An argparse type: a day, YYYY-MM-DD."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            date.fromisoformat(text)
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a day: use YYYY-MM-DD, e.g. 2026-06-21")
+
+
+def ledger_problem(url: str) -> str | None:
+    """What is wrong with a ledger URL as written (None: nothing); no file or server is touched."""
+    if url.startswith("sqlite:///"):
+        if not url.removeprefix("sqlite:///"):
+            return f"{url!r} names no file: use sqlite:///relative/path.sqlite or sqlite:////absolute/path.sqlite"
+        return None
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            urllib.parse.urlsplit(url).port  # noqa: B018  # raises for a bad port
+        except ValueError as exc:
+            return f"{redact(url)!r} is not a PostgreSQL URL ({exc})"
+        return None
+    if url.startswith("memory://"):
+        return ("memory:// keeps the ledger inside one process, and the services run as processes of their own: "
+                "use sqlite:///path or postgresql://...")
+    return f"{redact(url)!r} is not a ledger URL: use sqlite:///path or postgresql://user@host:port/database"
+
+
+def ledger_url(text: str) -> str:
+    """An argparse type: a ledger URL a command of several processes can share."""
+    problem = ledger_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def check_sqlite(url: str, *, must_exist: bool, may_create_folder: bool = False, source: str = "--ledger") -> None:
+    """A SQLite ledger's file: for reading it must exist; for writing its folder must (unless
+    ``may_create_folder``: the default ledger's var/ is the project's own). ``source`` names
+    where the URL came from, for the message."""
+    problem = ledger_problem(url)
+    if problem is not None:
+        raise CliError(f"{source}: {problem}", code=2)
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.is_dir():
+        raise CliError(f"the ledger {url} is a folder, not a file: name a file in it, e.g. {url.rstrip('/')}"
+                       "/ledger.sqlite", code=2)
+    if must_exist:
+        if not path.is_file():
+            raise CliError(f"no ledger at {url} (file {path.absolute()} does not exist): "
+                           "give the ledger the run wrote, --ledger sqlite:///path or MICROTE_LEDGER_URL", code=2)
+        return
+    folder = path.parent
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK):
+            raise CliError(f"the ledger {url} cannot be written: folder {folder.absolute()} is not writable", code=2)
+    elif not may_create_folder:
+        raise CliError(f"the folder of the ledger {url} does not exist ({folder.absolute()}): "
+                       "create it first, or name a file in an existing folder", code=2)
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str) -> Iterator[None]:
+    """Keeps libraries from logging what the command says itself, in one line."""
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
+
+
+async def check_amqp(url: str) -> None:
+    """RabbitMQ answers and takes the credentials of ``url`` (MICROTE_AMQP_URL)."""
+    import aio_pika
+    import aio_pika.exceptions
+
+    if not url.startswith(("amqp://", "amqps://")):
+        raise CliError(f"MICROTE_AMQP_URL {redact(url)!r} is not an AMQP URL: use "
+                       "amqp://user:password@host:5672/ (or amqps://)", code=2)
+    with _quiet("aiormq", "aio_pika"):
+        try:
+            connection = await asyncio.wait_for(aio_pika.connect(url, timeout=CHECK_TIMEOUT_S),
+                                                timeout=CHECK_TIMEOUT_S + 1)
+        except aio_pika.exceptions.ProbableAuthenticationError:
+            user = urllib.parse.urlsplit(url).username or "guest"
+            raise CliError(f"RabbitMQ at {redact(url)} refused user {user!r}: wrong user name or password "
+                           "in MICROTE_AMQP_URL") from None
+        except (TimeoutError, aio_pika.exceptions.AMQPConnectionError, OSError, ValueError) as exc:
+            raise CliError(f"RabbitMQ is not reachable at {redact(url)} (MICROTE_AMQP_URL): "
+                           f"{_one_line(str(exc)) or type(exc).__name__}") from None
+        except aio_pika.exceptions.AMQPError as exc:  # e.g. a virtual host that is not there
+            raise CliError(f"RabbitMQ at {redact(url)} refused the connection (MICROTE_AMQP_URL; does its "
+                           f"virtual host exist?): {_one_line(str(exc)) or type(exc).__name__}") from None
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
+async def check_redis(url: str) -> None:
+    """Redis answers a PING at ``url`` (MICROTE_REDIS_URL)."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    try:
+        redis = Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
+    except ValueError as exc:
+        raise CliError(f"MICROTE_REDIS_URL {redact(url)!r} is not a Redis URL: {exc}", code=2) from None
+    try:
+        await redis.ping()
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise CliError(f"Redis is not reachable at {redact(url)} (MICROTE_REDIS_URL): "
+                       f"{_one_line(str(exc)) or type(exc).__name__}") from None
+    finally:
+        await redis.aclose()
+
+
+async def check_postgres(url: str) -> None:
+    """A PostgreSQL ledger's database takes a connection (a SQLite URL is not checked here)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        return
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+    try:
+        connection = await asyncio.wait_for(asyncpg.connect(url, timeout=CHECK_TIMEOUT_S),
+                                            timeout=CHECK_TIMEOUT_S + 1)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
+        raise CliError(f"the ledger database {redact(url)} is not reachable: "
+                       f"{_one_line(str(exc)) or type(exc).__name__}") from None
+    await connection.close()
+
+
+# --- the commands ----------------------------------------------------------------------------
 
 def _serve(args: argparse.Namespace) -> int:
     from shared.runtime.service import serve
@@ -34,21 +280,30 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from services.demo import progress_interval
     from services.participants.community import Community
     from services.participants.profiles import community
 
     settings = from_env()
     homes = community(args.participants, args.seed)
-    tally = asyncio.run(Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
-                                  max_rounds=args.rounds, aggregators=args.aggregators).run())
-    print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, rejections {dict(tally.rejections)}")
-    return 0
+
+    async def run() -> int:
+        await check_amqp(settings.amqp_url)
+        tally = await Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
+                                max_rounds=args.rounds, aggregators=args.aggregators,
+                                progress_every=progress_interval(args.rounds) if args.rounds else 60).run()
+        print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, "
+              f"rejections {dict(tally.rejections)}")
+        return 0
+
+    return asyncio.run(run())
 
 
 async def _report(settings: Settings) -> tuple[str, bool]:
     from services.report import report
     from shared.runtime.ledger import open_ledger
 
+    await check_postgres(settings.ledger_url)
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
@@ -57,13 +312,27 @@ async def _report(settings: Settings) -> tuple[str, bool]:
         await store.close()
 
 
-def _report_cmd(args: argparse.Namespace) -> int:
+def _ledger_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of a command that reads a region's ledger: --ledger, --region and
+    --rule over the MICROTE_* variables."""
     env = dict(os.environ)
     if args.ledger:
         env["MICROTE_LEDGER_URL"] = args.ledger
     if args.region:
         env["MICROTE_REGION"] = args.region
-    text, ok = asyncio.run(_report(from_env(env)))
+    if args.rule:
+        env["MICROTE_PRICING_RULE"] = args.rule
+    return env
+
+
+def _ledger_source(args: argparse.Namespace) -> str:
+    return "--ledger" if args.ledger else "MICROTE_LEDGER_URL"
+
+
+def _report_cmd(args: argparse.Namespace) -> int:
+    settings = from_env(_ledger_env(args))
+    check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
+    text, ok = asyncio.run(_report(settings))
     print(text)
     return 0 if ok else 1
 
@@ -72,6 +341,7 @@ async def _replay(settings: Settings, slot_start: int) -> str:
     from shared.runtime.ledger import open_ledger
     from shared.runtime.replay import replay_slot
 
+    await check_postgres(settings.ledger_url)
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
@@ -85,12 +355,10 @@ async def _replay(settings: Settings, slot_start: int) -> str:
 def _replay_cmd(args: argparse.Namespace) -> int:
     from shared.runtime.replay import ReplayRefused
 
-    env = dict(os.environ)
-    if args.ledger:
-        env["MICROTE_LEDGER_URL"] = args.ledger
-    env["MICROTE_REGION"] = args.region
+    settings = from_env(_ledger_env(args))
+    check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
     try:
-        print(asyncio.run(_replay(from_env(env), args.slot)))
+        print(asyncio.run(_replay(settings, args.slot)))
     except ReplayRefused as exc:
         print(f"microte: {exc}", file=sys.stderr)
         return 1
@@ -102,6 +370,7 @@ async def _bad_input(settings: Settings, day: str) -> list[tuple[str, int]]:
 
     from shared.runtime.state import RegionState
 
+    await check_redis(settings.redis_url)
     redis = Redis.from_url(settings.redis_url)
     try:
         return await RegionState(redis, settings.region).bad_input(day)
@@ -140,6 +409,9 @@ async def _membership(settings: Settings, ids: list[str]) -> tuple[set[str], dic
 def _participants_cmd(args: argparse.Namespace) -> int:
     from services.participants import accounts as a
 
+    if (args.action == "list") == (args.participant is not None):
+        raise CliError("participants add and remove need a participant id; list takes none "
+                       "(see: microte participants --help)", code=2)
     settings = from_env({**os.environ, "MICROTE_REGION": args.region})
     vhost = urllib.parse.unquote(urllib.parse.urlsplit(settings.amqp_url).path.lstrip("/")) or "/"
     admin = a.Management(args.management_url, vhost)
@@ -175,90 +447,201 @@ def _participants_cmd(args: argparse.Namespace) -> int:
         return 1
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo
-
+def demo_env(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The services' environment for a demo: the MICROTE_* variables, then the options."""
+    environ = dict(os.environ) if environ is None else environ
     tz = ZoneInfo(args.timezone)
     start = int(datetime.fromisoformat(args.start).replace(tzinfo=tz).timestamp())
-    region = args.region or f"demo{int(time.time())}"
     env = {
-        **{k: v for k, v in os.environ.items() if k.startswith("MICROTE_")},
-        "MICROTE_REGION": region,
+        **{k: v for k, v in environ.items() if k.startswith("MICROTE_")},
+        "MICROTE_REGION": args.region or f"demo{int(time.time())}",
         "MICROTE_TIMEZONE": args.timezone,
         "MICROTE_CLOCK_MODE": "simulation",
         "MICROTE_ROUNDS": str(args.rounds),
         "MICROTE_START_TIME": str(start),
         "MICROTE_ROUND_SECONDS": str(args.round_seconds),
-        "MICROTE_LEDGER_URL": args.ledger or os.environ.get("MICROTE_LEDGER_URL", "sqlite:///var/ledger.sqlite"),
+        "MICROTE_LEDGER_URL": args.ledger or environ.get("MICROTE_LEDGER_URL", DEFAULT_LEDGER),
     }
-    return asyncio.run(run_demo(env, participants=args.participants, seed=args.seed,
-                                log_dir=Path("var/logs") / region, aggregators=args.aggregators))
+    if args.rule:
+        env["MICROTE_PRICING_RULE"] = args.rule
+    return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="microte", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run one service (settings from MICROTE_* variables)")
-    serve.add_argument("service", choices=sorted(_APPS))
+async def check_new_region(ledger_url: str, region: str) -> None:
+    """A demo's region must be new to its ledger: the services would take up the old run
+    where its round state left off, and the community would wait for rounds that never come."""
+    from shared.runtime.ledger import open_ledger
+
+    store = open_ledger(ledger_url)
+    await store.open()
+    try:
+        known = region in await store.regions()
+    finally:
+        await store.close()
+    if known:
+        raise CliError(f"region {region} already has a run in the ledger {redact(ledger_url)}: a demo needs a "
+                       "region of its own (leave out --region for a fresh one, or name another)", code=2)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from services.demo import ServicesFailed, run_demo
+
+    env = demo_env(args)
+    settings = from_env(env)  # every MICROTE_* setting checked before anything starts
+    if settings.service_key:  # given (else the demo makes one): each service would refuse a weak one
+        from shared.runtime.trust import Signer
+
+        Signer(settings.service_key)
+    check_sqlite(settings.ledger_url, must_exist=False, may_create_folder=settings.ledger_url == DEFAULT_LEDGER,
+                 source=_ledger_source(args))
+
+    async def run() -> int:
+        # SIGTERM (a supervisor, `timeout`) stops the run as Ctrl-C does: services first.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        await check_amqp(settings.amqp_url)
+        await check_redis(settings.redis_url)
+        await check_postgres(settings.ledger_url)
+        if args.region:
+            await check_new_region(settings.ledger_url, settings.region)
+        return await run_demo(env, participants=args.participants, seed=args.seed,
+                              log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators)
+
+    try:
+        return asyncio.run(run())
+    except ServicesFailed as exc:
+        raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print("microte: interrupted; services stopped", file=sys.stderr)
+        return INTERRUPTED
+    except asyncio.CancelledError:
+        print("microte: terminated; services stopped", file=sys.stderr)
+        return TERMINATED
+
+
+def _ledger_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ledger", type=ledger_url, metavar="URL",
+                        help=f"postgresql://user@host:port/database or sqlite:///path: {what} "
+                             f"(default: MICROTE_LEDGER_URL, else {DEFAULT_LEDGER})")
+
+
+def _rule_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--rule", choices=_RULES, help=f"{what} (default: MICROTE_PRICING_RULE, else midpoint)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="microte", description=__doc__, epilog=_ENVIRONMENT,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                     help="print microte's version and exit")
+    sub = top.add_subparsers(dest="command", required=True, metavar="command")
+    serve = sub.add_parser("serve", help="run one service (settings from MICROTE_* variables)",
+                           epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("service", choices=sorted(_APPS), help="the service to run")
     serve.set_defaults(run=_serve)
-    sim = sub.add_parser("simulate", help="run a simulated community against running services")
-    sim.add_argument("--participants", type=int, default=20)
-    sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--rounds", type=int, default=0,
-                     help="leave after this many rounds (default: when the clock's last round is recorded)")
-    sim.add_argument("--aggregators", type=int, default=1,
-                     help="aggregators submitting one batch a round for their households (0: one message each)")
+
+    sim = sub.add_parser("simulate", help="run a simulated community against running services",
+                         epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sim.add_argument("--participants", type=at_least(1), default=20,
+                     help="simulated households (default: %(default)s)")
+    sim.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
+    sim.add_argument("--rounds", type=at_least(0), default=0,
+                     help="leave after this many rounds (default: %(default)s, when the clock's last round "
+                          "is recorded)")
+    sim.add_argument("--aggregators", type=at_least(0), default=1,
+                     help="aggregators submitting one batch a round for their households "
+                          "(default: %(default)s; 0: one message each)")
     sim.set_defaults(run=_simulate)
-    demo = sub.add_parser("demo", help="start the five services, simulate a community, report")
-    demo.add_argument("--participants", type=int, default=20)
-    demo.add_argument("--rounds", type=int, default=1440, help="rounds to simulate (1440 x 60 s = one day)")
-    demo.add_argument("--round-seconds", type=int, default=60)
-    demo.add_argument("--aggregators", type=int, default=1,
+
+    demo = sub.add_parser("demo", help="start the five services, simulate a community, report",
+                          description="Start the five services as processes, let a simulated community trade\n"
+                                      "through them, then report from the ledger. Ctrl-C stops it all.",
+                          epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--participants", type=at_least(1), default=20,
+                      help="simulated households (default: %(default)s)")
+    demo.add_argument("--rounds", type=at_least(1), default=1440,
+                      help="rounds to simulate (default: %(default)s; 1440 x 60 s = one day)")
+    demo.add_argument("--round-seconds", type=at_least(1), default=60,
+                      help="length of a round in market time, seconds (default: %(default)s)")
+    demo.add_argument("--aggregators", type=at_least(0), default=1,
                       help="the households act through this many aggregators, each submitting one batch a round "
-                           "for all of its households (default 1: the community as one aggregator; 0: every "
-                           "household sends its own requests, one message each)")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.add_argument("--start", default="2026-06-21T00:00", help="local market time of the first round")
-    demo.add_argument("--timezone", default="America/Vancouver")
-    demo.add_argument("--ledger", help="postgresql://... or sqlite:///path (default sqlite:///var/ledger.sqlite)")
-    demo.add_argument("--region", help="region id (default: a fresh one per run)")
+                           "for all of its households (default: %(default)s, the community as one aggregator; "
+                           "0: every household sends its own requests, one message each)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
+    demo.add_argument("--start", type=local_time, default="2026-06-21T00:00", metavar="YYYY-MM-DDTHH:MM",
+                      help="local market time of the first round, ISO 8601 (default: %(default)s)")
+    demo.add_argument("--timezone", type=timezone, default="America/Vancouver", metavar="ZONE",
+                      help="IANA time zone of the market (default: %(default)s)")
+    _rule_option(demo, "how the double auction prices a match")
+    _ledger_option(demo, "where the services record the run (a SQLite file's folder must exist)")
+    demo.add_argument("--region", type=region_id,
+                      help="region id (default: a fresh one per run, demo<UNIX time>)")
     demo.set_defaults(run=_demo)
-    rep = sub.add_parser("report", help="report on a region's ledger")
-    rep.add_argument("--ledger")
-    rep.add_argument("--region")
+
+    rep = sub.add_parser("report", help="report on a region's ledger",
+                         epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _ledger_option(rep, "the ledger the run wrote")
+    rep.add_argument("--region", type=region_id, help="the region (default: MICROTE_REGION, else r1)")
+    _rule_option(rep, "the pricing rule the region ran with, to re-derive its settlements")
     rep.set_defaults(run=_report_cmd)
+
     replay = sub.add_parser("replay-slot", help="clear and reconcile a held slot from the ledger's records "
-                            "(market settings from MICROTE_* variables, as the region's services have them)")
-    replay.add_argument("--region", required=True)
-    replay.add_argument("--slot", type=int, required=True, help="the held slot's start, UNIX seconds")
-    replay.add_argument("--ledger", help="the region's ledger URL (default: MICROTE_LEDGER_URL)")
+                            "(market settings from MICROTE_* variables, as the region's services have them)",
+                            epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay.add_argument("--region", type=region_id, required=True, help="the region (required)")
+    replay.add_argument("--slot", type=int, required=True, help="the held slot's start, UNIX seconds (required)")
+    _ledger_option(replay, "the region's ledger")
+    _rule_option(replay, "the pricing rule the region runs with")
     replay.set_defaults(run=_replay_cmd)
+
     bad = sub.add_parser("bad-input", help="who sent malformed, forged or misrouted messages to a region, per day "
                          "(senders: the broker user where the message names one, else the participant it claims)")
-    bad.add_argument("--region", required=True)
-    bad.add_argument("--day", help="YYYY-MM-DD, UTC (default: today); kept 8 days")
+    bad.add_argument("--region", type=region_id, required=True, help="the region (required)")
+    bad.add_argument("--day", type=utc_day, help="YYYY-MM-DD, UTC (default: today); kept 8 days")
     bad.set_defaults(run=_bad_input_cmd)
+
     parts = sub.add_parser("participants", help="broker accounts of a region's households and aggregators, "
                            "through RabbitMQ's management API (for MICROTE_IDENTITY=broker_user)")
-    parts.add_argument("action", choices=("add", "remove", "list"))
+    parts.add_argument("action", choices=("add", "remove", "list"), help="what to do")
     parts.add_argument("participant", nargs="?", help="participant id (add, remove)")
-    parts.add_argument("--region", required=True)
-    parts.add_argument("--aggregator", action="store_true", help="add: an aggregator, not a household")
+    parts.add_argument("--region", required=True, help="the region (required)")
+    parts.add_argument("--aggregator", action="store_true",
+                       help="add: an aggregator, not a household (default: a household)")
     parts.add_argument("--agent", help="add: the aggregator that may act for this household (it is joined "
-                       "to the market naming it)")
+                       "to the market naming it; default: none)")
     parts.add_argument("--password", help="add: its password (default: a new random one, printed once)")
     parts.add_argument("--management-url", default=os.environ.get("MICROTE_MANAGEMENT_URL", _MANAGEMENT_URL),
                        help="RabbitMQ management API with an administrator's credentials "
                             f"(default: MICROTE_MANAGEMENT_URL, else {_MANAGEMENT_URL})")
     parts.set_defaults(run=_participants_cmd)
-    args = parser.parse_args(argv)
-    if args.command == "participants" and (args.action == "list") == (args.participant is not None):
-        parser.error("participants add and remove need a participant id; list takes none")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = parser()
+    try:
+        args = top.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad argument (said in one line)
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
     try:
         return int(args.run(args))
     except (SettingsError, TrustError) as exc:
-        print(f"microte: {exc}", file=sys.stderr)
+        print(f"microte: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except CliError as exc:
+        print(f"microte: {_one_line(str(exc))}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("microte: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        from shared.runtime.outages import is_outage
+
+        if not is_outage(exc):
+            raise
+        print(f"microte: a server went away: {type(exc).__name__}: {_one_line(str(exc))[:300]}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

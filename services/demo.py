@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +19,47 @@ from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
 
 During = Callable[[Ensemble, Community], Awaitable[None]]
+JOIN_TIMEOUT_S = 60
+STOP_GRACE_S = 5.0  # interrupted: the services get this long to stop on SIGTERM, then SIGKILL
+
+
+class ServicesFailed(RuntimeError):
+    """The services did not start, or the community could not join them (their logs say why)."""
+
+
+async def _start(ensemble: Ensemble, names: tuple[str, ...]) -> None:
+    try:
+        await ensemble.start_all(names)
+    except (RuntimeError, TimeoutError) as exc:
+        raise ServicesFailed(f"a service did not start: {exc}") from exc
+
+
+def progress_interval(rounds: int) -> int:
+    """Print progress every this many rounds: about twenty lines a run, every round of a short one."""
+    return max(1, rounds // 20)
+
+
+async def stop_now(ensemble: Ensemble, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop every service at once (the run was interrupted): SIGTERM to all, SIGKILL to any
+    still running after ``grace_s``; then close their logs."""
+    running = [p for p in ensemble.procs.values() if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(p.poll() is None for p in running) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    for proc in running:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    ensemble.stop_all()  # every one has exited: this only closes the logs
+
+
+def _quiet_broker_logs() -> None:
+    """Once interrupted, the connections closing under the community are no news."""
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
 
 
 async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
@@ -28,21 +72,37 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
     if settings.ledger_url.startswith("sqlite:///"):
         Path(settings.ledger_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     ensemble = Ensemble(env, log_dir)
+    run: asyncio.Task[Tally] | None = None
+    interrupted = False
     try:
         workers = ("order-intake", "matcher", "meter-collector", "ledger-writer")
-        await ensemble.start_all(tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
+        await _start(ensemble, tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
         sim = Community(settings.amqp_url, settings.region, community(participants, seed),
-                        settings.market.tariff.timezone, progress_every=max(1, settings.rounds // 20),
+                        settings.market.tariff.timezone, progress_every=progress_interval(settings.rounds),
                         duplicate=settings.duplicate_delivery, aggregators=aggregators)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))
-        await asyncio.wait_for(joined.wait(), timeout=60)
-        await ensemble.start_all(tuple(f"clock#{i}" if i > 1 else "clock" for i in range(1, replicas + 1)))
+        try:
+            await asyncio.wait_for(joined.wait(), timeout=JOIN_TIMEOUT_S)
+        except TimeoutError:
+            raise ServicesFailed(f"the community did not join the market within {JOIN_TIMEOUT_S} s; "
+                                 f"see the services' logs in {log_dir}") from None
+        await _start(ensemble, tuple(f"clock#{i}" if i > 1 else "clock" for i in range(1, replicas + 1)))
         if during is not None:
             await during(ensemble, sim)
         return await run
+    except asyncio.CancelledError:  # Ctrl-C (asyncio.run cancels the main task)
+        interrupted = True
+        _quiet_broker_logs()
+        raise
     finally:
-        ensemble.stop_all()
+        if run is not None and not run.done():  # the community leaves first, then the services stop
+            run.cancel()
+            await asyncio.wait([run], timeout=STOP_GRACE_S)
+        if interrupted:
+            await stop_now(ensemble)
+        else:
+            ensemble.stop_all()
 
 
 async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0) -> int:
@@ -55,7 +115,12 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
     finally:
         # The ledger keeps all a report needs; the region's queues and round state can go.
         ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)
-        await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
+        try:
+            await asyncio.wait_for(purge_region(settings.amqp_url, settings.redis_url, settings.region, ids),
+                                   timeout=30)
+        except Exception as exc:  # the run's own outcome matters more; say what is left behind
+            print(f"microte: the queues and round state of region {settings.region} were not deleted "
+                  f"({type(exc).__name__}: {exc})", file=sys.stderr)
     print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
           f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)
     store = open_ledger(settings.ledger_url)

@@ -148,6 +148,11 @@ class Participant:
                      k.FINISH)
 
 
+def shows_progress(round_no: int, every: int) -> bool:
+    """A progress line for the first round and every ``every`` rounds after it (1, 1 + every, ...)."""
+    return (round_no - 1) % max(1, every) == 0
+
+
 def agent_ids(count: int) -> list[str]:
     return [f"agg{i:03d}" for i in range(count)]
 
@@ -266,7 +271,7 @@ class Community:
         k = max(0, min(aggregators, len(self.participants)))
         self.aggregators = [Aggregator(agent, self.participants[i::k], self) for i, agent in enumerate(agent_ids(k))]
         self.tally = Tally()
-        self.progress_every = progress_every
+        self.progress_every = max(1, progress_every)  # a progress line every this many rounds
         self.max_rounds = max_rounds  # leave after this many rounds (0: when the clock's last round is recorded)
         self.finished = asyncio.Event()
         self.rounds_seen = asyncio.Event()  # set at each round start, for observers
@@ -368,7 +373,8 @@ class Community:
                     self.finished.set()
                 if message.final_round_start:
                     self.final_slot = (message.final_round_start, message.final_round_start + message.duration)
-                if self.tally.rounds % self.progress_every == 1:
+                last = bool(message.final_round_start) and message.current_round.start == message.final_round_start
+                if shows_progress(self.tally.rounds, self.progress_every) or last:
                     print(f"  round {self.tally.rounds:5d}  market time {message.current_round.start}  "
                           f"answers {sum(self.tally.answers.values()):7d}  "
                           f"rejections {sum(self.tally.rejections.values()):4d}", file=sys.stderr, flush=True)

@@ -1,0 +1,225 @@
+"""``microte`` as a user runs it, a process against the real RabbitMQ, Redis and PostgreSQL:
+a short demo shows progress and reports with the pricing rule it was given; servers that
+refuse or are away end a command in one line; Ctrl-C stops the demo and its services in
+seconds. (Without servers: tests/unit/test_cli.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.ensemble import purge_region
+from services.participants.community import agent_ids
+from services.participants.profiles import community
+from shared.runtime.settings import from_env
+
+pytestmark = pytest.mark.e2e
+
+PROGRESS = re.compile(r"^\s+round\s+(\d+)\s+market time \d+")
+PARTICIPANTS = 4
+
+
+@pytest.fixture
+async def region() -> AsyncIterator[str]:
+    """A fresh region, its queues and round state deleted afterwards (the demo deletes them
+    itself; this is for a run that failed half way)."""
+    name = "cli" + secrets.token_hex(4)
+    yield name
+    settings = from_env()
+    ids = [h.participant_id for h in community(PARTICIPANTS, 7)] + agent_ids(1)
+    await purge_region(settings.amqp_url, settings.redis_url, name, ids)
+
+
+def microte(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``microte ARGS`` in a process group of its own (with the services it starts), as a
+    terminal runs it in the foreground."""
+    return subprocess.Popen([sys.executable, "-m", "services.cli", *args], cwd=cwd, text=True,
+                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@contextlib.contextmanager
+def killed_at_the_end(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
+    """Whatever happens, no process of the group outlives the test."""
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240
+        ) -> tuple[int, str, str]:
+    with killed_at_the_end(microte(*args, cwd=cwd, env=env)) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def one_line_error(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("microte: "), err
+    return lines[0]
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes still in a process group (the demo's services are in the demo's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_version(tmp_path: Path) -> None:
+    code, out, err = run("--version", cwd=tmp_path, timeout=60)
+    assert code == 0, err
+    assert re.fullmatch(r"microte \d+\.\d+\.\d+\S*\n", out)
+
+
+def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_path: Path) -> None:
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    demo = ("demo", "--rounds", "5", "--participants", str(PARTICIPANTS), "--start", "2026-06-21T11:00",
+            "--region", region, "--ledger", ledger)
+    code, out, err = run(*demo, "--rule", "pay_as_bid", cwd=tmp_path)
+    assert code == 0, err
+    assert "Traceback" not in err
+    shown = [int(m.group(1)) for line in err.splitlines() if (m := PROGRESS.match(line))]
+    assert shown == [1, 2, 3, 4, 5], err  # a short run shows every round
+    assert f"microte report: region {region}, 5 slots, rule pay_as_bid" in out
+    assert "in 0 settlements" not in out  # there is trade, so the rule matters to the re-derivation
+    assert "PASS" in out
+    assert (tmp_path / "var" / "logs" / region).is_dir()  # the services' logs, under the working folder
+    # The report re-derives the settlements with the rule given: the region's own passes, another fails.
+    code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid", cwd=tmp_path)
+    assert code == 0 and "rule pay_as_bid" in out and "PASS" in out, out + err
+    code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "midpoint", cwd=tmp_path)
+    assert code == 1 and "FAIL" in out, out + err
+    # A second demo in the same region of the same ledger would wait forever: refused up front.
+    code, out, err = run(*demo, cwd=tmp_path, timeout=60)
+    assert code == 2
+    assert f"region {region} already has a run" in one_line_error(err)
+
+
+@pytest.mark.parametrize(("env", "extra", "says"), [
+    ({"MICROTE_AMQP_URL": "amqp://guest:wrong@127.0.0.1:5672/"}, (),
+     "RabbitMQ at amqp://guest:***@127.0.0.1:5672/ refused user 'guest'"),
+    ({"MICROTE_AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/no-such-vhost"}, (), "does its virtual host exist?"),
+    ({}, ("--ledger", "postgresql://postgres@127.0.0.1:1/x"),
+     "the ledger database postgresql://postgres@127.0.0.1:1/x is not reachable"),
+    ({}, ("--ledger", f"postgresql://postgres@127.0.0.1:5432/microte_none_{secrets.token_hex(3)}"),
+     "does not exist"),
+])
+def test_a_server_that_refuses_or_is_away_ends_the_demo_in_one_line(
+        region: str, tmp_path: Path, env: dict[str, str], extra: tuple[str, ...], says: str) -> None:
+    began = time.monotonic()
+    code, out, err = run("demo", "--rounds", "3", "--participants", str(PARTICIPANTS), "--region", region,
+                         "--ledger", f"sqlite:///{tmp_path / 'ledger.sqlite'}", *extra, cwd=tmp_path, env=env,
+                         timeout=60)
+    assert code == 1
+    assert says in one_line_error(err)
+    assert "wrong@" not in err
+    assert out == ""
+    assert time.monotonic() - began < 30  # checked before any service starts
+    assert not (tmp_path / "var").exists()
+
+
+def test_simulate_with_a_wrong_password_is_one_line(tmp_path: Path) -> None:
+    code, _, err = run("simulate", "--rounds", "2", cwd=tmp_path, timeout=60,
+                       env={"MICROTE_AMQP_URL": "amqp://guest:wrong@127.0.0.1:5672/",
+                            "MICROTE_REGION": "cli" + secrets.token_hex(4)})
+    assert code == 1
+    assert "refused user 'guest'" in one_line_error(err)
+
+
+class Lines:
+    """A pipe's lines as they come, read by a thread (a test never sleeps blindly on them)."""
+
+    def __init__(self, pipe: object) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: object) -> None:
+        for line in pipe:  # type: ignore[attr-defined]
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def until(self, pattern: re.Pattern[str], timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if pattern.match(line):
+                return line
+        raise AssertionError(f"no line like {pattern.pattern!r} within {timeout_s} s:\n{''.join(self.seen)}")
+
+    def rest(self, timeout_s: float = 10) -> str:
+        self._thread.join(timeout_s)
+        while (line := self._queue.get_nowait() if not self._queue.empty() else None) is not None:
+            self.seen.append(line)
+        return "".join(self.seen)
+
+
+@pytest.mark.parametrize("ctrl_c", ["terminal", "parent only"])
+def test_ctrl_c_stops_the_demo_and_its_services_in_seconds(region: str, tmp_path: Path, ctrl_c: str) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground group (the demo and its services);
+    a SIGINT to the demo alone must stop them too."""
+    proc = microte("demo", "--rounds", "400", "--participants", str(PARTICIPANTS), "--region", region,
+                   "--ledger", f"sqlite:///{tmp_path / 'ledger.sqlite'}", cwd=tmp_path)
+    with killed_at_the_end(proc):
+        err = Lines(proc.stderr)
+        err.until(PROGRESS, timeout_s=120)
+        err.until(re.compile(r"^\s+round\s+21\s"), timeout_s=60)  # progress every 20 rounds: the rounds run
+        if ctrl_c == "terminal":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        code = proc.wait(15)
+        took = time.monotonic() - began
+        said = err.rest()
+        out = proc.stdout.read() if proc.stdout else ""
+        assert code == 130, said
+        assert took < 15
+        assert "Traceback" not in said
+        assert said.splitlines()[-1] == "microte: interrupted; services stopped", said
+        assert "microte report" not in out
+        assert group_members(proc.pid) == []  # every service has exited
+    # The region's queues and round state were deleted on the way out.
+    settings = from_env()
+    assert asyncio.run(_region_keys(settings.redis_url, region)) == []
+
+
+async def _region_keys(redis_url: str, region: str) -> list[bytes]:
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        return [k async for k in redis.scan_iter(match=f"mt:\\{{{region}\\}}:*", count=1000)]
+    finally:
+        await redis.aclose()
