@@ -1,5 +1,5 @@
 # The verbs the README names. Each one installs what it needs first.
-.PHONY: simulate test lint unit faults bench bench-ensemble bench-matcher venv services clean
+.PHONY: simulate test lint unit faults bench bench-ensemble bench-matcher bench-flood venv services clean
 
 VENV := .venv/bin
 ARGS ?=
@@ -34,6 +34,10 @@ bench-ensemble: venv  ## the five services as processes against a bare-RabbitMQ 
 bench-matcher: venv  ## the matcher benchmark: a slot read from Redis, cleared and published, objects vs columns
 	@scripts/services.sh rabbitmq redis
 	$(VENV)/python bench/matcher.py $(ARGS)
+
+bench-flood: venv  ## one household floods order-intake: the others' order-ack latency with and without it
+	@scripts/services.sh rabbitmq redis
+	$(VENV)/python bench/flood.py $(ARGS)
 
 venv:
 	@scripts/bootstrap.sh
