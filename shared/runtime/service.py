@@ -541,7 +541,9 @@ class Service:
         connection, out = self._connection, self._out
         if connection is None or out is None:  # not started yet: FastStream's own connection says
             return bool(self.broker.running) and bool(await self.broker.ping(timeout=PROBE_TIMEOUT_S))
-        return not connection.is_closed  # a closed publishing channel is opened again on use
+        # A robust connection stays "open" while it reconnects: whether it has a live transport
+        # now is what says the broker is there. A closed publishing channel is opened again on use.
+        return not connection.is_closed and connection.connected.is_set()
 
     def _recovered(self) -> None:
         if self._outages:
@@ -592,12 +594,21 @@ class Service:
         message_id = hashlib.blake2b(body, digest_size=12).hexdigest()
         headers: dict[str, Any] = {"x-microte-service": self.name,
                                    SIGNATURE_HEADER: self.signer.sign(routing_key, body)}
-        exchange, _ = await self._publishing()
-        for _ in range(2 if self.settings.duplicate_delivery else 1):
-            await exchange.publish(
-                aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE, message_id=message_id,
-                                 user_id=self.broker_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=routing_key)
+        try:
+            exchange, _ = await self._publishing()
+            for _ in range(2 if self.settings.duplicate_delivery else 1):
+                await exchange.publish(
+                    aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE, message_id=message_id,
+                                     user_id=self.broker_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    routing_key=routing_key)
+        except RuntimeError as exc:
+            # aio-pika says "<Connection ...> closed" or "Connection was not opened" with a bare
+            # RuntimeError while its robust connection is away: an outage, never the message's fault.
+            text = str(exc)
+            lost = any(word in text for word in ("closed", "not opened", "not ready"))
+            if lost or not await self._broker_connected():
+                raise aiormq.exceptions.AMQPConnectionError(f"the broker is away: {text}") from exc
+            raise
         self.metrics.messages_published.labels(self.region, self.name, bounded_key(routing_key)).inc()
 
     async def publish_all(self, items: list[tuple[Message, str]]) -> None:

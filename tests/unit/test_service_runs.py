@@ -167,3 +167,57 @@ async def test_the_worker_drains_at_most_the_prefetch_window_per_run(service: Se
     worker.cancel()
     assert [line for line in log if not line.startswith("ack")] == ["orders o0,o1", "orders o2,o3", "orders o4"]
     assert sum(line.startswith("ack") for line in log) == 3  # one per drain
+
+
+class _Lost:
+    """A robust connection between a broker restart and its reconnect: not closed for good,
+    but without a transport (aio-pika clears ``connected``)."""
+
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+
+
+class _FailingExchange:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def publish(self, *_: Any, **__: Any) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize("text", ['<Connection: "amqp://guest:******@127.0.0.1:5672/" at 0x7f> closed',
+                                  "Connection was not opened", "Connection is not ready"])
+async def test_a_publish_that_fails_on_a_lost_connection_is_an_outage_not_the_message(text: str) -> None:
+    """In a RabbitMQ restart aio-pika raises a bare RuntimeError; counted as the message's
+    fault it was dead-lettered after three tries (a SlotReconciled once, in the fault suite)."""
+    from shared.runtime.outages import is_outage
+
+    svc = Service("ledger-writer", from_env({"MICROTE_REGION": REGION, "MICROTE_SERVICE_KEY": "k" * 40}), 0)
+    svc._connection = _Lost()  # type: ignore[assignment]
+    svc._out = object()  # type: ignore[assignment]
+    assert not await svc._broker_connected()  # the probe sees the broker away while it reconnects
+
+    async def publishing() -> tuple[Any, Any]:
+        return _FailingExchange(RuntimeError(text)), None
+
+    svc._publishing = publishing  # type: ignore[method-assign]
+    with pytest.raises(Exception) as raised:
+        await svc.publish(t.SlotRecorded(region=REGION, slot=SLOT, entry_count=1), "r1.fact.slot_recorded")
+    assert is_outage(raised.value)
+
+
+async def test_any_other_error_of_a_publish_stays_what_it_is() -> None:
+    svc = Service("ledger-writer", from_env({"MICROTE_REGION": REGION, "MICROTE_SERVICE_KEY": "k" * 40}), 0)
+    connected = _Lost()
+    connected.connected.set()
+    svc._connection = connected  # type: ignore[assignment]
+    svc._out = object()  # type: ignore[assignment]
+
+    async def publishing() -> tuple[Any, Any]:
+        return _FailingExchange(RuntimeError("something else")), None
+
+    svc._publishing = publishing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="something else"):
+        await svc.publish(t.SlotRecorded(region=REGION, slot=SLOT, entry_count=1), "r1.fact.slot_recorded")
