@@ -113,14 +113,18 @@ def _request_key(m: t.Message) -> tuple[str, ...]:
 
 class Client:
     def __init__(self, url: str, region: str, participant_id: str, *, answer_timeout_s: float = 60.0,
-                 resend_after_s: float = 10.0, listen_for: Iterable[str] = ()) -> None:
+                 resend_after_s: float = 10.0, listen_for: Iterable[str] = (), inbox: str = "") -> None:
         """``url``: the broker, as ``amqp://user:password@host:5672/``. ``answer_timeout_s``:
         how long a request waits for its answer in all (sending it again every
         ``resend_after_s``) before ``TimeoutError``. ``listen_for``: other participants whose
         answers come to this client too, in the local mode only (a simulator that speaks for
-        many households; a participant's own account may not bind another's answers)."""
+        many households; a participant's own account may not bind another's answers).
+        ``inbox``: empty for the participant's own durable queue; a name for a short session
+        on a queue of its own (``…participant.<id>.<name>``, exclusive), which leaves the
+        participant's inbox and what waits in it alone."""
         self.url, self.region, self.participant_id = url, region, participant_id
         self.listen_for = tuple(listen_for)
+        self.inbox = inbox
         user = urllib.parse.unquote(urllib.parse.urlsplit(url).username or "guest")
         # Its own broker user: requests carry it as user_id (checked by RabbitMQ). Else the local mode.
         self.user_id = participant_id if user == participant_id else None
@@ -147,7 +151,9 @@ class Client:
                                   f"{self.region}'s services running?") from None
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=64)
-        queue = await channel.declare_queue(f"microte.{self.region}.participant.{self.participant_id}", durable=True)
+        name = f"microte.{self.region}.participant.{self.participant_id}"
+        queue = await (channel.declare_queue(f"{name}.{self.inbox}", exclusive=True, auto_delete=True) if self.inbox
+                       else channel.declare_queue(name, durable=True))
         for pid in (self.participant_id, *self.listen_for):
             await queue.bind(_EXCHANGE, routing_key=f"{self.region}.to.{pid}.#")
         await queue.bind(_EXCHANGE, routing_key=f"{self.region}.fact.round_started")

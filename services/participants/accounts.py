@@ -41,10 +41,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
-
-from shared.messages import decode, encode
+from microte.client import Client, Refused
 from shared.messages import types as t
 from shared.runtime import topology as k
 
@@ -203,45 +200,23 @@ def url_as(amqp_url: str, user: str, password: str) -> str:
 async def act_as(amqp_url: str, region: str, participant_id: str, request: t.JoinMarket | t.LeaveMarket,
                  timeout_s: float = ANSWER_TIMEOUT_S) -> t.Message:
     """Sends a membership request as the participant's own user (``amqp_url`` carries its
-    credentials) and returns order-intake's answer: MemberJoined, MemberLeft or Rejected."""
-    keys = k.Keys(region)
+    credentials), through the client SDK on a queue of its own (the household's inbox is
+    left alone), and returns order-intake's answer: MemberJoined, MemberLeft or Rejected."""
+    client = Client(amqp_url, region, participant_id, answer_timeout_s=timeout_s, resend_after_s=timeout_s,
+                    inbox="provisioning")
     try:
-        connection = await aio_pika.connect(amqp_url, timeout=timeout_s)
+        await client.connect()
     except Exception as exc:  # aio-pika raises several types for refused logins and absent brokers
         raise AccountError(f"could not connect to RabbitMQ as {participant_id} ({type(exc).__name__}: {exc})") from None
-    async with connection:
-        channel = await connection.channel()
-        exchange = await channel.get_exchange(k.EXCHANGE.name)  # passive: a participant may not declare it
-        # A queue of its own for this exchange, so that the household's inbox is left alone.
-        queue = await channel.declare_queue(participant_queue(region, participant_id) + ".provisioning",
-                                            exclusive=True, auto_delete=True)
-        for kind in (k.MEMBERSHIP, k.REJECTED):
-            await queue.bind(exchange, routing_key=keys.to(participant_id, kind))
-        answers: asyncio.Queue[t.Message] = asyncio.Queue()
-
-        async def on_answer(incoming: AbstractIncomingMessage) -> None:
-            async with incoming.process():
-                await answers.put(decode(incoming.body))
-
-        await queue.consume(on_answer)
-        await exchange.publish(aio_pika.Message(encode(request), user_id=participant_id,
-                                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                               routing_key=keys.request(k.MEMBER))
-        expected = t.MemberJoined if isinstance(request, t.JoinMarket) else t.MemberLeft
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AccountError(f"no answer from region {region}'s order-intake within {timeout_s:.0f} s: "
-                                   "is it running, on this broker?")
-            try:
-                answer = await asyncio.wait_for(answers.get(), left)
-            except TimeoutError:
-                continue
-            if isinstance(answer, expected) or (
-                    isinstance(answer, t.Rejected) and answer.request == type(request).__name__):
-                return answer
+    try:
+        return await client.request(request)
+    except Refused as refused:
+        return refused.answer
+    except TimeoutError:
+        raise AccountError(f"no answer from region {region}'s order-intake within {timeout_s:.0f} s: "
+                           "is it running, on this broker?") from None
+    finally:
+        await client.close()
 
 
 def new_password() -> str:
