@@ -237,6 +237,52 @@ async def check_amqp(url: str) -> None:
             await connection.close()
 
 
+SERVICES_WAIT_S = 120.0  # how long `microte simulate` waits for the region's services to consume
+
+
+async def wait_for_services(url: str, region: str, timeout_s: float = SERVICES_WAIT_S) -> None:
+    """Until the services that take a community's requests consume their queues, so that no
+    join is published before anything can route it. A broker user that may not look at
+    the services' queues (a participant's account) cannot tell, and goes ahead."""
+    import aio_pika
+    import aio_pika.exceptions
+
+    from shared.runtime.topology import service_queue_name
+
+    names = [service_queue_name(region, s) for s in ("order-intake", "meter-collector")]
+    deadline, said = time.monotonic() + timeout_s, False
+    with _quiet("aiormq", "aio_pika"):
+        connection = await aio_pika.connect(url, timeout=CHECK_TIMEOUT_S)
+        try:
+            while True:
+                idle = []
+                for name in names:
+                    channel = await connection.channel()
+                    try:
+                        queue = await channel.declare_queue(name, passive=True)
+                        if not queue.declaration_result.consumer_count:
+                            idle.append(name)
+                    except aio_pika.exceptions.ChannelNotFoundEntity:
+                        idle.append(name)
+                    except aio_pika.exceptions.ChannelAccessRefused:
+                        return
+                    finally:
+                        if not channel.is_closed:
+                            await channel.close()
+                if not idle:
+                    return
+                if time.monotonic() > deadline:
+                    raise CliError(f"region {region}'s services are not running: nothing consumes "
+                                   f"{', '.join(idle)} after {timeout_s:.0f} s; start them first "
+                                   "(microte serve <service>, or microte demo)")
+                if not said:
+                    print(f"microte: waiting for region {region}'s services ({', '.join(idle)})", file=sys.stderr)
+                    said = True
+                await asyncio.sleep(0.5)
+        finally:
+            await connection.close()
+
+
 async def check_redis(url: str) -> None:
     """Redis answers a PING at ``url`` (MICROTE_REDIS_URL)."""
     from redis.asyncio import Redis
@@ -289,6 +335,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         await check_amqp(settings.amqp_url)
+        await wait_for_services(settings.amqp_url, settings.region, args.wait)
         tally = await Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
                                 max_rounds=args.rounds, aggregators=args.aggregators,
                                 progress_every=progress_interval(args.rounds) if args.rounds else 60).run()
@@ -552,6 +599,8 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--aggregators", type=at_least(0), default=1,
                      help="aggregators submitting one batch a round for their households "
                           "(default: %(default)s; 0: one message each)")
+    sim.add_argument("--wait", type=at_least(0), default=int(SERVICES_WAIT_S), metavar="SECONDS",
+                     help="how long to wait for the region's services to run (default: %(default)s)")
     sim.set_defaults(run=_simulate)
 
     demo = sub.add_parser("demo", help="start the five services, simulate a community, report",

@@ -98,11 +98,16 @@ ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEM
 # A batch's answers come back on the batch kind too: ``<region>.to.<sender>.batch``.
 
 
+def service_queue_name(region: str, service: str) -> str:
+    """The durable queue a region's service consumes: ``microte.<region>.<service>``."""
+    return f"microte.{region}.{service}"
+
+
 def service_queue(region: str, service: str, first_key: str, *, single_active: bool = False) -> RabbitQueue:
     arguments: Any = {"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE.name}
     if single_active:
         arguments["x-single-active-consumer"] = True
-    return RabbitQueue(f"microte.{region}.{service}", durable=True, routing_key=first_key, arguments=arguments)
+    return RabbitQueue(service_queue_name(region, service), durable=True, routing_key=first_key, arguments=arguments)
 
 
 def dead_letter_queue(region: str, max_length: int = 100_000, ttl_s: int = 7 * 86400) -> RabbitQueue:

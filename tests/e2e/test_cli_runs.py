@@ -150,6 +150,17 @@ def test_simulate_with_a_wrong_password_is_one_line(tmp_path: Path) -> None:
     assert "refused user 'guest'" in one_line_error(err)
 
 
+def test_simulate_without_the_regions_services_says_so_in_one_line(tmp_path: Path) -> None:
+    region = "cli" + secrets.token_hex(4)
+    code, out, err = run("simulate", "--rounds", "2", "--wait", "1", cwd=tmp_path, timeout=60,
+                         env={"MICROTE_REGION": region})
+    assert code == 1
+    waiting, error = err.splitlines()  # one line while it waits, one when it gives up; no traceback
+    assert waiting.startswith(f"microte: waiting for region {region}'s services")
+    assert error.startswith(f"microte: region {region}'s services are not running")
+    assert "round" not in out  # nothing was sent: no community joined a market that is not there
+
+
 class Lines:
     """A pipe's lines as they come, read by a thread (a test never sleeps blindly on them)."""
 
