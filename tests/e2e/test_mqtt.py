@@ -86,12 +86,8 @@ class Gateway:
 
 @pytest.fixture(scope="module")
 def rabbit() -> Iterator[PrivateRabbit]:
-    server = PrivateRabbit(management=True, mqtt=True)
-    try:
-        server.start()
+    with PrivateRabbit(management=True, mqtt=True) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -33,12 +33,8 @@ M = TypeVar("M", bound=t.Message)
 
 @pytest.fixture(scope="module")
 def rabbit() -> Iterator[PrivateRabbit]:
-    server = PrivateRabbit(management=True)
-    try:
-        server.start()
+    with PrivateRabbit(management=True) as server:
         yield server
-    finally:
-        server.close()
 
 
 class Client:

@@ -315,7 +315,11 @@ class PrivateServer:
 
     def __enter__(self) -> Self:
         if not self.running:
-            self.start()
+            try:
+                self.start()
+            except BaseException:
+                self.close()  # what a failed start left behind: its process, its folder
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:
