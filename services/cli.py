@@ -354,9 +354,18 @@ async def _report(settings: Settings) -> tuple[str, bool]:
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
+        regions = await store.regions()
+        if settings.region not in regions:
+            raise CliError(f"region {settings.region} has no run in the ledger {redact(settings.ledger_url)}; "
+                           f"{_listed('its regions', regions) if regions else 'it has no region yet'}")
         return await report(store, settings.market)
     finally:
         await store.close()
+
+
+def _listed(what: str, names: list[str], most: int = 20) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{what}: {', '.join(names[:most])}{more}"
 
 
 def _ledger_env(args: argparse.Namespace) -> dict[str, str]:

@@ -6,6 +6,7 @@ runs; an interrupted run's services are stopped at once. (With the servers: test
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.metadata
 import subprocess
@@ -23,6 +24,7 @@ from services.participants.community import Community
 from services.participants.profiles import community
 from shared.messages import encode
 from shared.messages import types as t
+from shared.runtime.ledger import RecordBatch, open_ledger
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -105,6 +107,31 @@ def test_report_refuses_a_ledger_that_is_not_there_and_creates_none(
     assert not (tmp_path / "gone").exists()
     assert cli.main(["replay-slot", "--ledger", f"sqlite:///{missing}", "--region", "r1", "--slot", "60"]) == 2
     assert "no ledger at" in one_line_error(capsys)
+
+
+def test_report_on_a_region_the_ledger_does_not_have_lists_those_it_has(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Not an all-zero report that passes its audit: an error that names the regions there are."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+    async def write(*regions: str) -> None:
+        store = open_ledger(url)
+        await store.open()
+        try:
+            for region in regions:
+                await store.write(RecordBatch(rounds=[(region, 60, 1, 60_000)]))
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    assert cli.main(["report", "--ledger", url, "--region", "r9"]) == 1
+    assert one_line_error(capsys) == f"microte: region r9 has no run in the ledger {url}; it has no region yet"
+    asyncio.run(write("north", "south"))
+    assert cli.main(["report", "--ledger", url, "--region", "r9"]) == 1
+    assert one_line_error(capsys) == (f"microte: region r9 has no run in the ledger {url}; "
+                                      "its regions: north, south")
+    assert cli.main(["report", "--ledger", url, "--region", "north"]) == 0
+    assert "microte report: region north" in capsys.readouterr().out
 
 
 def test_a_bad_setting_in_the_environment_is_one_line(
