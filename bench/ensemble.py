@@ -85,7 +85,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import aio_pika
 import msgspec
@@ -99,6 +98,7 @@ from clearing import cpu_model  # noqa: E402  (bench/clearing.py, beside this fi
 from services.ensemble import Ensemble, delete_queues, purge_region  # noqa: E402
 from services.participants.community import Community, agent_ids  # noqa: E402
 from services.participants.profiles import community  # noqa: E402
+from shared.market.timezones import zone  # noqa: E402
 from shared.messages import CONTENT_TYPE, decode, encode  # noqa: E402
 from shared.messages import types as t  # noqa: E402
 from shared.runtime import topology as k  # noqa: E402
@@ -577,7 +577,7 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
                   servers: dict[str, int | None]) -> SimResult:
     region = region_name("sim", n)
     work = ROOT / "var" / "bench" / region
-    start = int(datetime.fromisoformat(args.start).replace(tzinfo=ZoneInfo(TIMEZONE)).timestamp())
+    start = int(datetime.fromisoformat(args.start).replace(tzinfo=zone(TIMEZONE)).timestamp())
     env = {**base_env(region, work, args.ledger), "MICROTE_CLOCK_MODE": "simulation",
            # Two rounds beyond the measured ones so that households still quote in them (they do
            # not quote past the last round), and the community leaves when the last is recorded.

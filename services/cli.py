@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import NoReturn
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfoNotFoundError
 
 from shared.market import PricingRule
+from shared.market.timezones import zone
 from shared.runtime.settings import Settings, SettingsError, from_env
 from shared.runtime.trust import TrustError
 
@@ -117,8 +118,8 @@ def local_time(text: str) -> str:
 def timezone(text: str) -> str:
     """An argparse type: an IANA time zone name."""
     try:
-        ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+        zone(text)
+    except ZoneInfoNotFoundError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a known IANA time zone, e.g. America/Vancouver, Europe/Berlin or UTC") from None
     return text
@@ -506,7 +507,7 @@ def _participants_cmd(args: argparse.Namespace) -> int:
 def demo_env(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The services' environment for a demo: the MICROTE_* variables, then the options."""
     environ = dict(os.environ) if environ is None else environ
-    tz = ZoneInfo(args.timezone)
+    tz = zone(args.timezone)
     start = int(datetime.fromisoformat(args.start).replace(tzinfo=tz).timestamp())
     env = {
         **{k: v for k, v in environ.items() if k.startswith("MICROTE_")},

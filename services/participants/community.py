@@ -11,7 +11,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 import aio_pika
 import msgspec
@@ -21,6 +20,7 @@ from microte.client import Client
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
 from shared.market import GridPrices, Slot
+from shared.market.timezones import zone
 from shared.messages import CONTENT_TYPE, decode, encode
 from shared.messages import types as t
 from shared.runtime import topology as k
@@ -263,7 +263,7 @@ class Community:
         self.amqp_url = amqp_url
         self.region = region
         self.keys = Keys(region)
-        self.tz = ZoneInfo(timezone)
+        self.tz = zone(timezone)
         self.duplicate = duplicate  # test aid: send every message twice
         self.participants = [Participant(h, self) for h in homes]
         # With aggregators, household i is in the care of aggregator i mod k, which submits

@@ -2,7 +2,8 @@
 
 ``sell_price = price`` (what the grid pays for export), ``buy_price = price * (1 +
 fee_ratio)`` (what it charges for import). A time-of-use table replaces ``price`` by
-month and local hour on weekdays. Local time comes from ``zoneinfo``, so half-hour zones
+month and local hour on weekdays. Local time comes from ``zoneinfo`` with the pinned
+``tzdata`` (``shared.market.timezones``), so half-hour zones
 and DST changes are right, and slots that do not start on the hour take the price of the
 local hour they start in.
 """
@@ -13,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from shared.market.numbers import EXACT, price_to_ticks
+from shared.market.timezones import zone
 
 DEFAULT_PRICE = Decimal("0.069")
 DEFAULT_FEE_RATIO = Decimal("1.1")
@@ -45,10 +46,10 @@ class Tariff:
                 raise ValueError(f"time-of-use table has a bad month or hour: {month} {sorted(hours)}")
             for value in hours.values():
                 price_to_ticks(value)
-        ZoneInfo(self.timezone)  # raises for an unknown zone
+        zone(self.timezone)  # raises for an unknown zone
 
     def base_price_at(self, t: int) -> Decimal:
-        local = datetime.fromtimestamp(t, ZoneInfo(self.timezone))
+        local = datetime.fromtimestamp(t, zone(self.timezone))
         if local.weekday() < 5:
             hours = self.time_of_use.get(local.month)
             if hours is not None and local.hour in hours:

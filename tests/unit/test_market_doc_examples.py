@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from decimal import Decimal, Inexact
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -65,6 +64,7 @@ from shared.market import (
 )
 from shared.market.numbers import EXACT, InvalidPrice, half_ticks_to_price, text_to_ticks, ticks_to_price
 from shared.market.orders import DEFAULT_PRICE_CAP
+from shared.market.timezones import zone as pinned_zone
 from shared.runtime.settings import from_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1015,12 +1015,12 @@ def test_time_of_use_example_of_section_8() -> None:
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Tariff"
     assert not call.args
     tariff = Tariff(**{kw.arg: literal(kw.value) for kw in call.keywords if kw.arg})
-    zone = ZoneInfo(tariff.timezone)
+    local_zone = pinned_zone(tariff.timezone)
     rows = table(block, "slot start (local)")
     assert rows
     for row in rows:
         local, ts = find(r"^(\w{3} \d{4}-\d\d-\d\d \d\d:\d\d \w+) \((\d+)\)$", row["slot start (local)"]).groups()
-        assert datetime.fromtimestamp(int(ts), zone).strftime("%a %Y-%m-%d %H:%M %Z") == local
+        assert datetime.fromtimestamp(int(ts), local_zone).strftime("%a %Y-%m-%d %H:%M %Z") == local
         prices = tariff.prices_at(int(ts))
         assert f"{prices.buy_price} / {prices.sell_price}" == row["prices_at → buy / sell"], row
 

@@ -2,7 +2,8 @@
 
 Every instant is written as a UTC wall-clock time; the local time it maps to is worked
 out by hand in the comment beside it (IST is UTC+5:30; Berlin is UTC+2 in summer time and
-UTC+1 in winter; Vancouver is UTC-8 in winter, UTC-7 in summer time).
+UTC+1 in winter; Vancouver is UTC-8 in winter, UTC-7 in summer time, and UTC-7 for good
+from November 2026 in the pinned tzdata 2026 data).
 """
 
 from __future__ import annotations
@@ -140,3 +141,36 @@ def test_a_tariff_with_a_bad_price_month_or_hour_raises(kwargs: dict[str, Any]) 
 def test_a_tariff_in_an_unknown_timezone_raises() -> None:
     with pytest.raises(ZoneInfoNotFoundError):
         Tariff(timezone="Mars/Olympus_Mons")
+
+
+def test_local_time_comes_from_the_pinned_tzdata_not_from_the_machine(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine whose zone files say otherwise (here: a Vancouver that is UTC) changes no price."""
+    import shutil
+    import zoneinfo
+    from importlib import resources
+
+    from shared.market.timezones import zone
+
+    (tmp_path / "America").mkdir()
+    with resources.as_file(resources.files("tzdata.zoneinfo").joinpath("UTC")) as source:
+        shutil.copy(source, tmp_path / "America" / "Vancouver")
+    zoneinfo.reset_tzpath(to=[str(tmp_path)])
+    zoneinfo.ZoneInfo.clear_cache()
+    zone.cache_clear()
+    try:
+        assert datetime(2026, 12, 7, tzinfo=zoneinfo.ZoneInfo("America/Vancouver")).utcoffset().total_seconds() == 0
+        # Monday 2026-12-07 19:00 UTC is 12:00 in Vancouver on UTC-7 (tzdata 2026), 11:00 on UTC-8
+        noon = Tariff(timezone="America/Vancouver", time_of_use={12: {12: PEAK}})
+        assert noon.base_price_at(utc(2026, 12, 7, 19)) == PEAK
+        assert noon.base_price_at(utc(2026, 12, 7, 18, 59)) == BASE
+    finally:
+        zoneinfo.reset_tzpath()
+        zoneinfo.ZoneInfo.clear_cache()
+        zone.cache_clear()
+
+
+@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "America", "", "UTC/../UTC"])
+def test_a_name_that_is_no_zone_of_tzdata_is_refused(name: str) -> None:
+    with pytest.raises(ZoneInfoNotFoundError):
+        Tariff(timezone=name)
