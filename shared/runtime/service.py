@@ -386,8 +386,9 @@ class Service:
                 away = is_outage(exc) or bool(await self._away())
                 if away:
                     self.metrics.outage_retries.labels(self.region, self.name).inc()
-                    if outage_attempt == 0:
-                        self.log.warning("dependency_away_will_retry", error=f"{type(exc).__name__}: {exc}"[:300])
+                    if outage_attempt % 10 == 0:  # the first time, then about every 100 s: never silent
+                        self.log.warning("dependency_away_will_retry", error=f"{type(exc).__name__}: {exc}"[:300],
+                                         attempt=outage_attempt + 1)
                     if any(_channel_closed(d) for d in deliveries):
                         return []  # unacknowledged on a dead channel: the broker redelivers them
                     await asyncio.sleep(backoff_s(outage_attempt))

@@ -200,6 +200,17 @@ if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
 return 1
 """
 
+# The ledger recorded the slot (SlotRecorded): drop what reconciling it needed, and count it
+# reconciled. A meter-collector that published the slot's SlotReconciled but lost Redis
+# before finish_reconciling would otherwise come back to a slot whose inputs are gone, and
+# wait for its clearing for ever.
+_DROP_DELIVERY = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+local wm = tonumber(redis.call('GET', KEYS[5]) or '-1')
+if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[5], ARGV[1]) end
+return 1
+"""
+
 @dataclass
 class Snapshot:
     """A region's round state as rebuilt from the ledger (see shared.runtime.rebuild); the
@@ -312,6 +323,7 @@ class RegionState:
         self._readings = redis.register_script(_READINGS)
         self._claim = redis.register_script(_CLAIM)
         self._finish_reconcile = redis.register_script(_FINISH_RECONCILE)
+        self._drop_delivery = redis.register_script(_DROP_DELIVERY)
 
     def key(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -638,8 +650,12 @@ class RegionState:
         return cast(bytes | None, await self.redis.get(self.key("settled", _s(slot))))
 
     async def drop_delivery(self, slot: Slot) -> None:
-        await self.redis.delete(self.key("readings", _s(slot)), self.key("settled", _s(slot)),
-                                self.key("claim", "reconcile", _s(slot)), self.key("holder", "reconcile", _s(slot)))
+        """The ledger recorded ``slot``: its readings, settlements and claim go, and the
+        slot counts as reconciled (``reconciled_upto`` never moves back)."""
+        s = _s(slot)
+        await self._drop_delivery(
+            keys=[self.key("readings", s), self.key("settled", s), self.key("claim", "reconcile", s),
+                  self.key("holder", "reconcile", s), self.key("done", "reconcile")], args=[slot.end])
 
     async def key_count(self) -> int:
         count = 0

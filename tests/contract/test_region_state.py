@@ -135,6 +135,25 @@ async def test_a_slot_reconciled_and_cleaned_up_is_never_claimed_anew(state: Reg
     assert await state.claim("clear", slot, "b") == "done"
 
 
+async def test_a_slot_the_ledger_recorded_counts_as_reconciled_even_if_its_finish_was_lost(
+        state: RegionState) -> None:
+    """The meter-collector published a slot's SlotReconciled, then lost Redis before it could
+    finish it; the ledger recorded the slot and its SlotRecorded dropped the slot's inputs.
+    The slot is reconciled: no replica claims it again, and the next slot comes next."""
+    await state.advance_round(600, 1, 0)
+    assert await state.reconciled_upto() == 600
+    slot = Slot(600, 660)
+    assert await state.claim("reconcile", slot, "a") == "new"
+    await state.store_settlements(slot, b"cleared")
+    # (finish_reconciling never ran)
+    await state.drop_delivery(slot)
+    assert await state.reconciled_upto() == 660
+    assert await state.settlements(slot) is None
+    assert await state.claim("reconcile", slot, "b") == "done"
+    await state.drop_delivery(Slot(540, 600))  # a late, repeated SlotRecorded never moves it back
+    assert await state.reconciled_upto() == 660
+
+
 async def test_the_clock_sees_a_recorded_slot_until_it_forgets_the_round(state: RegionState) -> None:
     slot = Slot(600, 660)
     assert not await state.is_recorded(slot)
