@@ -186,10 +186,12 @@ class MeterCollector:
         market_now = max(current[0], int(time.time())) if self.realtime else current[0]
         if market_now >= slot.end + self.deadline_s:
             return slot
-        # Counters first: every member reported (one round trip, O(1)); else the active
-        # members (read again at most every second) against who reported.
+        # Counters first (one round trip, O(1)): when there are as many readings as members,
+        # make sure they are the members' (a reading of one who has left since, or a field
+        # that is nobody's, must not stand in for a member's). Else the active members (read
+        # again at most every second) against who reported.
         reported_count, member_count = await self.state.reading_and_member_count(slot)
-        if reported_count >= member_count:
+        if reported_count >= member_count and await self.state.members() <= await self.state.reporters(slot):
             return slot
         now = time.monotonic()
         if now - self._active_at >= 1.0:

@@ -515,6 +515,11 @@ class RegionState:
         await self.redis.hset(self.key("members"), participant_id, now_ms)
         return True
 
+    async def members(self) -> set[str]:
+        """Every member's id."""
+        names = await cast(Awaitable[list[bytes]], self.redis.hkeys(self.key("members")))
+        return {p.decode() for p in names}
+
     async def is_member(self, participant_id: str) -> bool:
         return bool(await self.redis.hexists(self.key("members"), participant_id))
 
