@@ -18,13 +18,16 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from zoneinfo import ZoneInfoNotFoundError
 
 from shared.market import PricingRule
 from shared.market.timezones import zone
 from shared.runtime.settings import Settings, SettingsError, from_env
 from shared.runtime.trust import TrustError
+
+if TYPE_CHECKING:
+    from shared.runtime.ledger import LedgerStore
 
 _APPS = {
     "clock": "services.clock.app",
@@ -347,7 +350,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-async def _report(settings: Settings) -> tuple[str, bool]:
+async def _report(settings: Settings, rule: str | None = None) -> tuple[str, bool]:
     from services.report import report
     from shared.runtime.ledger import open_ledger
 
@@ -359,9 +362,21 @@ async def _report(settings: Settings) -> tuple[str, bool]:
         if settings.region not in regions:
             raise CliError(f"region {settings.region} has no run in the ledger {redact(settings.ledger_url)}; "
                            f"{_listed('its regions', regions) if regions else 'it has no region yet'}")
-        return await report(store, settings.market)
+        return await report(store, (await _as_recorded(store, settings, rule)).market)
     finally:
         await store.close()
+
+
+async def _as_recorded(store: LedgerStore, settings: Settings, rule: str | None) -> Settings:
+    """The settings the region ran with, as its ledger keeps them (whatever the environment
+    says); a --rule that contradicts them is an error."""
+    from shared.runtime.region_settings import as_recorded
+
+    recorded, kept = await as_recorded(store, settings)
+    if kept and rule is not None and str(recorded.market.rule) != rule:
+        raise CliError(f"region {settings.region} ran with the pricing rule {recorded.market.rule}, not {rule}: "
+                       "leave out --rule (the ledger keeps the region's settings)", code=2)
+    return recorded
 
 
 def _listed(what: str, names: list[str], most: int = 20) -> str:
@@ -389,12 +404,12 @@ def _ledger_source(args: argparse.Namespace) -> str:
 def _report_cmd(args: argparse.Namespace) -> int:
     settings = from_env(_ledger_env(args))
     check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
-    text, ok = asyncio.run(_report(settings))
+    text, ok = asyncio.run(_report(settings, args.rule))
     print(text)
     return 0 if ok else 1
 
 
-async def _replay(settings: Settings, slot_start: int) -> str:
+async def _replay(settings: Settings, slot_start: int, rule: str | None = None) -> str:
     from shared.runtime.ledger import open_ledger
     from shared.runtime.replay import replay_slot
 
@@ -402,7 +417,7 @@ async def _replay(settings: Settings, slot_start: int) -> str:
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
-        done = await replay_slot(store, settings.market, slot_start)
+        done = await replay_slot(store, (await _as_recorded(store, settings, rule)).market, slot_start)
     finally:
         await store.close()
     return (f"replayed slot {done.slot.start}-{done.slot.end} of region {settings.region}: "
@@ -415,7 +430,7 @@ def _replay_cmd(args: argparse.Namespace) -> int:
     settings = from_env(_ledger_env(args))
     check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
     try:
-        print(asyncio.run(_replay(settings, args.slot)))
+        print(asyncio.run(_replay(settings, args.slot, args.rule)))
     except ReplayRefused as exc:
         print(f"microte: {exc}", file=sys.stderr)
         return 1

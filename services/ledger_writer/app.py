@@ -8,6 +8,7 @@ from services.ledger_writer.handlers import LedgerWriter
 from shared.messages import types as t
 from shared.runtime import topology as k
 from shared.runtime.ledger import open_ledger
+from shared.runtime.region_settings import keep_market_settings
 from shared.runtime.service import Batch, Service
 from shared.runtime.settings import Settings
 
@@ -38,6 +39,7 @@ def create(settings: Settings) -> Service:
 
     async def open_store() -> None:
         await store.open()
+        await keep_market_settings(store, settings)
         # No linger: the service hands over everything its queue held at once (a drain),
         # so waiting for more would only delay the commit, and the round, by the linger.
         writer.attach(Batcher(store, after_commit=writer.after_commit, linger_s=0.0))

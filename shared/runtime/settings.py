@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TypeVar
 
@@ -152,3 +152,47 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         )
     except (ValueError, ArithmeticError) as exc:
         raise SettingsError(f"bad microte setting: {exc}") from exc
+
+
+# --- the market settings a region's ledger keeps --------------------------------------
+# What decides a slot's ledger entries, so that the report, the audit and a replay
+# re-derive the slots with the settings the region ran with, never with whatever the
+# environment of the command says. Stored once, by the region's first ledger-writer.
+
+RECORDED = ("PRICING_RULE", "ROUND_SECONDS", "CLOSE_STEPS", "HORIZON_S", "GRID_PRICE", "FEE_RATIO", "TIMEZONE",
+            "PRICE_CAP")
+
+
+def _plain(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def market_record(m: MarketSettings) -> dict[str, str]:
+    """The settings of ``RECORDED``, as MICROTE_* values in a canonical form."""
+    return {
+        "MICROTE_PRICING_RULE": str(m.rule),
+        "MICROTE_ROUND_SECONDS": str(m.schedule.duration),
+        "MICROTE_CLOSE_STEPS": str(m.schedule.close_steps),
+        "MICROTE_HORIZON_S": str(m.schedule.horizon_s),
+        "MICROTE_GRID_PRICE": _plain(m.tariff.price),
+        "MICROTE_FEE_RATIO": _plain(m.tariff.fee_ratio),
+        "MICROTE_TIMEZONE": m.tariff.timezone,
+        "MICROTE_PRICE_CAP": _plain(m.price_cap),
+    }
+
+
+def with_record(settings: Settings, record: Mapping[str, str]) -> Settings:
+    """``settings`` with the market settings a region's ledger keeps in place of its own."""
+    unknown = set(record) - {f"MICROTE_{name}" for name in RECORDED}
+    if unknown:
+        raise SettingsError(f"the ledger keeps market settings this version does not know: {sorted(unknown)}")
+    env = {**market_record(settings.market), "MICROTE_REGION": settings.region, **record}
+    market = from_env(env).market
+    return replace(settings, market=replace(settings.market, schedule=market.schedule, tariff=market.tariff,
+                                            rule=market.rule, price_cap=market.price_cap))
+
+
+def record_differences(stored: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
+    """``NAME: stored -> mine`` for each recorded setting that differs."""
+    return [f"{name}: {stored.get(name)} -> {mine.get(name)}" for name in sorted(set(stored) | set(mine))
+            if stored.get(name) != mine.get(name)]

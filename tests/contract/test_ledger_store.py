@@ -510,6 +510,18 @@ async def test_regions_are_isolated(store: LedgerStore) -> None:
     assert await everything(store, "west") == ([], [], [], [], [], [])
 
 
+async def test_a_regions_market_settings_are_kept_once_and_the_first_stays(store: LedgerStore) -> None:
+    first, later = '{"MICROTE_PRICING_RULE": "pay_as_bid"}', '{"MICROTE_PRICING_RULE": "midpoint"}'
+    assert await store.market_settings("north") is None
+    await store.write(RecordBatch(market_settings=[("north", first)]))
+    await store.write(RecordBatch(market_settings=[("north", later), ("south", later)]))
+    assert await store.market_settings("north") == first
+    assert await store.market_settings("south") == later
+    assert await store.regions() == ["north", "south"]
+    with pytest.raises(InvalidRecord):
+        await store.write(RecordBatch(market_settings=[("west", None)]))  # type: ignore[list-item]
+
+
 async def test_entries_can_be_filtered_by_slot_bounds(store: LedgerStore) -> None:
     s1, s2, s3, s4 = Slot(T0, T0 + 60), Slot(T0 + 60, T0 + 120), Slot(T0, T0 + 120), Slot(T0 + 120, T0 + 180)
     written = {s: entry("north", s, n) for n, s in enumerate((s4, s2, s3, s1))}

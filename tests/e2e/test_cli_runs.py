@@ -108,11 +108,17 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
     assert "in 0 settlements" not in out  # there is trade, so the rule matters to the re-derivation
     assert "PASS" in out
     assert (tmp_path / "var" / "logs" / region).is_dir()  # the services' logs, under the working folder
-    # The report re-derives the settlements with the rule given: the region's own passes, another fails.
+    # The ledger keeps the region's settings: the report re-derives with them, whatever the
+    # environment says, and a --rule that contradicts them is an error.
+    code, out, err = run("report", "--ledger", ledger, "--region", region, cwd=tmp_path,
+                         env={"MICROTE_PRICING_RULE": "midpoint", "MICROTE_GRID_PRICE": "0.5"})
+    assert code == 0 and f"region {region}, 5 slots, rule pay_as_bid" in out and "PASS" in out, out + err
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid", cwd=tmp_path)
     assert code == 0 and "rule pay_as_bid" in out and "PASS" in out, out + err
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "midpoint", cwd=tmp_path)
-    assert code == 1 and "FAIL" in out, out + err
+    assert code == 2, out + err
+    assert one_line_error(err) == (f"microte: region {region} ran with the pricing rule pay_as_bid, not midpoint: "
+                                   "leave out --rule (the ledger keeps the region's settings)")
     # A second demo in the same region of the same ledger would wait forever: refused up front.
     code, out, err = run(*demo, cwd=tmp_path, timeout=60)
     assert code == 2

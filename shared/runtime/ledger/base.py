@@ -72,6 +72,9 @@ class RecordBatch:
     memberships: Sequence[tuple[str, str, str, int]] = ()  # (region, participant, "joined" | "left", at_ms)
     # (region, participant, agent, joined_at_ms): the aggregator named at that join
     agents: Sequence[tuple[str, str, str, int]] = ()
+    # (region, settings): the market settings the region runs with, as a JSON object of
+    # MICROTE_* values (shared.runtime.settings.market_record); the first stored stays.
+    market_settings: Sequence[tuple[str, str]] = ()
 
     def regions(self) -> set[str]:
         return (
@@ -85,6 +88,7 @@ class RecordBatch:
             | {r for r, _, _, _ in self.rounds}
             | {r for r, _, _, _ in self.memberships}
             | {r for r, _, _, _ in self.agents}
+            | {r for r, _ in self.market_settings}
         )
 
 
@@ -148,6 +152,9 @@ class LedgerStore(Protocol):
 
     async def regions(self) -> list[str]:
         """Every region with at least one stored row, sorted."""
+
+    async def market_settings(self, region: str) -> str | None:
+        """The market settings the region's ledger keeps (a JSON object), or None."""
 
 
 # --- Type guard: every back-end, before any I/O -------------------------------------
@@ -258,6 +265,9 @@ def check_types(batch: RecordBatch) -> None:
         for name, text in (("region", region), ("participant_id", pid), ("agent", agent)):
             _text(what, name, text)
         _whole(what, "joined_at_ms", at_ms)
+    for region, settings in batch.market_settings:
+        _text("market settings", "region", region)
+        _text("market settings", "settings", settings)
     for region, slot, stage, error in batch.held:
         what = f"held slot {slot}"
         _text(what, "region", region)

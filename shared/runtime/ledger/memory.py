@@ -44,6 +44,7 @@ class _Tables:
     rounds: dict[tuple[str, int, int], int] = field(default_factory=dict)
     memberships: set[tuple[str, str, str, int]] = field(default_factory=set)
     agents: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    market_settings: dict[str, str] = field(default_factory=dict)
 
 
 _NAMED: dict[str, _Tables] = {}
@@ -79,6 +80,8 @@ class MemoryLedgerStore:
         check_constraints(batch)
         # Nothing below can fail, and nothing awaits: the batch is applied all at once.
         t.regions |= batch.regions()
+        for region, settings in batch.market_settings:
+            t.market_settings.setdefault(region, settings)
         orders = 0
         for region, o in batch.orders:
             if (region, o.order_id) not in t.orders:
@@ -177,3 +180,6 @@ class MemoryLedgerStore:
 
     async def regions(self) -> list[str]:
         return sorted(self._ready().regions)
+
+    async def market_settings(self, region: str) -> str | None:
+        return self._ready().market_settings.get(region)

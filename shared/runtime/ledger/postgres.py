@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS regions (
     region       text    PRIMARY KEY
 );
 
+CREATE TABLE IF NOT EXISTS region_settings (
+    region       text    PRIMARY KEY,
+    settings     text    NOT NULL  -- JSON: the MICROTE_* market settings it runs with
+);
+
 CREATE TABLE IF NOT EXISTS ledger_entries (
     entry_id      text    PRIMARY KEY,                         -- deterministic key
     inserted_seq  bigint  NOT NULL GENERATED ALWAYS AS IDENTITY, -- order of insertion
@@ -241,6 +246,7 @@ _HELD = _Table("held_slots", rows.HELD_COLUMNS)
 _ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
 _MEMBERSHIPS = _Table("membership_events", rows.MEMBERSHIP_COLUMNS)
 _AGENTS = _Table("agent_registrations", rows.AGENT_COLUMNS)
+_SETTINGS = _Table("region_settings", ("region", "settings"))
 
 
 def _inserted(status: str) -> int:
@@ -308,6 +314,7 @@ class PostgresLedgerStore:
             (_ROUNDS, list(batch.rounds)),
             (_MEMBERSHIPS, list(batch.memberships)),
             (_AGENTS, list(batch.agents)),
+            (_SETTINGS, list(batch.market_settings)),
         )
         for attempt in range(self._retries + 1):
             try:
@@ -321,7 +328,7 @@ class PostgresLedgerStore:
                 raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents = counts
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents, _ = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
                            agents)
 
@@ -414,6 +421,10 @@ class PostgresLedgerStore:
 
     async def regions(self) -> list[str]:
         return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]
+
+    async def market_settings(self, region: str) -> str | None:
+        found = await self._fetch("SELECT settings FROM region_settings WHERE region = $1", region)
+        return str(found[0][0]) if found else None
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = await self._fetch(

@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS regions (
     region       TEXT    PRIMARY KEY
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS region_settings (
+    region       TEXT    PRIMARY KEY,
+    settings     TEXT    NOT NULL     -- JSON: the MICROTE_* market settings it runs with
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS ledger_entries (
     inserted_seq  INTEGER PRIMARY KEY AUTOINCREMENT,  -- order of insertion; the rowid
     entry_id      TEXT    NOT NULL UNIQUE,            -- deterministic key
@@ -189,6 +194,7 @@ _INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
 _INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
 _INSERT_MEMBERSHIP = _insert("membership_events", rows.MEMBERSHIP_COLUMNS)
 _INSERT_AGENT = _insert("agent_registrations", rows.AGENT_COLUMNS)
+_INSERT_SETTINGS = _insert("region_settings", ("region", "settings"))
 
 
 def _priced(row: rows.Row, prices: tuple[int, ...]) -> rows.Row:
@@ -275,6 +281,7 @@ class SqliteLedgerStore:
             (_INSERT_ROUND, list(batch.rounds)),
             (_INSERT_MEMBERSHIP, list(batch.memberships)),
             (_INSERT_AGENT, list(batch.agents)),
+            (_INSERT_SETTINGS, list(batch.market_settings)),
         )
 
         def transaction(conn: sqlite3.Connection) -> list[int]:
@@ -297,7 +304,7 @@ class SqliteLedgerStore:
             counts = await self._run(transaction)
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents = counts
+        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents, _ = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
                            agents)
 
@@ -375,6 +382,10 @@ class SqliteLedgerStore:
 
     async def regions(self) -> list[str]:
         return [str(r) for (r,) in await self._select("SELECT region FROM regions ORDER BY region")]
+
+    async def market_settings(self, region: str) -> str | None:
+        found = await self._select("SELECT settings FROM region_settings WHERE region = ?", region)
+        return str(found[0][0]) if found else None
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = await self._select(

@@ -1,0 +1,48 @@
+"""A region's ledger keeps the market settings it runs with (shared.runtime.region_settings)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.market import PricingRule
+from shared.runtime.ledger.memory import MemoryLedgerStore
+from shared.runtime.region_settings import as_recorded, keep_market_settings
+from shared.runtime.settings import SettingsError, from_env, market_record, with_record
+
+
+async def test_the_first_ledger_writer_stores_them_and_a_later_one_must_agree() -> None:
+    store = MemoryLedgerStore()
+    await store.open()
+    ran = from_env({"MICROTE_REGION": "north", "MICROTE_PRICING_RULE": "pay_as_bid", "MICROTE_GRID_PRICE": "0.0690"})
+    await keep_market_settings(store, ran)
+    stored = json.loads(await store.market_settings("north") or "{}")
+    assert stored["MICROTE_PRICING_RULE"] == "pay_as_bid" and stored["MICROTE_GRID_PRICE"] == "0.069"
+    await keep_market_settings(store, from_env({"MICROTE_REGION": "north", "MICROTE_PRICING_RULE": "pay_as_bid",
+                                                "MICROTE_GRID_PRICE": "0.069", "MICROTE_LOG_LEVEL": "debug"}))
+    with pytest.raises(SettingsError, match=r"MICROTE_PRICING_RULE: pay_as_bid -> midpoint; "
+                                            r"MICROTE_TIMEZONE: UTC -> Europe/Berlin\): a region's market settings "
+                                            "cannot change"):
+        await keep_market_settings(store, from_env({"MICROTE_REGION": "north", "MICROTE_TIMEZONE": "Europe/Berlin"}))
+
+
+async def test_a_report_takes_the_settings_the_ledger_keeps_over_its_own() -> None:
+    store = MemoryLedgerStore()
+    await store.open()
+    mine = from_env({"MICROTE_REGION": "north", "MICROTE_GRID_PRICE": "0.5"})
+    assert await as_recorded(store, mine) == (mine, False)  # a ledger from before: as given
+    await keep_market_settings(store, from_env({"MICROTE_REGION": "north", "MICROTE_PRICING_RULE": "equal_price",
+                                                "MICROTE_ROUND_SECONDS": "900", "MICROTE_HORIZON_S": "172800"}))
+    recorded, kept = await as_recorded(store, mine)
+    assert kept
+    assert recorded.market.rule is PricingRule.EQUAL_PRICE
+    assert recorded.market.schedule.duration == 900 and str(recorded.market.tariff.price) == "0.069"
+    assert recorded.ledger_url == mine.ledger_url and recorded.region == "north"
+
+
+def test_a_record_with_a_setting_this_version_does_not_know_is_refused() -> None:
+    base = from_env({"MICROTE_REGION": "north"})
+    assert with_record(base, market_record(base.market)) == base
+    with pytest.raises(SettingsError, match="does not know"):
+        with_record(base, {**market_record(base.market), "MICROTE_SURCHARGE": "1"})
