@@ -47,7 +47,7 @@ environment (every MICROTE_* variable: the README's "Configuration" table):
   MICROTE_AMQP_URL      RabbitMQ (default amqp://guest:guest@127.0.0.1:5672/)
   MICROTE_REDIS_URL     Redis (default redis://127.0.0.1:6379/0)
   MICROTE_LEDGER_URL    the ledger: postgresql://... or sqlite:///path (default sqlite:///var/ledger.sqlite)
-  MICROTE_PRICING_RULE  midpoint, equal_price or pay_as_bid (default midpoint)"""
+  MICROTE_PRICING_RULE  midpoint, equal_price, pay_as_bid or uniform (default midpoint)"""
 
 
 class CliError(Exception):

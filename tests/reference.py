@@ -61,7 +61,7 @@ def naive_clear(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
                 quantity = min(bid_left, ask_left[j])
                 bid_left -= quantity
                 ask_left[j] -= quantity
-                if rule == "midpoint":
+                if rule in ("midpoint", "uniform"):
                     buy = sell = (bid.price + ask.price) / 2
                 elif rule == "pay_as_bid":
                     buy, sell = bid.price, ask.price
@@ -70,7 +70,21 @@ def naive_clear(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
                 else:
                     raise ValueError(f"unknown pricing rule {rule!r}")
                 fills.append((bid.order_id, ask.order_id, quantity, buy, sell))
-    return fills
+    return _uniform(book, fills) if rule == "uniform" else fills
+
+
+def _uniform(book: list[Order], fills: list[Fill]) -> list[Fill]:
+    """Every fill of a source at the midpoint of the last pair the walk matched for that
+    source, or, where that would cross the pair's own bid or ask, at the nearest of them."""
+    order = {o.order_id: o for o in book}
+    last: dict[str, Decimal] = {}
+    for bid_id, ask_id, _, _, _ in fills:
+        last[order[bid_id].source] = (order[bid_id].price + order[ask_id].price) / 2
+    priced = []
+    for b, a, q, _, _ in fills:
+        price = min(max(last[order[b].source], order[a].price), order[b].price)
+        priced.append((b, a, q, price, price))
+    return priced
 
 
 def seed_walk(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
@@ -95,11 +109,11 @@ def seed_walk(orders: Iterable[Order], rule: str = "midpoint") -> list[Fill]:
             quantity = min(left[bid.order_id], left[ask.order_id])
             left[bid.order_id] -= quantity
             left[ask.order_id] -= quantity
-            if rule == "midpoint":
+            if rule in ("midpoint", "uniform"):
                 buy = sell = (bid.price + ask.price) / 2
             elif rule == "pay_as_bid":
                 buy, sell = bid.price, ask.price
             else:
                 buy = sell = bid.price
             fills.append((bid.order_id, ask.order_id, quantity, buy, sell))
-    return fills
+    return _uniform(book, fills) if rule == "uniform" else fills

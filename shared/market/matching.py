@@ -31,6 +31,7 @@ class PricingRule(StrEnum):
     MIDPOINT = "midpoint"
     EQUAL_PRICE = "equal_price"
     PAY_AS_BID = "pay_as_bid"
+    UNIFORM = "uniform"  # pay-as-clear: the midpoint pairs, each source at one price (within each pair's limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +270,17 @@ def match_book(book: Book, rule: PricingRule) -> Fills:
     return _concat(result)
 
 
+def _uniform_half_ticks(source: list[int], bid: list[int], ask: list[int]) -> list[int]:
+    """``uniform``: each fill's price in half ticks. A source clears at the midpoint of the
+    last pair the walk matched for it; a pair whose own bid or ask that price would cross
+    (the walk can meet a cheaper ask late, after a bidder passed over its own) trades at
+    the nearest price it allows instead. Python ints: no sum can wrap."""
+    last: dict[int, int] = {}
+    for s, b, a in zip(source, bid, ask, strict=True):
+        last[s] = b + a
+    return [min(max(last[s], 2 * a), 2 * b) for s, b, a in zip(source, bid, ask, strict=True)]
+
+
 def _prices(rule: PricingRule, bid_ticks: int, ask_ticks: int) -> tuple[Decimal, Decimal]:
     if rule is PricingRule.MIDPOINT:
         mid = half_ticks_to_price(bid_ticks + ask_ticks)
@@ -340,7 +352,12 @@ def settlement_columns(book: Book, fills: Fills, *, region: str, slot: Slot, rul
     buyer_code, seller_code = book.owner[fb], book.owner[fa]
     source_code = book.source[fb]
     bid_ticks, ask_ticks = book.price[fb], book.price[fa]
-    buy, sell, buy_half = _price_texts(rule, bid_ticks, ask_ticks)
+    if rule is PricingRule.UNIFORM:
+        buy_half = _uniform_half_ticks(source_code.tolist(), bid_ticks.tolist(), ask_ticks.tolist())
+        texts = {h: str(half_ticks_to_price(h)) for h in set(buy_half)}
+        buy = sell = [texts[h] for h in buy_half]
+    else:
+        buy, sell, buy_half = _price_texts(rule, bid_ticks, ask_ticks)
     # settlement_id() of each fill: the same text hashed the same way, the common prefix once.
     prefixed = hashlib.blake2b(f"{region}|{slot}|".encode(), digest_size=12)
 
@@ -425,11 +442,19 @@ def settlements_of(
 ) -> list[Settlement]:
     settlements: list[Settlement] = []
     prices: dict[tuple[int, int], tuple[Decimal, Decimal]] = {}
-    for b, a, q in zip(*(x.tolist() for x in fills), strict=True):
+    fb, fa, fq = (x.tolist() for x in fills)
+    uniform = (_uniform_half_ticks(book.source[fills[0]].tolist(), book.price[fills[0]].tolist(),
+                                   book.price[fills[1]].tolist()) if rule is PricingRule.UNIFORM else None)
+    for i, (b, a, q) in enumerate(zip(fb, fa, fq, strict=True)):
         bid, ask = book.orders[b], book.orders[a]
-        key = (bid.price_ticks, ask.price_ticks)
-        if key not in prices:
-            prices[key] = _prices(rule, *key)
+        if uniform is not None:  # keyed by the half ticks of the price: (h, None)
+            key = (uniform[i], -1)
+            if key not in prices:
+                prices[key] = (half_ticks_to_price(uniform[i]),) * 2
+        else:
+            key = (bid.price_ticks, ask.price_ticks)
+            if key not in prices:
+                prices[key] = _prices(rule, *key)
         buy, sell = prices[key]
         settlements.append(
                 Settlement(

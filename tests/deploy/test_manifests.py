@@ -22,6 +22,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shared.market import PricingRule
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -53,7 +55,7 @@ SECRET_ENV = {
     "MICROTE_LEDGER_URL": "ledger-url",
 }
 CREDENTIALS_SECRET = "microte-credentials"
-PRICING_RULES = {"midpoint", "equal_price", "pay_as_bid"}
+PRICING_RULES = {str(rule) for rule in PricingRule}
 REGION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Kinds whose schemas are not in kubernetes-validate: the tests below check them by hand.
 CUSTOM_KINDS = {

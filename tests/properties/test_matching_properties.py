@@ -59,6 +59,28 @@ def test_no_bid_trades_with_a_dearer_ask(book: list[Order], rule: PricingRule) -
         assert orders[s.bid_id].price >= orders[s.ask_id].price
 
 
+@given(book=books(), rule=RULES)
+def test_no_buyer_pays_more_than_its_bid_and_no_seller_gets_less_than_its_ask(
+        book: list[Order], rule: PricingRule) -> None:
+    orders = by_id(book)
+    for s in run(book, rule):
+        assert s.buy_price <= orders[s.bid_id].price
+        assert s.sell_price >= orders[s.ask_id].price
+
+
+@given(book=books())
+def test_under_uniform_a_source_clears_at_its_last_pairs_midpoint_within_each_pairs_limits(
+        book: list[Order]) -> None:
+    uniform, midpoint = run(book, PricingRule.UNIFORM), run(book, PricingRule.MIDPOINT)
+    assert [(s.bid_id, s.ask_id, s.quantity_wh) for s in uniform] == [
+        (s.bid_id, s.ask_id, s.quantity_wh) for s in midpoint]
+    orders = by_id(book)
+    last = {s.source: s for s in midpoint}  # the last pair the walk matched for each source
+    for s in uniform:  # that pair's midpoint, unless it would cross this pair's own bid or ask
+        bid, ask = orders[s.bid_id].price, orders[s.ask_id].price
+        assert s.buy_price == s.sell_price == min(max(last[s.source].buy_price, ask), bid)
+
+
 @given(book=books())
 def test_under_equal_price_only_equal_prices_trade(book: list[Order]) -> None:
     orders = by_id(book)

@@ -635,6 +635,21 @@ def test_matching_example(rule: PricingRule) -> None:
     assert money_sum(bill_of) == 0
 
 
+def test_uniform_within_each_pairs_limits_example_of_section_5() -> None:
+    block = example("matching-uniform-limits")
+    book = book_example()
+    slot = book.slot
+    orders = [accepted(row["order"], row["participant"], row["side"], int(row["Wh"]), row["$/kWh"], row["source"],
+                       slot, seq=int(row["seq"])) for row in table(block, "order")]
+    settlements = clear(orders, region=book.region, slot=slot, rule=PricingRule.UNIFORM, matched_at_ms=0)
+    got = {(s.bid_id, s.ask_id): (s.buy_price, s.sell_price) for s in settlements}
+    text = prose(block)
+    clearing = dec(find(r"sets the clearing price \([\d.]+ \+ [\d.]+\) / 2 = ([\d.]+)", text).group(1))
+    crossed = dec(find(r"b1 and\s+a2 trade at ([\d.]+), a2's ask", text).group(1))
+    assert got == {("b1", "a2"): (crossed, crossed), ("b2", "a1"): (clearing, clearing)}
+    assert [(s.bid_id, s.ask_id) for s in settlements] == [("b1", "a2"), ("b2", "a1")]
+
+
 def test_midpoint_walk_as_told_in_section_5() -> None:
     text = prose(example("matching-midpoint"))
     book = book_example()
@@ -1081,7 +1096,7 @@ def test_reading_bounds_of_section_6() -> None:
 
 def test_every_example_marker_is_tested() -> None:
     known = {"timeline", "order-ids", "matching-book", "reconciliation-setup", "tariff-defaults",
-             "tariff-time-of-use"}
+             "tariff-time-of-use", "matching-uniform-limits"}
     known |= {f"matching-{rule.value}" for rule in PricingRule}
     known |= {f"reconciliation-{label}" for label in RECONCILIATION_LABELS}
     assert sorted(m.group(1) for m in MARKER.finditer(DOC)) == sorted(known)
