@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -250,6 +250,7 @@ async def wait_for_services(url: str, region: str, timeout_s: float = SERVICES_W
     the services' queues (a participant's account) cannot tell, and goes ahead."""
     import aio_pika
     import aio_pika.exceptions
+    import aiormq.exceptions
 
     from shared.runtime.topology import service_queue_name
 
@@ -268,7 +269,7 @@ async def wait_for_services(url: str, region: str, timeout_s: float = SERVICES_W
                             idle.append(name)
                     except aio_pika.exceptions.ChannelNotFoundEntity:
                         idle.append(name)
-                    except aio_pika.exceptions.ChannelAccessRefused:
+                    except aiormq.exceptions.ChannelAccessRefused:
                         return
                     finally:
                         if not channel.is_closed:
@@ -350,8 +351,10 @@ def _simulate(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-async def _report(settings: Settings, rule: str | None = None) -> tuple[str, bool]:
-    from services.report import report
+@contextlib.asynccontextmanager
+async def _region_ledger(settings: Settings, rule: str | None) -> AsyncIterator[tuple[LedgerStore, Settings]]:
+    """The region's ledger, open, and the settings the region ran with; a region the
+    ledger does not have is an error that names those it has."""
     from shared.runtime.ledger import open_ledger
 
     await check_postgres(settings.ledger_url)
@@ -362,9 +365,39 @@ async def _report(settings: Settings, rule: str | None = None) -> tuple[str, boo
         if settings.region not in regions:
             raise CliError(f"region {settings.region} has no run in the ledger {redact(settings.ledger_url)}; "
                            f"{_listed('its regions', regions) if regions else 'it has no region yet'}")
-        return await report(store, (await _as_recorded(store, settings, rule)).market)
+        yield store, await _as_recorded(store, settings, rule)
     finally:
         await store.close()
+
+
+async def _report(settings: Settings, rule: str | None = None) -> tuple[str, bool]:
+    from services.report import report
+
+    async with _region_ledger(settings, rule) as (store, recorded):
+        return await report(store, recorded.market)
+
+
+async def _export(settings: Settings, folder: Path, fmt: str) -> list[Path]:
+    from services.export import export, write
+
+    async with _region_ledger(settings, None) as (store, recorded):
+        done = await export(store, recorded.market)
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise CliError("--format parquet needs pyarrow: pip install 'microte[parquet]' "
+                           "(make simulate and make test install it)", code=2) from None
+    return write(done, folder, fmt)
+
+
+def _export_cmd(args: argparse.Namespace) -> int:
+    settings = from_env(_ledger_env(args))
+    check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
+    folder = Path(args.out or f"var/exports/{settings.region}")
+    for path in asyncio.run(_export(settings, folder, args.format)):
+        print(path)
+    return 0
 
 
 async def _as_recorded(store: LedgerStore, settings: Settings, rule: str | None) -> Settings:
@@ -659,6 +692,16 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--region", type=region_id, help="the region (default: MICROTE_REGION, else r1)")
     _rule_option(rep, "the pricing rule the region ran with, to re-derive its settlements")
     rep.set_defaults(run=_report_cmd)
+
+    exp = sub.add_parser("export", help="a region's per-slot series and per-household summaries, as CSV or "
+                         "Parquet files (columns: docs/exports.md)",
+                         epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _ledger_option(exp, "the ledger the run wrote")
+    exp.add_argument("--region", type=region_id, help="the region (default: MICROTE_REGION, else r1)")
+    exp.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format (default: %(default)s)")
+    exp.add_argument("--out", metavar="FOLDER",
+                     help="where slots.<format> and households.<format> go (default: var/exports/<region>)")
+    exp.set_defaults(run=_export_cmd, rule=None)
 
     replay = sub.add_parser("replay-slot", help="clear and reconcile a held slot from the ledger's records "
                             "(market settings from MICROTE_* variables, as the region's services have them)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import os
 import queue
 import re
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -113,12 +115,27 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
     code, out, err = run("report", "--ledger", ledger, "--region", region, cwd=tmp_path,
                          env={"MICROTE_PRICING_RULE": "midpoint", "MICROTE_GRID_PRICE": "0.5"})
     assert code == 0 and f"region {region}, 5 slots, rule pay_as_bid" in out and "PASS" in out, out + err
+    reported = out
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid", cwd=tmp_path)
     assert code == 0 and "rule pay_as_bid" in out and "PASS" in out, out + err
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "midpoint", cwd=tmp_path)
     assert code == 2, out + err
     assert one_line_error(err) == (f"microte: region {region} ran with the pricing rule pay_as_bid, not midpoint: "
                                    "leave out --rule (the ledger keeps the region's settings)")
+    # The export says what the report says: traded energy and the savings, from the same ledger.
+    code, written, err = run("export", "--ledger", ledger, "--region", region, "--out", str(tmp_path / "out"),
+                             cwd=tmp_path)
+    assert code == 0, err
+    assert written.split() == [str(tmp_path / "out" / "slots.csv"), str(tmp_path / "out" / "households.csv")]
+    with (tmp_path / "out" / "slots.csv").open() as f:
+        slots = list(csv.DictReader(f))
+    with (tmp_path / "out" / "households.csv").open() as f:
+        households = list(csv.DictReader(f))
+    traded = re.search(r"energy traded peer to peer \(settled\)\s+([\d.]+) kWh", reported)
+    saved = re.search(r"^  all\s+(-?[\d.]+)$", reported, re.M)
+    assert traded and saved, reported
+    assert len(slots) == 5 and sum(int(r["p2p_settled_wh"]) for r in slots) == Decimal(traded.group(1)) * 1000
+    assert sum(Decimal(r["saving_usd"]) for r in households).quantize(Decimal("0.01")) == Decimal(saved.group(1))
     # A second demo in the same region of the same ledger would wait forever: refused up front.
     code, out, err = run(*demo, cwd=tmp_path, timeout=60)
     assert code == 2

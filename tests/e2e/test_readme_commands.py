@@ -91,8 +91,8 @@ def test_the_readme_documents_nothing_that_is_not_run_here() -> None:
         if f"make {verb}" in NOT_RUN or verb in {"simulate", "unit", "lint"}:
             continue
         assert f"make {verb} ARGS=" in quick, f"`make {verb}` is in no block this test runs"
-    run_here = {"serve", "simulate", "report", "demo", "participants", "bad-input", "replay-slot", "--help",
-                "--version", "<command>"}
+    run_here = {"serve", "simulate", "report", "demo", "participants", "bad-input", "replay-slot", "export",
+                "--help", "--version", "<command>"}
     for command in set(re.findall(r"`microte ([a-z<>-]+)", README)):
         assert command in run_here, f"`microte {command}` is run by no test here"
 
@@ -187,7 +187,7 @@ def test_the_main_job_runs_from_a_fresh_clone(checkout: Path) -> None:
 
 
 async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv: Path, pg_url: str) -> None:
-    first, on_postgres, again = block_starting("make simulate ARGS=")
+    first, on_postgres, again, exported = block_starting("make simulate ARGS=")
     region = a_report_that_traded(ok(sh(first, checkout, timeout=900), first))
 
     command = on_postgres.replace("postgresql://postgres@127.0.0.1:5432/postgres", pg_url)
@@ -198,6 +198,12 @@ async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv
     assert command != again
     out = ok(sh(command, checkout, timeout=120), command)
     assert a_report_that_traded(out) == region
+
+    command = exported.replace("<region>", region)
+    assert command != exported
+    written = ok(sh(command, checkout, timeout=120), command).split()
+    assert written == [f"var/exports/{region}/slots.parquet", f"var/exports/{region}/households.parquet"]
+    assert all((checkout / path).stat().st_size > 0 for path in written)
 
 
 @pytest.fixture

@@ -1,0 +1,179 @@
+"""Data exports of a region (``microte export``): a row per slot and a row per household,
+derived from the ledger alone (the ledger stays the source of truth), as CSV or Parquet.
+
+Energy is integer Wh and money exact decimal $: in CSV as written (``0.10025``), in
+Parquet as ``decimal128(38, 10)``. Averages of prices are the only rounded values (to 10
+decimals). The columns are documented in docs/exports.md; ``SLOT_COLUMNS`` and
+``HOUSEHOLD_COLUMNS`` name them in file order.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from shared.market import GRID, MARKET, EntryKind, LedgerEntry, Reading, Settlement, Slot, amount, bills
+from shared.market.numbers import ZERO
+from shared.market.timezones import zone
+from shared.runtime.ledger import LedgerStore
+from shared.runtime.settings import MarketSettings
+
+SLOT_COLUMNS = (
+    "slot_start", "slot_end", "local_start",
+    "settlements", "p2p_settled_wh", "p2p_buy_price", "p2p_sell_price",
+    "grid_buy_price", "grid_sell_price",
+    "p2p_delivered_wh", "bess_cover_wh", "unconsumed_wh", "shortfall_wh",
+    "grid_import_wh", "grid_export_wh", "self_consumption_wh",
+    "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
+    "paid_usd",
+)
+HOUSEHOLD_COLUMNS = (
+    "participant", "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
+    "p2p_bought_wh", "p2p_sold_wh", "grid_import_wh", "grid_export_wh", "shortfall_wh",
+    "bill_usd", "grid_only_usd", "saving_usd",
+)
+WH = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith("_wh")} | {"slot_start", "slot_end",
+                                                                                      "settlements", "readings"})
+MONEY = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith(("_usd", "_price"))})
+_AVERAGE = Decimal("1e-10")
+FORMATS = ("csv", "parquet")
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Export:
+    slots: list[Row]
+    households: list[Row]
+
+
+def _average(total: Decimal, wh: int) -> Decimal | None:
+    """$/kWh over ``wh``, rounded to 10 decimals; None when nothing traded."""
+    return (total * 1000 / wh).quantize(_AVERAGE).normalize() if wh else None
+
+
+def _exported(e: LedgerEntry) -> bool:
+    return e.kind in (EntryKind.GRID_EXPORT, EntryKind.UNCONSUMED_EXPORT)
+
+
+def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlements: Iterable[Settlement],
+              readings: Iterable[Reading]) -> list[Row]:
+    """A row per slot that has a settlement, an entry or a reading, by slot start."""
+    by_kind: dict[Slot, dict[EntryKind, int]] = defaultdict(lambda: defaultdict(int))
+    exported: dict[Slot, int] = defaultdict(int)
+    paid: dict[Slot, Decimal] = defaultdict(Decimal)
+    for e in entries:
+        by_kind[e.slot][e.kind] += e.quantity_wh
+        exported[e.slot] += e.quantity_wh if _exported(e) else 0
+        paid[e.slot] += amount(e.quantity_wh, e.buy_price) if e.buyer not in (GRID, MARKET) else ZERO
+    traded: dict[Slot, list[Settlement]] = defaultdict(list)
+    for s in settlements:
+        traded[s.slot].append(s)
+    metered: dict[Slot, list[Reading]] = defaultdict(list)
+    for r in readings:
+        metered[r.slot].append(r)
+    tz = zone(market.tariff.timezone)
+    rows = []
+    for slot in sorted(set(by_kind) | set(traded) | set(metered), key=lambda s: (s.start, s.end)):
+        mine, kinds, grid = traded[slot], by_kind[slot], market.tariff.prices_at(slot.start)
+        settled = sum(s.quantity_wh for s in mine)
+        rows.append({
+            "slot_start": slot.start,
+            "slot_end": slot.end,
+            "local_start": datetime.fromtimestamp(slot.start, tz).isoformat(),
+            "settlements": len(mine),
+            "p2p_settled_wh": settled,
+            "p2p_buy_price": _average(sum((amount(s.quantity_wh, s.buy_price) for s in mine), ZERO), settled),
+            "p2p_sell_price": _average(sum((amount(s.quantity_wh, s.sell_price) for s in mine), ZERO), settled),
+            "grid_buy_price": grid.buy_price,
+            "grid_sell_price": grid.sell_price,
+            "p2p_delivered_wh": kinds[EntryKind.P2P],
+            "bess_cover_wh": kinds[EntryKind.BESS_COVER],
+            "unconsumed_wh": kinds[EntryKind.UNCONSUMED],
+            "shortfall_wh": kinds[EntryKind.SHORTFALL],
+            "grid_import_wh": kinds[EntryKind.GRID_IMPORT],
+            "grid_export_wh": exported[slot],
+            "self_consumption_wh": kinds[EntryKind.SELF_CONSUMPTION],
+            "readings": len(metered[slot]),
+            "metered_import_wh": sum(r.import_wh for r in metered[slot]),
+            "metered_export_wh": sum(sum(r.export_wh.values()) for r in metered[slot]),
+            "metered_self_consumed_wh": sum(sum(r.self_consumed_wh.values()) for r in metered[slot]),
+            "paid_usd": paid[slot],
+        })
+    return rows
+
+
+def household_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlements: Iterable[Settlement],
+                   readings: Iterable[Reading]) -> list[Row]:
+    """A row per participant (not the grid, not the market operator), by id."""
+    entries = list(entries)
+    energy: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    grid_only: dict[str, Decimal] = defaultdict(Decimal)
+    for r in readings:
+        mine, prices = energy[r.participant_id], market.tariff.prices_at(r.slot.start)
+        mine["readings"] += 1
+        mine["metered_import_wh"] += r.import_wh
+        mine["metered_export_wh"] += sum(r.export_wh.values())
+        mine["metered_self_consumed_wh"] += sum(r.self_consumed_wh.values())
+        grid_only[r.participant_id] += (amount(r.import_wh, prices.buy_price)
+                                        - amount(sum(r.export_wh.values()), prices.sell_price))
+    for s in settlements:
+        energy[s.buyer]["p2p_bought_wh"] += s.quantity_wh
+        energy[s.seller]["p2p_sold_wh"] += s.quantity_wh
+    for e in entries:
+        if e.kind is EntryKind.GRID_IMPORT:
+            energy[e.buyer]["grid_import_wh"] += e.quantity_wh
+        elif _exported(e):
+            energy[e.seller]["grid_export_wh"] += e.quantity_wh
+        elif e.kind is EntryKind.SHORTFALL:
+            energy[e.seller]["shortfall_wh"] += e.quantity_wh
+    party_bills = bills(entries)
+    rows = []
+    for pid in sorted((set(energy) | set(party_bills)) - {GRID, MARKET}):
+        bill = party_bills[pid].net_cost if pid in party_bills else ZERO
+        alone = grid_only.get(pid, ZERO)
+        rows.append({"participant": pid, **{c: energy[pid][c] for c in HOUSEHOLD_COLUMNS[1:10]},
+                     "bill_usd": bill, "grid_only_usd": alone, "saving_usd": alone - bill})
+    return rows
+
+
+async def export(store: LedgerStore, market: MarketSettings) -> Export:
+    region = market.region
+    entries, settlements = await store.entries(region), await store.settlements(region)
+    readings = await store.readings(region)
+    return Export(slot_rows(market, entries, settlements, readings),
+                  household_rows(market, entries, settlements, readings))
+
+
+def write(done: Export, folder: Path, fmt: str) -> list[Path]:
+    """``slots.<fmt>`` and ``households.<fmt>`` in ``folder``; the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, columns, rows in (("slots", SLOT_COLUMNS, done.slots), ("households", HOUSEHOLD_COLUMNS,
+                                                                      done.households)):
+        path = folder / f"{name}.{fmt}"
+        (_write_csv if fmt == "csv" else _write_parquet)(path, columns, rows)
+        written.append(path)
+    return written
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[Row]) -> None:
+    with path.open("w", newline="") as out:
+        table = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        table.writeheader()
+        table.writerows({c: "" if row[c] is None else row[c] for c in columns} for row in rows)
+
+
+def _write_parquet(path: Path, columns: tuple[str, ...], rows: list[Row]) -> None:
+    import pyarrow as pa  # the optional extra "parquet" (in .[dev])
+    import pyarrow.parquet as pq
+
+    money = pa.decimal128(38, 10)
+    fields = [pa.field(c, money if c in MONEY else pa.int64() if c in WH else pa.string()) for c in columns]
+    table = pa.Table.from_pylist([{c: row[c] for c in columns} for row in rows], schema=pa.schema(fields))
+    pq.write_table(table, path)
