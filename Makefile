@@ -15,7 +15,7 @@ test: venv  ## every check and test CI runs
 
 lint: venv
 	$(VENV)/ruff check shared services microte tests bench
-	$(VENV)/mypy shared microte
+	$(VENV)/mypy shared microte services
 	$(VENV)/lint-imports
 
 unit: venv  ## the tests that need no servers, in seconds
