@@ -370,11 +370,21 @@ async def _region_ledger(settings: Settings, rule: str | None) -> AsyncIterator[
         await store.close()
 
 
-async def _report(settings: Settings, rule: str | None = None) -> tuple[str, bool]:
+async def _report(settings: Settings, rule: str | None = None, html: Path | None = None) -> tuple[str, bool]:
     from services.report import report
 
     async with _region_ledger(settings, rule) as (store, recorded):
-        return await report(store, recorded.market)
+        text, ok = await report(store, recorded.market)
+        if html is not None:
+            from services.html_report import write_html_report
+
+            try:
+                await write_html_report(store, recorded.market, ok, html)
+            except ImportError:
+                raise CliError("the HTML report needs plotly: pip install 'microte[report]' "
+                               "(make simulate and make test install it)", code=2) from None
+            text += f"\n  HTML report: {html}"
+        return text, ok
 
 
 async def _export(settings: Settings, folder: Path, fmt: str) -> list[Path]:
@@ -437,7 +447,7 @@ def _ledger_source(args: argparse.Namespace) -> str:
 def _report_cmd(args: argparse.Namespace) -> int:
     settings = from_env(_ledger_env(args))
     check_sqlite(settings.ledger_url, must_exist=True, source=_ledger_source(args))
-    text, ok = asyncio.run(_report(settings, args.rule))
+    text, ok = asyncio.run(_report(settings, args.rule, Path(args.html) if args.html else None))
     print(text)
     return 0 if ok else 1
 
@@ -691,6 +701,8 @@ def parser() -> argparse.ArgumentParser:
     _ledger_option(rep, "the ledger the run wrote")
     rep.add_argument("--region", type=region_id, help="the region (default: MICROTE_REGION, else r1)")
     _rule_option(rep, "the pricing rule the region ran with, to re-derive its settlements")
+    rep.add_argument("--html", metavar="FILE", help="also write the HTML report (key figures and plots, one file "
+                     "that opens offline) to FILE (default: none)")
     rep.set_defaults(run=_report_cmd)
 
     exp = sub.add_parser("export", help="a region's per-slot series and per-household summaries, as CSV or "

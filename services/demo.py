@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from services.ensemble import Ensemble, purge_region
+from services.html_report import write_html_report
 from services.participants.community import Community, Tally, agent_ids
 from services.participants.profiles import community
 from services.report import report
@@ -127,6 +128,12 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
     await store.open()
     try:
         text, ok = await report(store, settings.market)
+        page = Path("var") / "reports" / f"{settings.region}.html"
+        try:
+            await write_html_report(store, settings.market, ok, page)
+            text += f"\n  HTML report (key figures and plots): {page}"
+        except ImportError:
+            text += "\n  no HTML report: it needs plotly (pip install 'microte[report]')"
     finally:
         await store.close()
     print(text)

@@ -110,14 +110,19 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
     assert "in 0 settlements" not in out  # there is trade, so the rule matters to the re-derivation
     assert "PASS" in out
     assert (tmp_path / "var" / "logs" / region).is_dir()  # the services' logs, under the working folder
+    page = tmp_path / "var" / "reports" / f"{region}.html"  # and the HTML report
+    assert f"HTML report (key figures and plots): var/reports/{region}.html" in out
+    assert f"region {region}" in page.read_text() and "<td>PASS</td>" in page.read_text()
     # The ledger keeps the region's settings: the report re-derives with them, whatever the
     # environment says, and a --rule that contradicts them is an error.
     code, out, err = run("report", "--ledger", ledger, "--region", region, cwd=tmp_path,
                          env={"MICROTE_PRICING_RULE": "midpoint", "MICROTE_GRID_PRICE": "0.5"})
     assert code == 0 and f"region {region}, 5 slots, rule pay_as_bid" in out and "PASS" in out, out + err
     reported = out
-    code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid", cwd=tmp_path)
+    code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid",
+                         "--html", str(tmp_path / "again.html"), cwd=tmp_path)
     assert code == 0 and "rule pay_as_bid" in out and "PASS" in out, out + err
+    assert (tmp_path / "again.html").read_text().count('class="plotly-graph-div"') == 5
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "midpoint", cwd=tmp_path)
     assert code == 2, out + err
     assert one_line_error(err) == (f"microte: region {region} ran with the pricing rule pay_as_bid, not midpoint: "

@@ -183,7 +183,10 @@ async def purged(region: str, participants: int, aggregators: int = 1) -> None:
 def test_the_main_job_runs_from_a_fresh_clone(checkout: Path) -> None:
     """`make simulate`, the README's first command, on a copy without `.venv`."""
     assert block_starting("make simulate") == ["make simulate", "make test"]
-    a_report_that_traded(ok(sh("make simulate", checkout, timeout=1500), "make simulate"))
+    out = ok(sh("make simulate", checkout, timeout=1500), "make simulate")
+    region = a_report_that_traded(out)
+    assert f"HTML report (key figures and plots): var/reports/{region}.html" in out
+    assert (checkout / "var" / "reports" / f"{region}.html").stat().st_size > 0
 
 
 async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv: Path, pg_url: str) -> None:

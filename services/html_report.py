@@ -1,0 +1,240 @@
+"""The HTML report of a region (``microte report --html``, and every demo): the scenario,
+a table of key figures and plots, in one file that opens offline (Plotly, its JavaScript
+inlined once). Everything comes from the ledger, through the export rows
+(services/export.py): energy in Wh, money exact until it is shown.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from services.export import Export, Row, export
+from shared.market.timezones import zone
+from shared.runtime.ledger import LedgerStore
+from shared.runtime.settings import MarketSettings
+
+_KWH = Decimal(1000)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The key figures, exact where they are sums (Wh, $), as ratios otherwise."""
+
+    slots: int
+    households: int
+    load_wh: int  # what the households used: metered imports and self-consumption
+    production_wh: int  # what they produced: metered exports and self-consumption
+    traded_wh: int  # settled peer to peer
+    local_wh: int  # delivered peer to peer or covered by a battery
+    import_wh: int
+    export_wh: int
+    peak_import_kw: Decimal
+    peak_export_kw: Decimal
+    shortfall_wh: int
+    unconsumed_wh: int
+    bess_cover_wh: int
+    local_price: Decimal | None  # $/kWh, what buyers paid on average
+    grid_buy_price: Decimal | None  # $/kWh, average over the slots
+    grid_sell_price: Decimal | None
+    saving_usd: Decimal
+    gini: Decimal | None  # of the households' savings
+
+    @property
+    def local_share(self) -> Decimal | None:
+        return _ratio(self.local_wh, self.load_wh)
+
+    @property
+    def self_sufficiency(self) -> Decimal | None:
+        """Share of the load not imported from the grid."""
+        imported = _ratio(self.import_wh, self.load_wh)
+        return None if imported is None else 1 - imported
+
+    @property
+    def self_consumption(self) -> Decimal | None:
+        """Share of the production used inside the community (not exported)."""
+        exported = _ratio(self.export_wh, self.production_wh)
+        return None if exported is None else 1 - exported
+
+
+def _int(row: Row, column: str) -> int:
+    value = row[column]
+    assert isinstance(value, int), (column, value)
+    return value
+
+
+def _dec(row: Row, column: str) -> Decimal | None:
+    value = row[column]
+    return None if value is None else Decimal(str(value))
+
+
+def _decs(rows: list[Row], column: str) -> list[Decimal]:
+    return [d for r in rows if (d := _dec(r, column)) is not None]
+
+
+def _ratio(a: int | Decimal, b: int | Decimal) -> Decimal | None:
+    return Decimal(a) / Decimal(b) if b else None
+
+
+def gini(values: list[Decimal]) -> Decimal | None:
+    """Gini coefficient (mean absolute difference over twice the mean); None unless the
+    mean is positive. Savings can be negative, and then it can exceed 1."""
+    if not values:
+        return None
+    mean = sum(values, Decimal(0)) / len(values)
+    if mean <= 0:
+        return None
+    ordered = sorted(values)
+    n = len(ordered)
+    # sum over pairs |xi - xj| = 2 * sum_i (2i - n + 1) x_i for sorted x (i from 0)
+    total = sum((Decimal(2 * i - n + 1) * x for i, x in enumerate(ordered)), Decimal(0)) * 2
+    return total / (2 * n * n * mean)
+
+
+def figures(done: Export, duration_s: int) -> Figures:
+    s, h = done.slots, done.households
+
+    def total(column: str) -> int:
+        return sum(_int(r, column) for r in s)
+
+    def kw(wh: int) -> Decimal:
+        return Decimal(wh) * 3600 / duration_s / 1000
+
+    traded = total("p2p_settled_wh")
+    paid = sum(((_dec(r, "p2p_buy_price") or Decimal(0)) * _int(r, "p2p_settled_wh") for r in s), Decimal(0))
+    savings = _decs(h, "saving_usd")
+    return Figures(
+        slots=len(s), households=len(h),
+        load_wh=total("metered_import_wh") + total("metered_self_consumed_wh"),
+        production_wh=total("metered_export_wh") + total("metered_self_consumed_wh"),
+        traded_wh=traded, local_wh=total("p2p_delivered_wh") + total("bess_cover_wh"),
+        import_wh=total("grid_import_wh"), export_wh=total("grid_export_wh"),
+        peak_import_kw=kw(max((_int(r, "grid_import_wh") for r in s), default=0)),
+        peak_export_kw=kw(max((_int(r, "grid_export_wh") for r in s), default=0)),
+        shortfall_wh=total("shortfall_wh"), unconsumed_wh=total("unconsumed_wh"), bess_cover_wh=total("bess_cover_wh"),
+        local_price=paid / traded if traded else None,
+        grid_buy_price=_ratio(sum(_decs(s, "grid_buy_price"), Decimal(0)), len(s)),
+        grid_sell_price=_ratio(sum(_decs(s, "grid_sell_price"), Decimal(0)), len(s)),
+        saving_usd=sum(savings, Decimal(0)),
+        gini=gini(savings),
+    )
+
+
+def _pct(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f} %"
+
+
+def _price(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value:.4f} $/kWh"
+
+
+def _kwh(wh: int) -> str:
+    return f"{Decimal(wh) / _KWH:,.3f} kWh"
+
+
+def _local(ts: int, tz: str) -> str:
+    return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
+    """The whole page."""
+    import plotly.graph_objects as go  # the report's plotting library; imported when used
+    import plotly.io as pio
+
+    f = figures(done, market.schedule.duration)
+    slots, homes = done.slots, done.households
+    times = [str(r["local_start"]) for r in slots]
+
+    def number(rows: list[Row], column: str, scale: Decimal = Decimal(1)) -> list[float | None]:
+        return [None if (d := _dec(r, column)) is None else float(d / scale) for r in rows]
+
+    charts: list[tuple[str, Any]] = []
+    prices = go.Figure()
+    prices.add_scatter(x=times, y=number(slots, "p2p_buy_price"), mode="markers", name="local (buyers paid)")
+    prices.add_scatter(x=times, y=number(slots, "grid_buy_price"), name="grid sells at")
+    prices.add_scatter(x=times, y=number(slots, "grid_sell_price"), name="grid buys at")
+    charts.append(("Local price and grid prices per slot ($/kWh)", prices))
+    volume = go.Figure(go.Bar(x=times, y=number(slots, "p2p_settled_wh", _KWH), name="traded"))
+    charts.append(("Energy traded peer to peer per slot (kWh)", volume))
+    flows = go.Figure()
+    load = [(_int(r, "metered_import_wh") + _int(r, "metered_self_consumed_wh")) / 1000 for r in slots]
+    pv = [(_int(r, "metered_export_wh") + _int(r, "metered_self_consumed_wh")) / 1000 for r in slots]
+    flows.add_scatter(x=times, y=load, name="load")
+    flows.add_scatter(x=times, y=pv, name="production (PV)")
+    flows.add_scatter(x=times, y=number(slots, "grid_import_wh", _KWH), name="grid import")
+    flows.add_scatter(x=times, y=number(slots, "grid_export_wh", _KWH), name="grid export")
+    charts.append(("Community load, production, import and export per slot (kWh)", flows))
+    traded = sorted((float(d) for d in _decs(slots, "p2p_buy_price")), reverse=True)
+    duration = go.Figure(go.Scatter(x=[100 * (i + 1) / len(traded) for i in range(len(traded))], y=traded,
+                                    mode="lines", name="local price"))
+    duration.update_xaxes(title="share of the slots with trade (%)")
+    charts.append(("Price duration curve of the local price ($/kWh)", duration))
+    bills = go.Figure()
+    ids = [str(r["participant"]) for r in homes]
+    bills.add_bar(x=ids, y=number(homes, "bill_usd"), name="bill")
+    bills.add_bar(x=ids, y=number(homes, "grid_only_usd"), name="grid only")
+    bills.update_layout(barmode="group")
+    charts.append(("Each household's bill against the grid alone ($)", bills))
+
+    tz = market.tariff.timezone
+    scenario = [
+        ("region", market.region),
+        ("from", _local(_int(slots[0], "slot_start"), tz) if slots else "n/a"),
+        ("to", _local(_int(slots[-1], "slot_end"), tz) if slots else "n/a"),
+        ("time zone", tz),
+        ("round length", f"{market.schedule.duration} s, gate {market.schedule.close_steps} rounds ahead"),
+        ("pricing rule", str(market.rule)),
+        ("grid tariff", f"sells at {market.tariff.price} $/kWh x (1 + {market.tariff.fee_ratio}), "
+                        f"buys at {market.tariff.price} $/kWh"),
+        ("households", str(f.households)),
+        ("what they own", "not recorded in the ledger (PV, batteries and loads show in their meter readings)"),
+    ]
+    kpis = [
+        ("energy traded peer to peer (settled)", _kwh(f.traded_wh)),
+        ("delivered locally (p2p and battery cover)", f"{_kwh(f.local_wh)}, {_pct(f.local_share)} of the load"),
+        ("community load / production", f"{_kwh(f.load_wh)} / {_kwh(f.production_wh)}"),
+        ("self-sufficiency (load not imported)", _pct(f.self_sufficiency)),
+        ("self-consumption (production not exported)", _pct(f.self_consumption)),
+        ("imported / exported", f"{_kwh(f.import_wh)} / {_kwh(f.export_wh)}"),
+        ("peak import / export", f"{f.peak_import_kw:.3f} kW / {f.peak_export_kw:.3f} kW"),
+        ("average local price (buyers paid)", _price(f.local_price)),
+        ("average grid prices (sells at / buys at)", f"{_price(f.grid_buy_price)} / {_price(f.grid_sell_price)}"),
+        ("deviations: shortfall / unconsumed / battery cover",
+         f"{_kwh(f.shortfall_wh)} / {_kwh(f.unconsumed_wh)} / {_kwh(f.bess_cover_wh)}"),
+        ("total saving against the grid alone", f"{f.saving_usd:.2f} $"),
+        ("fairness: Gini coefficient of the savings", "n/a" if f.gini is None else f"{f.gini:.3f}"),
+        ("ledger audit", verdict),
+    ]
+
+    def table(rows: list[tuple[str, str]]) -> str:
+        return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                                   for k, v in rows) + "</table>"
+
+    parts = []
+    for n, (title, chart) in enumerate(charts):
+        chart.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        parts.append(pio.to_html(chart, full_html=False, include_plotlyjs=(n == 0), div_id=f"chart-{n}"))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>microte report: {html.escape(market.region)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}
+th{{font-weight:normal;color:#555}}</style></head><body>
+<h1>microte report: region {html.escape(market.region)}</h1>
+<h2>Scenario</h2>{table(scenario)}
+<h2>Key figures</h2>{table(kpis)}
+<p>Battery state of charge is not plotted: the ledger does not record it.</p>
+<h2>Plots</h2>
+{"".join(parts)}
+</body></html>
+"""
+
+
+async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool, path: Path) -> None:
+    """The region's HTML report at ``path``; ImportError without plotly (the extra "report")."""
+    page = render(await export(store, market), market, verdict="PASS" if ok else "FAIL")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page)

@@ -1,0 +1,45 @@
+"""The HTML report's key figures, exact on a ledger built with the market core, and the
+page: one file with every plot and Plotly's JavaScript inlined once."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from services.export import Export, household_rows, slot_rows
+from services.html_report import figures, gini, render
+from tests.unit.test_export import MARKET, ledger
+
+
+def exported() -> Export:
+    return Export(slot_rows(MARKET, *ledger()), household_rows(MARKET, *ledger()))
+
+
+def test_gini_of_equal_savings_is_zero_and_of_one_winner_is_two_thirds_for_three() -> None:
+    assert gini([Decimal(1)] * 3) == 0
+    assert gini([Decimal(0), Decimal(0), Decimal(3)]) == Decimal(2) / 3
+    assert gini([]) is None and gini([Decimal(-1), Decimal(1)]) is None  # no positive mean
+
+
+def test_the_key_figures_add_up_the_ledger() -> None:
+    done = exported()
+    f = figures(done, MARKET.schedule.duration)
+    (slot,) = done.slots
+    assert (f.slots, f.households) == (1, 3)
+    assert f.load_wh == 950 + 300 and f.production_wh == 1200 + 300  # imports + self, exports + self
+    assert f.traded_wh == 1000 and f.local_price == Decimal("0.11")  # pay as bid: what buyers paid
+    assert f.import_wh == slot["grid_import_wh"] and f.export_wh == slot["grid_export_wh"]
+    assert f.self_sufficiency == 1 - Decimal(f.import_wh) / 1250
+    assert f.self_consumption == 1 - Decimal(f.export_wh) / 1500
+    assert f.peak_import_kw == Decimal(f.import_wh) * 60 / 1000  # Wh in a 60 s slot, as kW
+    assert f.saving_usd == sum(r["saving_usd"] for r in done.households)  # type: ignore[misc]
+
+
+def test_the_page_has_the_scenario_the_figures_and_every_plot_offline() -> None:
+    page = render(exported(), MARKET, verdict="PASS")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "region r1" in page and "pay_as_bid" in page and "2026-06-21 11:00 PDT" in page
+    assert "self-sufficiency" in page and "Gini" in page and "<td>PASS</td>" in page
+    assert page.count('class="plotly-graph-div"') == 5
+    assert page.count("* plotly.js v") == 1  # plotly.js itself, inlined once
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched from the network
