@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from services.ensemble import Ensemble
 from services.participants.community import Community
 from shared.market import EntryKind
@@ -53,6 +55,31 @@ async def test_the_sqlite_ledger_equals_the_market_core_entry_for_entry(region: 
     env = sim_env(region, url, ROUNDS)
     await run(env, tmp_path)
     await check_audit(url, env)
+
+
+@pytest.mark.parametrize("rule", ["pay_as_bid", "uniform"])
+async def test_under_another_pricing_rule_the_ledger_equals_the_market_core_too(
+        region: str, tmp_path: Path, rule: str) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = sim_env(region, url, ROUNDS, MICROTE_PRICING_RULE=rule)
+    await run(env, tmp_path)
+    await check_audit(url, env)
+    store = await opened(url)
+    try:
+        settlements = await store.settlements(region)  # in matching order
+        orders = {o.order_id: o for o in await store.orders(region)}
+        kept = await store.market_settings(region)
+    finally:
+        await store.close()
+    assert kept is not None and f'"MICROTE_PRICING_RULE": "{rule}"' in kept  # the ledger keeps the rule
+    if rule == "pay_as_bid":
+        assert any(s.buy_price > s.sell_price for s in settlements)  # the spread goes to the market
+        return
+    last = {(s.slot, s.source): s for s in settlements}  # the last pair matched per slot and source
+    for s in settlements:  # its midpoint, within each pair's own bid and ask
+        clearing = last[s.slot, s.source]
+        mid = (orders[clearing.bid_id].price + orders[clearing.ask_id].price) / 2
+        assert s.buy_price == s.sell_price == min(max(mid, orders[s.ask_id].price), orders[s.bid_id].price)
 
 
 async def test_every_message_delivered_twice_gives_the_identical_ledger(region: str, tmp_path: Path) -> None:
