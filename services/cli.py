@@ -15,10 +15,10 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfoNotFoundError
 
 from shared.market import PricingRule
@@ -599,7 +599,7 @@ async def check_new_region(ledger_url: str, region: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from services.demo import ServicesFailed, run_demo
+    from services.demo import run_demo
 
     env = demo_env(args)
     settings = from_env(env)  # every MICROTE_* setting checked before anything starts
@@ -611,10 +611,6 @@ def _demo(args: argparse.Namespace) -> int:
                  source=_ledger_source(args))
 
     async def run() -> int:
-        # SIGTERM (a supervisor, `timeout`) stops the run as Ctrl-C does: services first.
-        main_task = asyncio.current_task()
-        assert main_task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         await check_amqp(settings.amqp_url)
         await check_redis(settings.redis_url)
         await check_postgres(settings.ledger_url)
@@ -623,8 +619,22 @@ def _demo(args: argparse.Namespace) -> int:
         return await run_demo(env, participants=args.participants, seed=args.seed,
                               log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators)
 
+    return _running(run)
+
+
+def _running(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Runs the services and a community (``demo``, ``compare``) until done; Ctrl-C and
+    SIGTERM (a supervisor, ``timeout``) stop them, services last, without a traceback."""
+    from services.demo import ServicesFailed
+
+    async def main() -> int:
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+        return await run()
+
     try:
-        return asyncio.run(run())
+        return asyncio.run(main())
     except ServicesFailed as exc:
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
@@ -633,6 +643,66 @@ def _demo(args: argparse.Namespace) -> int:
     except asyncio.CancelledError:
         print("microte: terminated; services stopped", file=sys.stderr)
         return TERMINATED
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from services.demo import run_demo
+    from services.html_report import write_comparison
+
+    base = f"cmp{int(time.time())}"
+    runs = [(rule, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": f"{base}-{rule}"})))
+            for rule in args.rules]
+    settings = from_env(runs[0][1])
+    check_sqlite(settings.ledger_url, must_exist=False, may_create_folder=settings.ledger_url == DEFAULT_LEDGER,
+                 source=_ledger_source(args))
+    page = Path(args.out or f"var/reports/compare-{base}.html")
+
+    async def run() -> int:
+        await check_amqp(settings.amqp_url)
+        await check_redis(settings.redis_url)
+        await check_postgres(settings.ledger_url)
+        failed = 0
+        for rule, env in runs:
+            print(f"microte compare: {rule}", file=sys.stderr)
+            failed |= await run_demo(env, participants=args.participants, seed=args.seed,
+                                     log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators)
+        try:
+            await write_comparison(settings.ledger_url, [from_env(env).market for _, env in runs], page)
+        except ImportError:
+            raise CliError("the comparison page needs plotly: pip install 'microte[report]'", code=2) from None
+        print(f"comparison of {', '.join(args.rules)}: {page}")
+        return failed
+
+    return _running(run)
+
+
+def _community_options(parser: argparse.ArgumentParser) -> None:
+    """The simulated community and its market time, for ``demo`` and ``compare``."""
+    parser.add_argument("--participants", type=at_least(1), default=20,
+                        help="simulated households (default: %(default)s)")
+    parser.add_argument("--rounds", type=at_least(1), default=1440,
+                        help="rounds to simulate (default: %(default)s; 1440 x 60 s = one day)")
+    parser.add_argument("--round-seconds", type=at_least(1), default=60,
+                        help="length of a round in market time, seconds (default: %(default)s)")
+    parser.add_argument("--aggregators", type=at_least(0), default=1,
+                        help="the households act through this many aggregators, each submitting one batch a "
+                             "round for all of its households (default: %(default)s, the community as one "
+                             "aggregator; 0: every household sends its own requests, one message each)")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
+    parser.add_argument("--start", type=local_time, default="2026-06-21T00:00", metavar="YYYY-MM-DDTHH:MM",
+                        help="local market time of the first round, ISO 8601 (default: %(default)s)")
+    parser.add_argument("--timezone", type=timezone, default="America/Vancouver", metavar="ZONE",
+                        help="IANA time zone of the market (default: %(default)s)")
+
+
+def rule_list(text: str) -> list[str]:
+    """An argparse type: pricing rules, comma-separated, each once."""
+    rules = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in rules if r not in _RULES]
+    if unknown or not rules or len(set(rules)) != len(rules):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct pricing rules, comma-separated, from "
+                                         f"{', '.join(_RULES)}")
+    return rules
 
 
 def _ledger_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -675,26 +745,25 @@ def parser() -> argparse.ArgumentParser:
                           description="Start the five services as processes, let a simulated community trade\n"
                                       "through them, then report from the ledger. Ctrl-C stops it all.",
                           epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    demo.add_argument("--participants", type=at_least(1), default=20,
-                      help="simulated households (default: %(default)s)")
-    demo.add_argument("--rounds", type=at_least(1), default=1440,
-                      help="rounds to simulate (default: %(default)s; 1440 x 60 s = one day)")
-    demo.add_argument("--round-seconds", type=at_least(1), default=60,
-                      help="length of a round in market time, seconds (default: %(default)s)")
-    demo.add_argument("--aggregators", type=at_least(0), default=1,
-                      help="the households act through this many aggregators, each submitting one batch a round "
-                           "for all of its households (default: %(default)s, the community as one aggregator; "
-                           "0: every household sends its own requests, one message each)")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
-    demo.add_argument("--start", type=local_time, default="2026-06-21T00:00", metavar="YYYY-MM-DDTHH:MM",
-                      help="local market time of the first round, ISO 8601 (default: %(default)s)")
-    demo.add_argument("--timezone", type=timezone, default="America/Vancouver", metavar="ZONE",
-                      help="IANA time zone of the market (default: %(default)s)")
+    _community_options(demo)
     _rule_option(demo, "how the double auction prices a match")
     _ledger_option(demo, "where the services record the run (a SQLite file's folder must exist)")
     demo.add_argument("--region", type=region_id,
                       help="region id (default: a fresh one per run, demo<UNIX time>)")
     demo.set_defaults(run=_demo)
+
+    cmp = sub.add_parser("compare", help="the same community under several pricing rules, one run each, and "
+                         "one HTML page that compares them",
+                         description="Run the demo once per pricing rule, with the same community, seed and market\n"
+                                     "time, each in a region of its own, then write one HTML page with the key\n"
+                                     "figures side by side and the price and volume series overlaid.",
+                         epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _community_options(cmp)
+    cmp.add_argument("--rules", type=rule_list, default=",".join(_RULES), metavar="RULE,RULE",
+                     help="the pricing rules to compare (default: %(default)s)")
+    _ledger_option(cmp, "where the services record the runs (a SQLite file's folder must exist)")
+    cmp.add_argument("--out", metavar="FILE", help="the comparison page (default: var/reports/compare-<time>.html)")
+    cmp.set_defaults(run=_compare, rule=None, region=None)
 
     rep = sub.add_parser("report", help="report on a region's ledger",
                          epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -143,7 +143,6 @@ def _local(ts: int, tz: str) -> str:
 def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
     """The whole page."""
     import plotly.graph_objects as go  # the report's plotting library; imported when used
-    import plotly.io as pio
 
     f = figures(done, market.schedule.duration)
     slots, homes = done.slots, done.households
@@ -193,7 +192,43 @@ def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
         ("households", str(f.households)),
         ("what they own", "not recorded in the ledger (PV, batteries and loads show in their meter readings)"),
     ]
-    kpis = [
+    kpis = _kpis(f, verdict)
+
+    return _page(f"microte report: region {market.region}",
+                 [("Scenario", _table(scenario)), ("Key figures", _table(kpis))],
+                 "Battery state of charge is not plotted: the ledger does not record it.", charts)
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                               for k, v in rows) + "</table>"
+
+
+def _page(title: str, sections: list[tuple[str, str]], note: str, charts: list[tuple[str, Any]]) -> str:
+    """One page: sections of HTML, a note, then the charts (plotly.js inlined before the first)."""
+    import plotly.io as pio
+
+    parts = []
+    for n, (chart_title, chart) in enumerate(charts):
+        chart.update_layout(title=chart_title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+        parts.append(pio.to_html(chart, full_html=False, include_plotlyjs=(n == 0), div_id=f"chart-{n}"))
+    body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}th,td{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}
+th{{font-weight:normal;color:#555}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+{body}
+<p>{html.escape(note)}</p>
+<h2>Plots</h2>
+{"".join(parts)}
+</body></html>
+"""
+
+
+def _kpis(f: Figures, verdict: str) -> list[tuple[str, str]]:
+    return [
         ("energy traded peer to peer (settled)", _kwh(f.traded_wh)),
         ("delivered locally (p2p and battery cover)", f"{_kwh(f.local_wh)}, {_pct(f.local_share)} of the load"),
         ("community load / production", f"{_kwh(f.load_wh)} / {_kwh(f.production_wh)}"),
@@ -210,27 +245,6 @@ def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
         ("ledger audit", verdict),
     ]
 
-    def table(rows: list[tuple[str, str]]) -> str:
-        return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                                   for k, v in rows) + "</table>"
-
-    parts = []
-    for n, (title, chart) in enumerate(charts):
-        chart.update_layout(title=title, height=380, margin={"l": 50, "r": 20, "t": 50, "b": 40})
-        parts.append(pio.to_html(chart, full_html=False, include_plotlyjs=(n == 0), div_id=f"chart-{n}"))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>microte report: {html.escape(market.region)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}th,td{{border-bottom:1px solid #ddd;padding:4px 12px;text-align:left}}
-th{{font-weight:normal;color:#555}}</style></head><body>
-<h1>microte report: region {html.escape(market.region)}</h1>
-<h2>Scenario</h2>{table(scenario)}
-<h2>Key figures</h2>{table(kpis)}
-<p>Battery state of charge is not plotted: the ledger does not record it.</p>
-<h2>Plots</h2>
-{"".join(parts)}
-</body></html>
-"""
 
 
 async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool, path: Path) -> None:
@@ -238,3 +252,55 @@ async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool
     page = render(await export(store, market), market, verdict="PASS" if ok else "FAIL")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
+
+
+def render_comparison(runs: list[tuple[MarketSettings, Export, bool]]) -> str:
+    """One page for the same community under several rules: the key figures side by side,
+    the local price and traded volume per slot overlaid, and each household's saving."""
+    import plotly.graph_objects as go
+
+    rules = [str(m.rule) for m, _, _ in runs]
+    columns = [_kpis(figures(done, m.schedule.duration), "PASS" if ok else "FAIL") for m, done, ok in runs]
+    header = "<tr><th></th>" + "".join(f"<th>{html.escape(r)}</th>" for r in rules) + "</tr>"
+    body = "".join("<tr><th>" + html.escape(name) + "</th>"
+                   + "".join(f"<td>{html.escape(col[i][1])}</td>" for col in columns) + "</tr>"
+                   for i, (name, _) in enumerate(columns[0]))
+    m0 = runs[0][0]
+    scenario = [("regions", ", ".join(m.region for m, _, _ in runs)), ("time zone", m0.tariff.timezone),
+                ("round length", f"{m0.schedule.duration} s"),
+                ("grid tariff", f"sells at {m0.tariff.price} $/kWh x (1 + {m0.tariff.fee_ratio}), "
+                                f"buys at {m0.tariff.price} $/kWh")]
+    price, volume, saving, duration = go.Figure(), go.Figure(), go.Figure(), go.Figure()
+    for rule, (_, done, _) in zip(rules, runs, strict=True):
+        times = [str(r["local_start"]) for r in done.slots]
+        price.add_scatter(x=times, y=[None if (d := _dec(r, "p2p_buy_price")) is None else float(d)
+                                      for r in done.slots], mode="markers", name=rule)
+        volume.add_scatter(x=times, y=[_int(r, "p2p_settled_wh") / 1000 for r in done.slots], name=rule)
+        saving.add_bar(x=[str(r["participant"]) for r in done.households],
+                       y=[float(_dec(r, "saving_usd") or 0) for r in done.households], name=rule)
+        traded = sorted((float(d) for d in _decs(done.slots, "p2p_buy_price")), reverse=True)
+        duration.add_scatter(x=[100 * (i + 1) / len(traded) for i in range(len(traded))], y=traded, name=rule)
+    saving.update_layout(barmode="group")
+    duration.update_xaxes(title="share of the slots with trade (%)")
+    charts: list[tuple[str, Any]] = [
+        ("Local price per slot, by rule ($/kWh)", price), ("Energy traded per slot, by rule (kWh)", volume),
+        ("Price duration curves, by rule ($/kWh)", duration),
+        ("Each household's saving against the grid alone, by rule ($)", saving)]
+    return _page(f"microte comparison: {', '.join(rules)}",
+                 [("Scenario", _table(scenario)), ("Key figures", f"<table>{header}{body}</table>")],
+                 "The same community, seed and market time under each rule, each in a region of its own.", charts)
+
+
+async def write_comparison(ledger_url: str, markets: list[MarketSettings], path: Path) -> None:
+    """The comparison page of the regions of ``markets`` (one run per rule) at ``path``."""
+    from shared.runtime.audit import audit
+    from shared.runtime.ledger import open_ledger
+
+    store = open_ledger(ledger_url)
+    await store.open()
+    try:
+        runs = [(m, await export(store, m), (await audit(store, m)).ok) for m in markets]
+    finally:
+        await store.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_comparison(runs))

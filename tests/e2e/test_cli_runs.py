@@ -170,6 +170,21 @@ def test_a_server_that_refuses_or_is_away_ends_the_demo_in_one_line(
     assert not (tmp_path / "var").exists()
 
 
+def test_compare_runs_each_rule_on_the_same_community_and_writes_one_page(tmp_path: Path) -> None:
+    page = tmp_path / "compare.html"
+    code, out, err = run("compare", "--rules", "midpoint,uniform", "--rounds", "4", "--participants",
+                         str(PARTICIPANTS), "--start", "2026-06-21T11:00", "--ledger",
+                         f"sqlite:///{tmp_path / 'ledger.sqlite'}", "--out", str(page), cwd=tmp_path)
+    assert code == 0, err
+    regions = re.findall(r"^microte report: region (\S+), 4 slots, rule (\w+)$", out, re.M)
+    assert [rule for _, rule in regions] == ["midpoint", "uniform"]
+    assert len({region.rsplit("-", 1)[0] for region, _ in regions}) == 1  # one run, a region per rule
+    assert out.rstrip().endswith(f"comparison of midpoint, uniform: {page}")
+    text = page.read_text()
+    assert "<th>midpoint</th><th>uniform</th>" in text and text.count('class="plotly-graph-div"') == 4
+    assert text.count("<td>PASS</td>") == 2
+
+
 def test_simulate_with_a_wrong_password_is_one_line(tmp_path: Path) -> None:
     code, _, err = run("simulate", "--rounds", "2", cwd=tmp_path, timeout=60,
                        env={"MICROTE_AMQP_URL": "amqp://guest:wrong@127.0.0.1:5672/",

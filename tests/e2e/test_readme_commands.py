@@ -91,7 +91,7 @@ def test_the_readme_documents_nothing_that_is_not_run_here() -> None:
         if f"make {verb}" in NOT_RUN or verb in {"simulate", "unit", "lint"}:
             continue
         assert f"make {verb} ARGS=" in quick, f"`make {verb}` is in no block this test runs"
-    run_here = {"serve", "simulate", "report", "demo", "participants", "bad-input", "replay-slot", "export",
+    run_here = {"serve", "simulate", "report", "demo", "participants", "bad-input", "replay-slot", "export", "compare",
                 "--help", "--version", "<command>"}
     for command in set(re.findall(r"`microte ([a-z<>-]+)", README)):
         assert command in run_here, f"`microte {command}` is run by no test here"
@@ -190,7 +190,7 @@ def test_the_main_job_runs_from_a_fresh_clone(checkout: Path) -> None:
 
 
 async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv: Path, pg_url: str) -> None:
-    first, on_postgres, again, exported = block_starting("make simulate ARGS=")
+    first, on_postgres, again, exported, compared = block_starting("make simulate ARGS=")
     region = a_report_that_traded(ok(sh(first, checkout, timeout=900), first))
 
     command = on_postgres.replace("postgresql://postgres@127.0.0.1:5432/postgres", pg_url)
@@ -207,6 +207,10 @@ async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv
     written = ok(sh(command, checkout, timeout=120), command).split()
     assert written == [f"var/exports/{region}/slots.parquet", f"var/exports/{region}/households.parquet"]
     assert all((checkout / path).stat().st_size > 0 for path in written)
+
+    out = ok(sh(compared, checkout, timeout=900), compared)
+    page = re.search(r"^comparison of midpoint, equal_price, pay_as_bid, uniform: (\S+)$", out, re.M)
+    assert page and (checkout / page.group(1)).stat().st_size > 0, out[-2000:]
 
 
 @pytest.fixture

@@ -43,3 +43,17 @@ def test_the_page_has_the_scenario_the_figures_and_every_plot_offline() -> None:
     assert page.count('class="plotly-graph-div"') == 5
     assert page.count("* plotly.js v") == 1  # plotly.js itself, inlined once
     assert not re.search(r"<script[^>]*\bsrc=", page)  # nothing fetched from the network
+
+
+def test_the_comparison_page_sets_the_rules_side_by_side() -> None:
+    from dataclasses import replace
+
+    from services.html_report import render_comparison
+    from shared.market import PricingRule
+
+    midpoint = replace(MARKET, rule=PricingRule.MIDPOINT, region="r1-midpoint")
+    page = render_comparison([(MARKET, exported(), True), (midpoint, exported(), False)])
+    header = page.split("<h2>Key figures</h2>")[1].split("</tr>")[0]
+    assert header == "<table><tr><th></th><th>pay_as_bid</th><th>midpoint</th>"
+    assert "<td>PASS</td><td>FAIL</td>" in page and "r1, r1-midpoint" in page
+    assert page.count('class="plotly-graph-div"') == 4 and page.count("* plotly.js v") == 1
