@@ -306,6 +306,8 @@ class Service:
         the earlier ones (each of which is handled, or was refused and acknowledged alone)."""
         last: dict[int, AbstractIncomingMessage] = {}
         for incoming in done:
+            if _channel_closed(incoming):  # gone with its channel: the broker delivers it again
+                continue
             key = id(incoming.channel)
             if key not in last or (incoming.delivery_tag or 0) > (last[key].delivery_tag or 0):
                 last[key] = incoming
@@ -706,7 +708,12 @@ def _context(deliveries: list[AbstractIncomingMessage], messages: list[Message])
 
 
 def _channel_closed(msg: AbstractIncomingMessage) -> bool:
-    channel = getattr(msg, "channel", None)
+    """Whether the channel a delivery came on is gone (its acknowledgement would be lost;
+    the broker delivers it again). aio-pika's ``channel`` raises once the channel is closed."""
+    try:
+        channel = msg.channel
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return True
     return bool(getattr(channel, "is_closed", False))
 
 

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiormq.exceptions
 import pytest
 
 from shared.messages import encode
@@ -140,6 +141,34 @@ async def test_an_outage_keeps_the_run_and_tries_it_again_whole(service: Service
     drained = deliveries(log, order("a", "o1"), order("b", "o2"))
     await service._process(drained, routes)
     assert log == ["orders o1,o2", f"ack {drained[-1].delivery_tag}+"]
+    assert service.dead == []  # type: ignore[attr-defined]
+
+
+class ClosedChannelDelivery:
+    """As aio-pika's delivery behaves once its channel has closed (the broker restarted):
+    reading its ``channel`` raises."""
+
+    def __init__(self, delivery: Delivery) -> None:
+        self._delivery = delivery
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._delivery, name)
+
+    @property
+    def channel(self) -> Any:
+        raise aiormq.exceptions.ChannelInvalidStateError
+
+
+async def test_an_outage_that_took_the_channel_along_leaves_the_run_to_the_broker(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing acknowledged, nothing raised: the broker delivers the run again after it
+    reconnects; the worker goes on (it crashed here before, with ChannelInvalidStateError)."""
+    monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
+    log: list[str] = []
+    routes = wire(service, Recorder(log, outage_once=True))
+    gone = [ClosedChannelDelivery(d) for d in deliveries(log, order("a", "o1"), order("b", "o2"))]
+    await service._process(gone, routes)
+    assert log == []
     assert service.dead == []  # type: ignore[attr-defined]
 
 
