@@ -49,11 +49,21 @@ class Participant:
         self.counted: dict[tuple[int, int], set[str]] = {}  # settlement ids in ``sold``: a notice may come twice
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
-        self.played: set[int] = set()
+        # A round is planned once (the plan moves the battery on) and done once its finish
+        # is sent. A round start seen again before that (redelivered after a broker restart
+        # cut the first play short, or announced again by a new clock) plays the same plan
+        # again: every request of it is idempotent.
+        self.plans: dict[int, tuple[t.ReadingItem, list[t.OrderItem], bool]] = {}
+        self.done: set[int] = set()
 
     @property
     def pid(self) -> str:
         return self.home.participant_id
+
+    @property
+    def played(self) -> set[int]:
+        """The rounds it has planned: done, or in hand."""
+        return self.done | set(self.plans)
 
     async def on_message(self, message: t.Message) -> None:
         c = self.c
@@ -100,10 +110,12 @@ class Participant:
     def plan(self, r: t.RoundStarted) -> tuple[t.ReadingItem, list[t.OrderItem], bool] | None:
         """This household's round: its reading of the delivered slot, its orders for the next
         open slot, and whether it will change its mind about its first order. None for a
-        round played before (a round start seen twice, by redelivery or a new clock)."""
-        if r.current_round.start in self.played:
+        round that is done; the same plan again for a round in hand (see ``plans``)."""
+        start = r.current_round.start
+        if start in self.done:
             return None
-        self.played.add(r.current_round.start)
+        if start in self.plans:
+            return self.plans[start]
         c = self.c
         delivered = Slot(r.current_round.start, r.current_round.end)
         sold = self.sold.pop((delivered.start, delivered.end), {})
@@ -121,7 +133,12 @@ class Participant:
                                   price=str(q.price), source=q.source, slot=r.next_settle)
                       for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh))]
         changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
-        return reading, orders, changes_mind
+        self.plans[start] = (reading, orders, changes_mind)
+        return self.plans[start]
+
+    def round_done(self, start: int) -> None:
+        self.done.add(start)
+        self.plans.pop(start, None)
 
     async def play(self, r: t.RoundStarted) -> None:
         """One request per reading, order, cancel and finish, each answered on its own."""
@@ -146,6 +163,7 @@ class Participant:
             await self.requote(results[0])
         await c.send(t.FinishRound(region=region, participant_id=self.pid, round_start=r.current_round.start),
                      k.FINISH)
+        self.round_done(r.current_round.start)
 
 
 def shows_progress(round_no: int, every: int) -> bool:
@@ -185,7 +203,6 @@ class Aggregator:
         self.members = {p.pid: p for p in members}
         self.c = community
         self.client = _SimulatedAgent(community, agent_id, list(self.members))
-        self.played: set[int] = set()
 
     async def listen(self) -> None:
         """Its events, one at a time: round starts, and its households' bundles."""
@@ -223,10 +240,10 @@ class Aggregator:
         return answers
 
     async def play(self, r: t.RoundStarted) -> None:
+        """Its households' round in one batch (and one more for changed minds). A round start
+        seen again before the round is done plays the same batches again (see
+        ``Participant.plans``): the market answers a batch it has seen with the same answers."""
         start = r.current_round.start
-        if start in self.played:
-            return
-        self.played.add(start)
         items, first_orders = [], {}
         for p in self.members.values():
             planned = p.plan(r)
@@ -240,8 +257,13 @@ class Aggregator:
         if not items:
             return
         answered = await self.submit(f"{self.agent_id}-{start}", items)
-        if not first_orders:
-            return
+        if first_orders:
+            await self._changed_minds(start, first_orders, answered)
+        for p in self.members.values():
+            p.round_done(start)
+
+    async def _changed_minds(self, start: int, first_orders: dict[str, t.OrderItem],
+                             answered: list[t.BatchAnswer]) -> None:
         accepted = {(a.participant_id, a.client_order_id) for a in answered if isinstance(a, t.OrderAccepted)}
         again = []
         for pid, first in first_orders.items():  # changed minds: cancel, quote half again, finish
