@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import os
 import queue
 import re
@@ -21,11 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from services.ensemble import purge_region
 from services.participants.community import agent_ids
 from services.participants.profiles import community
+from shared.market import LedgerEntry, Settlement, bills
+from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
 
 pytestmark = pytest.mark.e2e
@@ -69,6 +71,15 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
     with killed_at_the_end(microte(*args, cwd=cwd, env=env)) as proc:
         out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+async def ledger_totals(url: str, region: str) -> tuple[list[Settlement], list[LedgerEntry]]:
+    store = open_ledger(url)
+    await store.open()
+    try:
+        return await store.settlements(region), await store.entries(region)
+    finally:
+        await store.close()
 
 
 def one_line_error(err: str) -> str:
@@ -132,15 +143,28 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
                              cwd=tmp_path)
     assert code == 0, err
     assert written.split() == [str(tmp_path / "out" / "slots.csv"), str(tmp_path / "out" / "households.csv")]
-    with (tmp_path / "out" / "slots.csv").open() as f:
-        slots = list(csv.DictReader(f))
-    with (tmp_path / "out" / "households.csv").open() as f:
-        households = list(csv.DictReader(f))
+    code, _, err = run("export", "--ledger", ledger, "--region", region, "--out", str(tmp_path / "out"),
+                       "--format", "parquet", cwd=tmp_path)
+    assert code == 0, err
     traded = re.search(r"energy traded peer to peer \(settled\)\s+([\d.]+) kWh", reported)
     saved = re.search(r"^  all\s+(-?[\d.]+)$", reported, re.M)
     assert traded and saved, reported
-    assert len(slots) == 5 and sum(int(r["p2p_settled_wh"]) for r in slots) == Decimal(traded.group(1)) * 1000
-    assert sum(Decimal(r["saving_usd"]) for r in households).quantize(Decimal("0.01")) == Decimal(saved.group(1))
+    # read back as a notebook would, with pandas: equal to the ledger's totals, in both formats
+    settlements, entries = asyncio.run(ledger_totals(ledger, region))
+    for slots, households in (
+            (pd.read_csv(tmp_path / "out" / "slots.csv"), pd.read_csv(tmp_path / "out" / "households.csv",
+                                                                         dtype={"bill_usd": str, "saving_usd": str})),
+            (pd.read_parquet(tmp_path / "out" / "slots.parquet"), pd.read_parquet(tmp_path / "out" /
+                                                                                   "households.parquet"))):
+        assert len(slots) == 5
+        assert int(slots["p2p_settled_wh"].sum()) == sum(s.quantity_wh for s in settlements) \
+            == Decimal(traded.group(1)) * 1000
+        bills_ = bills(entries)
+        exported = {p: Decimal(str(b)) for p, b in zip(households["participant"], households["bill_usd"], strict=True)}
+        assert {p for p in bills_ if p not in ("grid", "market")} <= set(exported)
+        assert exported == {p: bills_[p].net_cost if p in bills_ else 0 for p in exported}  # 0: metered, no entry
+        saving = sum((Decimal(str(v)) for v in households["saving_usd"]), Decimal(0))
+        assert saving.quantize(Decimal("0.01")) == Decimal(saved.group(1))
     # A second demo in the same region of the same ledger would wait forever: refused up front.
     code, out, err = run(*demo, cwd=tmp_path, timeout=60)
     assert code == 2
