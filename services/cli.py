@@ -619,12 +619,14 @@ def _demo(args: argparse.Namespace) -> int:
         return await run_demo(env, participants=args.participants, seed=args.seed,
                               log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators)
 
-    return _running(run)
+    return _running(run, f"region {settings.region} in the ledger {redact(settings.ledger_url)} "
+                         f"(microte report --region {settings.region} --ledger {redact(settings.ledger_url)})")
 
 
-def _running(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
+def _running(run: Callable[[], Coroutine[Any, Any, int]], where: str) -> int:
     """Runs the services and a community (``demo``, ``compare``) until done; Ctrl-C and
-    SIGTERM (a supervisor, ``timeout``) stop them, services last, without a traceback."""
+    SIGTERM (a supervisor, ``timeout``) stop them, services last, without a traceback, and
+    say where the partial run is."""
     from services.demo import ServicesFailed
 
     async def main() -> int:
@@ -638,10 +640,10 @@ def _running(run: Callable[[], Coroutine[Any, Any, int]]) -> int:
     except ServicesFailed as exc:
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
-        print("microte: interrupted; services stopped", file=sys.stderr)
+        print(f"microte: interrupted; services stopped; what ran so far is {where}", file=sys.stderr)
         return INTERRUPTED
     except asyncio.CancelledError:
-        print("microte: terminated; services stopped", file=sys.stderr)
+        print(f"microte: terminated; services stopped; what ran so far is {where}", file=sys.stderr)
         return TERMINATED
 
 
@@ -673,7 +675,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"comparison of {', '.join(args.rules)}: {page}")
         return failed
 
-    return _running(run)
+    return _running(run, f"regions {base}-<rule> in the ledger {redact(settings.ledger_url)}")
 
 
 def _community_options(parser: argparse.ArgumentParser) -> None:

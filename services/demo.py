@@ -80,6 +80,7 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
         await _start(ensemble, tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
         sim = Community(settings.amqp_url, settings.region, community(participants, seed),
                         settings.market.tariff.timezone, progress_every=progress_interval(settings.rounds),
+                        total_rounds=settings.rounds,
                         duplicate=settings.duplicate_delivery, aggregators=aggregators)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))

@@ -7,7 +7,6 @@ would; households on their own send one message per request, as simple meters do
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from microte.client import Client
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
+from services.progress import RoundProgress
 from shared.market import GridPrices, Slot
 from shared.market.timezones import zone
 from shared.messages import CONTENT_TYPE, decode, encode
@@ -166,11 +166,6 @@ class Participant:
         self.round_done(r.current_round.start)
 
 
-def shows_progress(round_no: int, every: int) -> bool:
-    """A progress line for the first round and every ``every`` rounds after it (1, 1 + every, ...)."""
-    return (round_no - 1) % max(1, every) == 0
-
-
 def agent_ids(count: int) -> list[str]:
     return [f"agg{i:03d}" for i in range(count)]
 
@@ -281,7 +276,7 @@ class Aggregator:
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
                  progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0,
-                 aggregators: int = 0) -> None:
+                 aggregators: int = 0, total_rounds: int = 0) -> None:
         self.amqp_url = amqp_url
         self.region = region
         self.keys = Keys(region)
@@ -293,7 +288,8 @@ class Community:
         k = max(0, min(aggregators, len(self.participants)))
         self.aggregators = [Aggregator(agent, self.participants[i::k], self) for i, agent in enumerate(agent_ids(k))]
         self.tally = Tally()
-        self.progress_every = max(1, progress_every)  # a progress line every this many rounds
+        # a bar on a terminal; else a line every ``progress_every`` rounds (``total_rounds``: 0 unknown)
+        self.progress = RoundProgress(total=total_rounds or max_rounds, every=progress_every, timezone=timezone)
         self.max_rounds = max_rounds  # leave after this many rounds (0: when the clock's last round is recorded)
         self.finished = asyncio.Event()
         self.rounds_seen = asyncio.Event()  # set at each round start, for observers
@@ -357,6 +353,7 @@ class Community:
                 for p in self.participants if not self.aggregators else ():
                     await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
             finally:
+                self.progress.close()
                 for task in listening:
                     task.cancel()
                 for a in self.aggregators:
@@ -396,9 +393,7 @@ class Community:
                 if message.final_round_start:
                     self.final_slot = (message.final_round_start, message.final_round_start + message.duration)
                 last = bool(message.final_round_start) and message.current_round.start == message.final_round_start
-                if shows_progress(self.tally.rounds, self.progress_every) or last:
-                    print(f"  round {self.tally.rounds:5d}  market time {message.current_round.start}  "
-                          f"answers {sum(self.tally.answers.values()):7d}  "
-                          f"rejections {sum(self.tally.rejections.values()):4d}", file=sys.stderr, flush=True)
+                self.progress.round(self.tally.rounds, message.current_round.start, sum(self.tally.answers.values()),
+                                    sum(self.tally.rejections.values()), last=last)
             elif isinstance(message, t.SlotRecorded) and (message.slot.start, message.slot.end) == self.final_slot:
                 self.finished.set()

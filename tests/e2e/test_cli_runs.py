@@ -285,7 +285,10 @@ def test_ctrl_c_stops_the_demo_and_its_services_in_seconds(region: str, tmp_path
         assert code == 130, said
         assert took < 15
         assert "Traceback" not in said
-        assert said.splitlines()[-1] == "microte: interrupted; services stopped", said
+        ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        assert said.splitlines()[-1] == (f"microte: interrupted; services stopped; what ran so far is region {region} "
+                                         f"in the ledger {ledger} (microte report --region {region} --ledger "
+                                         f"{ledger})"), said
         assert "microte report" not in out
         assert group_members(proc.pid) == []  # every service has exited
     # The region's queues and round state were deleted on the way out.

@@ -257,8 +257,10 @@ def test_an_interrupt_is_one_line_and_exit_130(capsys: pytest.CaptureFixture[str
     for check in ("check_amqp", "check_redis", "check_postgres"):
         monkeypatch.setattr(cli, check, fine)
     monkeypatch.setattr("services.demo.run_demo", interrupted)
-    assert cli.main(["demo", "--ledger", f"sqlite:///{tmp_path}/l.sqlite"]) == 130
-    assert one_line_error(capsys) == "microte: interrupted; services stopped"
+    assert cli.main(["demo", "--ledger", f"sqlite:///{tmp_path}/l.sqlite", "--region", "r7"]) == 130
+    assert one_line_error(capsys) == (f"microte: interrupted; services stopped; what ran so far is region r7 in the "
+                                      f"ledger sqlite:///{tmp_path}/l.sqlite (microte report --region r7 --ledger "
+                                      f"sqlite:///{tmp_path}/l.sqlite)")
 
 
 # --- progress ---------------------------------------------------------------------------------
