@@ -30,7 +30,7 @@ SLOT_COLUMNS = (
     "p2p_delivered_wh", "bess_cover_wh", "unconsumed_wh", "shortfall_wh",
     "grid_import_wh", "grid_export_wh", "self_consumption_wh",
     "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
-    "paid_usd",
+    "paid_usd", "shortfall_penalty_usd", "unconsumed_loss_usd",
 )
 HOUSEHOLD_COLUMNS = (
     "participant", "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
@@ -67,10 +67,18 @@ def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlement
     by_kind: dict[Slot, dict[EntryKind, int]] = defaultdict(lambda: defaultdict(int))
     exported: dict[Slot, int] = defaultdict(int)
     paid: dict[Slot, Decimal] = defaultdict(Decimal)
+    penalties: dict[Slot, Decimal] = defaultdict(Decimal)
+    unconsumed: dict[Slot, Decimal] = defaultdict(Decimal)  # paid for, less what the grid paid back
     for e in entries:
         by_kind[e.slot][e.kind] += e.quantity_wh
         exported[e.slot] += e.quantity_wh if _exported(e) else 0
         paid[e.slot] += amount(e.quantity_wh, e.buy_price) if e.buyer not in (GRID, MARKET) else ZERO
+        if e.kind is EntryKind.SHORTFALL_PENALTY:
+            penalties[e.slot] += amount(e.quantity_wh, e.buy_price)
+        elif e.kind is EntryKind.UNCONSUMED:
+            unconsumed[e.slot] += amount(e.quantity_wh, e.buy_price)
+        elif e.kind is EntryKind.UNCONSUMED_EXPORT:
+            unconsumed[e.slot] -= amount(e.quantity_wh, e.sell_price)
     traded: dict[Slot, list[Settlement]] = defaultdict(list)
     for s in settlements:
         traded[s.slot].append(s)
@@ -104,6 +112,8 @@ def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlement
             "metered_export_wh": sum(sum(r.export_wh.values()) for r in metered[slot]),
             "metered_self_consumed_wh": sum(sum(r.self_consumed_wh.values()) for r in metered[slot]),
             "paid_usd": paid[slot],
+            "shortfall_penalty_usd": penalties[slot],
+            "unconsumed_loss_usd": unconsumed[slot],
         })
     return rows
 

@@ -38,6 +38,8 @@ class Figures:
     shortfall_wh: int
     unconsumed_wh: int
     bess_cover_wh: int
+    penalties_usd: Decimal  # sellers paid for energy they did not deliver
+    unconsumed_loss_usd: Decimal  # buyers paid for energy they did not use, less what the grid paid back
     local_price: Decimal | None  # $/kWh, what buyers paid on average
     grid_buy_price: Decimal | None  # $/kWh, average over the slots
     grid_sell_price: Decimal | None
@@ -116,6 +118,8 @@ def figures(done: Export, duration_s: int) -> Figures:
         peak_import_kw=kw(max((_int(r, "grid_import_wh") for r in s), default=0)),
         peak_export_kw=kw(max((_int(r, "grid_export_wh") for r in s), default=0)),
         shortfall_wh=total("shortfall_wh"), unconsumed_wh=total("unconsumed_wh"), bess_cover_wh=total("bess_cover_wh"),
+        penalties_usd=sum(_decs(s, "shortfall_penalty_usd"), Decimal(0)),
+        unconsumed_loss_usd=sum(_decs(s, "unconsumed_loss_usd"), Decimal(0)),
         local_price=paid / traded if traded else None,
         grid_buy_price=_ratio(sum(_decs(s, "grid_buy_price"), Decimal(0)), len(s)),
         grid_sell_price=_ratio(sum(_decs(s, "grid_sell_price"), Decimal(0)), len(s)),
@@ -240,6 +244,8 @@ def _kpis(f: Figures, verdict: str) -> list[tuple[str, str]]:
         ("average grid prices (sells at / buys at)", f"{_price(f.grid_buy_price)} / {_price(f.grid_sell_price)}"),
         ("deviations: shortfall / unconsumed / battery cover",
          f"{_kwh(f.shortfall_wh)} / {_kwh(f.unconsumed_wh)} / {_kwh(f.bess_cover_wh)}"),
+        ("what deviations cost: shortfall penalties / unconsumed energy",
+         f"{f.penalties_usd:.2f} $ / {f.unconsumed_loss_usd:.2f} $"),
         ("total saving against the grid alone", f"{f.saving_usd:.2f} $"),
         ("fairness: Gini coefficient of the savings", "n/a" if f.gini is None else f"{f.gini:.3f}"),
         ("ledger audit", verdict),

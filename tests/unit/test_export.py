@@ -52,6 +52,11 @@ def test_a_slots_row_adds_up_its_ledger() -> None:
     assert row["shortfall_wh"] == 0
     assert row["p2p_delivered_wh"] + row["unconsumed_wh"] == 1000
     assert row["grid_import_wh"] == 950 - row["p2p_delivered_wh"]
+    # bob used less than he bought: he paid 0.11 for it, the grid pays him 0.069 back
+    unused = row["unconsumed_wh"]
+    assert unused > 0
+    assert row["unconsumed_loss_usd"] == Decimal(unused) * (Decimal("0.11") - Decimal("0.069")) / 1000
+    assert row["shortfall_penalty_usd"] == 0  # alice delivered all she sold
 
 
 def test_a_households_bill_and_saving_are_exact() -> None:
