@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import TypeVar
 
-from shared.market import PricingRule, Schedule, Tariff, check_price_cap
+from shared.market import PricingRule, Schedule, Tariff, check_price_cap, price_to_ticks
 from shared.runtime.trust import service_users as parse_users
 
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -113,6 +113,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             price=Decimal(_get(e, "GRID_PRICE", "0.069")),
             fee_ratio=Decimal(_get(e, "FEE_RATIO", "1.1")),
             timezone=_get(e, "TIMEZONE", "UTC"),
+            time_of_use=parse_time_of_use(_get(e, "TIME_OF_USE", "")),
         )
         market = MarketSettings(
             region=region,
@@ -160,7 +161,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
 # environment of the command says. Stored once, by the region's first ledger-writer.
 
 RECORDED = ("PRICING_RULE", "ROUND_SECONDS", "CLOSE_STEPS", "HORIZON_S", "GRID_PRICE", "FEE_RATIO", "TIMEZONE",
-            "PRICE_CAP")
+            "TIME_OF_USE", "PRICE_CAP")
+# What a record made before a setting was kept means for it: no time-of-use table.
+_UNRECORDED = {"MICROTE_TIME_OF_USE": ""}
 
 
 def _plain(value: Decimal) -> str:
@@ -177,6 +180,7 @@ def market_record(m: MarketSettings) -> dict[str, str]:
         "MICROTE_GRID_PRICE": _plain(m.tariff.price),
         "MICROTE_FEE_RATIO": _plain(m.tariff.fee_ratio),
         "MICROTE_TIMEZONE": m.tariff.timezone,
+        "MICROTE_TIME_OF_USE": format_time_of_use(m.tariff.time_of_use),
         "MICROTE_PRICE_CAP": _plain(m.price_cap),
     }
 
@@ -186,7 +190,7 @@ def with_record(settings: Settings, record: Mapping[str, str]) -> Settings:
     unknown = set(record) - {f"MICROTE_{name}" for name in RECORDED}
     if unknown:
         raise SettingsError(f"the ledger keeps market settings this version does not know: {sorted(unknown)}")
-    env = {**market_record(settings.market), "MICROTE_REGION": settings.region, **record}
+    env = {**market_record(settings.market), **_UNRECORDED, "MICROTE_REGION": settings.region, **record}
     market = from_env(env).market
     return replace(settings, market=replace(settings.market, schedule=market.schedule, tariff=market.tariff,
                                             rule=market.rule, price_cap=market.price_cap))
@@ -194,5 +198,53 @@ def with_record(settings: Settings, record: Mapping[str, str]) -> Settings:
 
 def record_differences(stored: Mapping[str, str], mine: Mapping[str, str]) -> list[str]:
     """``NAME: stored -> mine`` for each recorded setting that differs."""
+    stored = {**_UNRECORDED, **stored}
     return [f"{name}: {stored.get(name)} -> {mine.get(name)}" for name in sorted(set(stored) | set(mine))
             if stored.get(name) != mine.get(name)]
+
+
+_TOU_PART = re.compile(r"^(\d{1,2})(?:-(\d{1,2}))?:(\d{1,2})(?:-(\d{1,2}))?=([0-9.]+)$")
+_TOU_HELP = ("use MONTHS:HOURS=PRICE parts separated by ';', e.g. '6-9:17-20=0.15;12:7-9=0.12' (months 1-12, "
+             "local weekday hours 0-23, ranges inclusive, $/kWh)")
+
+
+def parse_time_of_use(text: str) -> dict[int, dict[int, Decimal]]:
+    """``MICROTE_TIME_OF_USE``: the grid's base price by month and local weekday hour (the
+    tariff's ``time_of_use``); empty for none. Each hour of a month is priced once."""
+    table: dict[int, dict[int, Decimal]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        found = _TOU_PART.match(part)
+        if found is None:
+            raise SettingsError(f"MICROTE_TIME_OF_USE: {part!r} is not a part: {_TOU_HELP}")
+        m1, m2, h1, h2 = (int(g) if g else None for g in found.groups()[:4])
+        assert m1 is not None and h1 is not None
+        months, hours = range(m1, (m2 if m2 is not None else m1) + 1), range(h1, (h2 if h2 is not None else h1) + 1)
+        if not months or not hours or months[0] < 1 or months[-1] > 12 or hours[-1] > 23:
+            raise SettingsError(f"MICROTE_TIME_OF_USE: {part!r} has a month or hour out of range: {_TOU_HELP}")
+        price = Decimal(found.group(5))
+        try:
+            price_to_ticks(price)
+        except ValueError as exc:
+            raise SettingsError(f"MICROTE_TIME_OF_USE: {part!r}: {exc}") from None
+        for month in months:
+            for hour in hours:
+                if hour in table.setdefault(month, {}):
+                    raise SettingsError(f"MICROTE_TIME_OF_USE: {part!r} prices month {month} hour {hour} again")
+                table[month][hour] = price
+    return table
+
+
+def format_time_of_use(table: Mapping[int, Mapping[int, Decimal]]) -> str:
+    """The canonical text of a table: per month, each run of hours at one price."""
+    parts = []
+    for month in sorted(table):
+        hours = sorted(table[month].items())
+        i = 0
+        while i < len(hours):
+            j = i
+            while j + 1 < len(hours) and hours[j + 1][0] == hours[j][0] + 1 and hours[j + 1][1] == hours[i][1]:
+                j += 1
+            span = f"{hours[i][0]}" if i == j else f"{hours[i][0]}-{hours[j][0]}"
+            parts.append(f"{month}:{span}={_plain(hours[i][1])}")
+            i = j + 1
+    return ";".join(parts)

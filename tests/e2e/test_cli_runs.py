@@ -209,6 +209,22 @@ def test_compare_runs_each_rule_on_the_same_community_and_writes_one_page(tmp_pa
     assert text.count("<td>PASS</td>") == 2
 
 
+def test_a_time_of_use_tariff_prices_the_slots_it_names_and_the_audit_agrees(tmp_path: Path) -> None:
+    """Monday 2026-06-22 11:00-11:02 in Vancouver; the table prices June's 11 o'clock."""
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", "--rounds", "3", "--participants", str(PARTICIPANTS), "--start", "2026-06-22T11:00",
+                         "--ledger", ledger, "--region", "tou" + secrets.token_hex(3), cwd=tmp_path,
+                         env={"MICROTE_TIME_OF_USE": "6:11=0.2000"})
+    assert code == 0, err
+    region = re.search(r"^microte report: region (\S+), 3 slots", out, re.M)
+    assert region and "PASS" in out, out
+    code, _, err = run("export", "--ledger", ledger, "--region", region.group(1), "--out", str(tmp_path / "out"),
+                       cwd=tmp_path)
+    assert code == 0, err
+    slots = pd.read_csv(tmp_path / "out" / "slots.csv", dtype=str)
+    assert list(slots["grid_sell_price"]) == ["0.2"] * 3 and list(slots["grid_buy_price"]) == ["0.42"] * 3
+
+
 def test_simulate_with_a_wrong_password_is_one_line(tmp_path: Path) -> None:
     code, _, err = run("simulate", "--rounds", "2", cwd=tmp_path, timeout=60,
                        env={"MICROTE_AMQP_URL": "amqp://guest:wrong@127.0.0.1:5672/",

@@ -46,3 +46,32 @@ def test_a_record_with_a_setting_this_version_does_not_know_is_refused() -> None
     assert with_record(base, market_record(base.market)) == base
     with pytest.raises(SettingsError, match="does not know"):
         with_record(base, {**market_record(base.market), "MICROTE_SURCHARGE": "1"})
+
+
+def test_a_time_of_use_table_is_read_kept_with_the_region_and_given_back() -> None:
+    from decimal import Decimal
+
+    from shared.runtime.settings import format_time_of_use, parse_time_of_use
+
+    table = parse_time_of_use("6-7:17-19=0.15; 12:7=0.1200")
+    assert table == {6: {17: Decimal("0.15"), 18: Decimal("0.15"), 19: Decimal("0.15")},
+                     7: {17: Decimal("0.15"), 18: Decimal("0.15"), 19: Decimal("0.15")}, 12: {7: Decimal("0.12")}}
+    assert format_time_of_use(table) == "6:17-19=0.15;7:17-19=0.15;12:7=0.12"
+    assert parse_time_of_use(format_time_of_use(table)) == table and parse_time_of_use("") == {}
+    ran = from_env({"MICROTE_REGION": "north", "MICROTE_TIME_OF_USE": "6-7:17-19=0.15;12:7=0.12"})
+    record = market_record(ran.market)
+    assert with_record(from_env({"MICROTE_REGION": "north"}), record).market.tariff.time_of_use == table
+    # a record kept before the table was: no table
+    older = {k: v for k, v in record.items() if k != "MICROTE_TIME_OF_USE"}
+    assert with_record(ran, older).market.tariff.time_of_use == {}
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("6:24=0.1", "has a month or hour out of range"), ("0:1=0.1", "has a month or hour out of range"),
+    ("6:9-7=0.1", "has a month or hour out of range"), ("6:1=abc", "is not a part"), ("peak", "is not a part"),
+    ("6:1-2=0.1;6:2=0.2", "prices month 6 hour 2 again"), ("6:1=0.123456", "is not on the 0.0001 tick"),
+])
+def test_a_bad_time_of_use_table_says_what_is_wrong(text: str, says: str) -> None:
+    with pytest.raises(SettingsError, match="MICROTE_TIME_OF_USE") as refused:
+        from_env({"MICROTE_TIME_OF_USE": text})
+    assert says in str(refused.value)
