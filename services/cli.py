@@ -337,12 +337,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
     settings = from_env()
     homes = community(args.participants, args.seed)
+    if args.participant_url and (not args.aggregators or "{participant}" not in args.participant_url):
+        raise CliError("--participant-url needs '{participant}' in it and --aggregators 1 or more (the "
+                       "households act through an aggregator, each joining on its own account)", code=2)
 
     async def run() -> int:
         await check_amqp(settings.amqp_url)
         await wait_for_services(settings.amqp_url, settings.region, args.wait)
         tally = await Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
                                 max_rounds=args.rounds, aggregators=args.aggregators,
+                                participant_url=args.participant_url,
                                 progress_every=progress_interval(args.rounds) if args.rounds else 60).run()
         print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, "
               f"rejections {dict(tally.rejections)}")
@@ -739,6 +743,13 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--aggregators", type=at_least(0), default=1,
                      help="aggregators submitting one batch a round for their households "
                           "(default: %(default)s; 0: one message each)")
+    sim.add_argument("--participant-url", metavar="TEMPLATE",
+                     default=os.environ.get("MICROTE_PARTICIPANT_AMQP_URL", ""),
+                     help="broker identity: each household and aggregator signs in as itself, with this URL, "
+                          "'{participant}' standing for its id, e.g. "
+                          "amqp://{participant}:secret-{participant}@host:5672/ (default: "
+                          "MICROTE_PARTICIPANT_AMQP_URL, else all on MICROTE_AMQP_URL); needs "
+                          "--aggregators 1 or more and an account each (microte participants add)")
     sim.add_argument("--wait", type=at_least(0), default=int(SERVICES_WAIT_S), metavar="SECONDS",
                      help="how long to wait for the region's services to run (default: %(default)s)")
     sim.set_defaults(run=_simulate)

@@ -7,6 +7,7 @@ would; households on their own send one message per request, as simple meters do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -15,7 +16,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from microte.client import Client
+from microte.client import Client, Refused
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
 from services.progress import RoundProgress
@@ -178,8 +179,11 @@ class _SimulatedAgent(Client):
     def __init__(self, community: Community, agent_id: str, members: list[str]) -> None:
         # A simulation waits as long as the market needs (an outage delays a round, never
         # changes it), and sends nothing twice unless told to (the ledger stays comparable).
-        super().__init__(community.amqp_url, community.region, agent_id, answer_timeout_s=ANSWER_TIMEOUT_S,
-                         resend_after_s=ANSWER_TIMEOUT_S, listen_for=members)
+        # With accounts of their own (broker identity), the aggregator signs in as itself and
+        # hears only what is addressed to it; its households' joins are their own.
+        super().__init__(community.account_url(agent_id), community.region, agent_id,
+                         answer_timeout_s=ANSWER_TIMEOUT_S, resend_after_s=ANSWER_TIMEOUT_S,
+                         listen_for=() if community.participant_url else members)
         self.duplicate = community.duplicate
 
     async def send(self, message: t.Message, deadline: float | None = None) -> None:
@@ -208,10 +212,19 @@ class Aggregator:
         """Joins each of its households, naming itself as their agent (the local mode: with
         broker identity a household's own user sends that join, ``microte participants``)."""
         async def join(p: Participant) -> None:
-            answer = await self.client.request(t.JoinMarket(region=self.c.region, participant_id=p.pid,
-                                                            agent=self.agent_id))
-            await p.on_message(answer)
+            message = t.JoinMarket(region=self.c.region, participant_id=p.pid, agent=self.agent_id)
+            await p.on_message(await self.c.as_household(p.pid, message) if self.c.participant_url
+                               else await self.client.request(message))
         await asyncio.gather(*(join(p) for p in self.members.values()))
+
+    async def leave(self) -> None:
+        for pid in self.members:
+            message = t.LeaveMarket(region=self.c.region, participant_id=pid)
+            if self.c.participant_url:
+                with contextlib.suppress(Refused):  # gone already: the run ends either way
+                    await self.c.as_household(pid, message)
+            else:
+                await self.client.send(message)
 
     async def on_message(self, message: t.Message) -> None:
         if isinstance(message, t.RoundStarted):
@@ -276,8 +289,11 @@ class Aggregator:
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
                  progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0,
-                 aggregators: int = 0, total_rounds: int = 0) -> None:
+                 aggregators: int = 0, total_rounds: int = 0, participant_url: str = "") -> None:
         self.amqp_url = amqp_url
+        # Broker identity: each household and aggregator signs in as itself, with the URL of
+        # this template ("{participant}" stands for its id); "" = all on ``amqp_url``.
+        self.participant_url = participant_url
         self.region = region
         self.keys = Keys(region)
         self.tz = zone(timezone)
@@ -296,6 +312,20 @@ class Community:
         self.final_slot: tuple[int, int] | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+
+    def account_url(self, participant_id: str) -> str:
+        return self.participant_url.replace("{participant}", participant_id) if self.participant_url \
+            else self.amqp_url
+
+    async def as_household(self, participant_id: str, message: t.Message) -> t.Message:
+        """``message`` sent by the household itself, on its own account, and its answer."""
+        client = Client(self.account_url(participant_id), self.region, participant_id, inbox="self",
+                        answer_timeout_s=ANSWER_TIMEOUT_S)
+        await client.connect()
+        try:
+            return await client.request(message)
+        finally:
+            await client.close()
 
     async def send(self, message: t.Message, kind: str) -> None:
         """Persistent and confirmed, sent again until the broker has it: a household's
@@ -348,8 +378,7 @@ class Community:
                     joined.set()
                 await self._until_finished(listening)
                 for a in self.aggregators:
-                    for pid in a.members:
-                        await a.client.send(t.LeaveMarket(region=self.region, participant_id=pid))
+                    await a.leave()
                 for p in self.participants if not self.aggregators else ():
                     await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
             finally:

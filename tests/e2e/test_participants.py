@@ -7,7 +7,10 @@ only for the households that named it, and a removed participant is cut off."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -18,6 +21,8 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 from redis.asyncio import Redis
 
+from services.ensemble import Ensemble, purge_region
+from services.participants.accounts import Management, accounts
 from shared.messages import decode, encode
 from shared.messages import types as t
 from shared.runtime.settings import from_env
@@ -233,3 +238,42 @@ def test_a_participant_id_is_one_account_in_one_region(rabbit: PrivateRabbit) ->
     # Adding it again in its own region repairs its permissions and keeps its password.
     again = participants(rabbit, first, "add", pid)
     assert again.returncode == 0 and "password" not in again.stdout
+
+
+async def test_a_community_on_accounts_of_its_own_trades_under_broker_identity(
+        rabbit: PrivateRabbit, tmp_path: Path) -> None:
+    """The whole simulated community as the compose stack runs it: an aggregator and its
+    households, each signing in as itself (``microte simulate --participant-url``), the five
+    services trusting only the broker's user ids; the run ends with a passing audit."""
+    region = "own" + secrets.token_hex(3)
+    households = [f"h{i:03d}" for i in range(4)]
+    template = rabbit.url.replace("guest:guest@", "{participant}:pw-{participant}@")
+    for args in ([pid, "--password", f"pw-{pid}"] for pid in households):
+        assert participants(rabbit, region, "add", *args).returncode == 0
+    assert participants(rabbit, region, "add", "agg000", "--aggregator", "--password", "pw-agg000").returncode == 0
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = {"MICROTE_REGION": region, "MICROTE_IDENTITY": "broker_user", "MICROTE_LEDGER_URL": ledger,
+           "MICROTE_AMQP_URL": rabbit.url, "MICROTE_ROUNDS": "5", "MICROTE_START_TIME": "1782064800",
+           "MICROTE_TIMEZONE": "America/Vancouver", "MICROTE_MIN_MEMBERS": "4"}
+    ensemble = Ensemble(env, tmp_path / "logs")
+    try:
+        await ensemble.start_all()
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli", "simulate", "--participants", "4",
+                             "--aggregators", "1", "--participant-url", template],
+            env={**os.environ, **env, "MICROTE_SERVICE_KEY": ensemble.env["MICROTE_SERVICE_KEY"]},
+            capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "simulation done: 5 rounds" in done.stdout, done.stdout
+        assert "not_entitled" not in done.stdout and "rejections {}" in done.stdout, done.stdout
+        report = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli", "report", "--region", region, "--ledger", ledger],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+        assert report.returncode == 0 and "PASS" in report.stdout, report.stdout + report.stderr
+    finally:
+        ensemble.stop_all()
+        admin = Management(rabbit.management_url)
+        for account in accounts(admin, region):
+            admin.delete_user(account.participant_id)
+        settings = from_env(env)
+        await purge_region(settings.amqp_url, settings.redis_url, region, [*households, "agg000"])
