@@ -49,9 +49,15 @@ async def region_on(rabbit: PrivateRabbit, prefix: str, services: tuple[str, ...
         await ensemble.start_all(services)
         yield region
     finally:
-        ensemble.stop_all()
-        admin = Management(rabbit.management_url)
-        for account in accounts(admin, region):
-            admin.delete_user(account.participant_id)
-        settings = from_env(env)
-        await purge_region(settings.amqp_url, settings.redis_url, region, [])
+        await forget(rabbit, ensemble, env)
+
+
+async def forget(rabbit: PrivateRabbit, ensemble: Ensemble, env: dict[str, str], ids: tuple[str, ...] = ()) -> None:
+    """Stops a region's services and deletes its accounts, queues and state."""
+    ensemble.stop_all()
+    admin = Management(rabbit.management_url)
+    region = env["MICROTE_REGION"]
+    for account in accounts(admin, region):
+        admin.delete_user(account.participant_id)
+    settings = from_env(env)
+    await purge_region(settings.amqp_url, settings.redis_url, region, list(ids))

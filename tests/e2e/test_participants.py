@@ -21,13 +21,12 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
 from redis.asyncio import Redis
 
-from services.ensemble import Ensemble, purge_region
-from services.participants.accounts import Management, accounts
+from services.ensemble import Ensemble
 from shared.messages import decode, encode
 from shared.messages import types as t
 from shared.runtime.settings import from_env
 from shared.runtime.state import RegionState
-from tests.e2e.accounts import add, participants, region_on
+from tests.e2e.accounts import add, forget, participants, region_on
 from tests.faults.servers import PrivateRabbit
 
 pytestmark = pytest.mark.e2e
@@ -271,9 +270,4 @@ async def test_a_community_on_accounts_of_its_own_trades_under_broker_identity(
             env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
         assert report.returncode == 0 and "PASS" in report.stdout, report.stdout + report.stderr
     finally:
-        ensemble.stop_all()
-        admin = Management(rabbit.management_url)
-        for account in accounts(admin, region):
-            admin.delete_user(account.participant_id)
-        settings = from_env(env)
-        await purge_region(settings.amqp_url, settings.redis_url, region, [*households, "agg000"])
+        await forget(rabbit, ensemble, env, (*households, "agg000"))
