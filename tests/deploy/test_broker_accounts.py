@@ -32,6 +32,8 @@ from aiormq.exceptions import ChannelAccessRefused, ChannelPreconditionFailed
 
 from services.participants.accounts import Account as ParticipantAccount
 from services.participants.accounts import account_of, grants
+from services.participants.community import agent_ids
+from services.participants.profiles import community
 from shared.runtime import topology
 from shared.runtime.topology import DEAD_LETTER_EXCHANGE, EXCHANGE, Keys
 from tests.faults.servers import PrivateRabbit, ServerError
@@ -46,7 +48,12 @@ COMPOSE_REGION = "r1"
 OTHER_REGION = "elsewhere"
 ADMIN = "microte-admin"
 COMMUNITY = "microte-r1-community"
-HOUSEHOLD = "h001"  # the example household of the definitions
+HOUSEHOLD = "h001"  # a household of the simulated community, as the example
+# The compose stack's simulated community under broker identity: an account per household
+# of its default size (MICROTE_PARTICIPANTS, 50) and one for its aggregator.
+COMPOSE_COMMUNITY = 50
+COMPOSE_PARTICIPANTS = {**{h.participant_id: "household" for h in community(COMPOSE_COMMUNITY, 7)},
+                        **{a: "aggregator" for a in agent_ids(1)}}
 # User tags that give rights (management UI and API, or setting another user's user_id).
 RIGHTS_TAGS = {"administrator", "monitoring", "policymaker", "management", "impersonator"}
 X, DLX = EXCHANGE.name, DEAD_LETTER_EXCHANGE.name
@@ -368,7 +375,7 @@ def participant_accounts() -> dict[str, Account]:
 
 def test_no_participant_account_can_publish_a_fact_or_an_answer() -> None:
     accounts = participant_accounts()
-    assert set(accounts) == {COMMUNITY, HOUSEHOLD}
+    assert set(accounts) == {COMMUNITY, *COMPOSE_PARTICIPANTS}
     r = COMPOSE_REGION
     for name, a in accounts.items():
         for kind in KINDS:
@@ -407,15 +414,16 @@ def test_the_example_household_reads_only_its_own_queue_and_answers() -> None:
     assert not (a.declare_queue("mqtt-subscription-h002qos1") or a.consume("mqtt-subscription-h002qos1"))
 
 
-def test_the_example_household_is_what_microte_participants_add_provisions() -> None:
-    """One design: the example account in definitions.json has the rights and tags that
-    services/participants/accounts.py gives every household (tests/e2e/test_participants.py
-    checks those on a real node)."""
-    a, g = compose_accounts()[HOUSEHOLD], grants(COMPOSE_REGION, HOUSEHOLD)
-    assert (a.configure, a.write, a.read) == (g.configure, g.write, g.read)
-    assert a.topics == {X: (g.topic_write, g.topic_read)}
-    assert account_of({"name": HOUSEHOLD, "tags": a.tags}) == ParticipantAccount(HOUSEHOLD, "household",
-                                                                                 COMPOSE_REGION)
+def test_every_community_account_is_what_microte_participants_add_provisions() -> None:
+    """One design: each household and aggregator account in definitions.json has the rights
+    and tags that services/participants/accounts.py gives it (tests/e2e/test_participants.py
+    checks those on a real node, and runs a community on such accounts)."""
+    accounts = compose_accounts()
+    for pid, kind in COMPOSE_PARTICIPANTS.items():
+        a, g = accounts[pid], grants(COMPOSE_REGION, pid)
+        assert (a.configure, a.write, a.read) == (g.configure, g.write, g.read), pid
+        assert a.topics == {X: (g.topic_write, g.topic_read)}, pid
+        assert account_of({"name": pid, "tags": a.tags}) == ParticipantAccount(pid, kind, COMPOSE_REGION)
 
 
 def test_the_simulated_community_can_do_what_services_participants_community_does() -> None:
@@ -443,7 +451,7 @@ def test_the_definitions_are_complete_and_consistent() -> None:
     assert defs["vhosts"] == [{"name": "/"}]
     users = [u["name"] for u in defs["users"]]
     assert len(users) == len(set(users))
-    assert set(users) == {ADMIN, COMMUNITY, HOUSEHOLD, *(service_user(COMPOSE_REGION, s) for s in SERVICES)}
+    assert set(users) == {ADMIN, COMMUNITY, *COMPOSE_PARTICIPANTS, *(service_user(COMPOSE_REGION, s) for s in SERVICES)}
     assert "guest" not in users, "no guest: the node creates no default user when it imports definitions"
     for u in defs["users"]:
         assert u["password"].startswith("local-only-"), f"{u['name']}: passwords here are local-only placeholders"
@@ -520,7 +528,7 @@ def test_every_compose_service_connects_with_its_own_account_and_gets_the_region
         users.append(url.username)
         assert len(env["MICROTE_SERVICE_KEY"]) >= 32, f"{name}: the service key needs 32 characters at least"
         assert "local-only" in env["MICROTE_SERVICE_KEY"], "the default key is a visible placeholder"
-        assert env["MICROTE_IDENTITY"] == "message", "the simulated community speaks for many households"
+        assert env["MICROTE_IDENTITY"] == "broker_user", "a request counts only from its participant's own account"
     assert len(set(users)) == len(SERVICES)
     keys = {interpolate(str(services[n]["environment"]["MICROTE_SERVICE_KEY"])) for n in SERVICES}
     assert len(keys) == 1, "one key for the whole region"
@@ -533,8 +541,17 @@ def test_every_compose_service_connects_with_its_own_account_and_gets_the_region
 def test_the_simulated_community_is_a_participant_without_the_service_key() -> None:
     sim = compose()["services"]["simulator"]
     env = {k: interpolate(str(v)) for k, v in sim["environment"].items()}
-    assert urlsplit(env["MICROTE_AMQP_URL"]).username == COMMUNITY
+    assert urlsplit(env["MICROTE_AMQP_URL"]).username == COMMUNITY  # its watch of the round
     assert "MICROTE_SERVICE_KEY" not in env
+    # each household and its aggregator sign in as themselves, with the passwords of their accounts
+    passwords = {u["name"]: u["password"] for u in definitions()["users"]}
+    template = env["MICROTE_PARTICIPANT_AMQP_URL"]
+    for pid in COMPOSE_PARTICIPANTS:
+        url = urlsplit(template.replace("{participant}", pid))
+        assert (url.username, url.password, url.hostname) == (pid, passwords[pid], "rabbitmq"), pid
+    command = [interpolate(str(c)) for c in sim["command"]]
+    assert command[command.index("--aggregators") + 1] == "1"
+    assert command[command.index("--participants") + 1] == str(COMPOSE_COMMUNITY), "an account for each"
     region = env_file(ROOT / sim["env_file"][0])
     assert COMMUNITY not in region["MICROTE_SERVICE_USERS"].split(",")
 
