@@ -47,6 +47,7 @@ class Participant:
         self.c = community
         self.soc_wh = home.battery_wh // 2
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
+        self.bought: dict[tuple[int, int], int] = {}  # Wh bought for a slot, from its settlements
         self.counted: dict[tuple[int, int], set[str]] = {}  # settlement ids in ``sold``: a notice may come twice
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
@@ -83,9 +84,13 @@ class Participant:
             key = (message.slot.start, message.slot.end)
             sold, counted = self.sold.setdefault(key, {}), self.counted.setdefault(key, set())
             for s in message.settlements:
-                if s.seller == self.pid and s.settlement_id not in counted:
-                    counted.add(s.settlement_id)
+                if s.settlement_id in counted:
+                    continue
+                counted.add(s.settlement_id)
+                if s.seller == self.pid:
                     sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
+                elif s.buyer == self.pid:
+                    self.bought[key] = self.bought.get(key, 0) + s.quantity_wh
         elif isinstance(message, t.RoundStarted):
             await self.play(message)
 
@@ -120,8 +125,9 @@ class Participant:
         c = self.c
         delivered = Slot(r.current_round.start, r.current_round.end)
         sold = self.sold.pop((delivered.start, delivered.end), {})
+        bought = self.bought.pop((delivered.start, delivered.end), 0)
         self.counted.pop((delivered.start, delivered.end), None)
-        d = deliver(self.home, delivered, c.tz, self.soc_wh, sold)
+        d = deliver(self.home, delivered, c.tz, self.soc_wh, sold, bought)
         self.soc_wh = d.soc_wh
         reading = t.ReadingItem(slot=r.current_round, import_wh=d.import_wh, export_wh=d.export_wh,
                                 self_consumed_wh=d.self_consumed_wh)

@@ -87,8 +87,11 @@ class Delivery:
     soc_wh: int
 
 
-def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str, int]) -> Delivery:
-    """Own load first, then what was sold, then the battery charges from what is left."""
+def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str, int],
+            bought_wh: int = 0) -> Delivery:
+    """Own load first, then what was sold, then the battery charges from what is left. Load
+    that solar does not cover comes first from what the household bought for the slot (it
+    arrives through its meter), and only the rest from its battery, then the grid."""
     gen, load = solar_wh(h, slot, tz), load_wh(h, slot, tz)
     own_solar = min(gen, load)
     surplus, deficit = gen - own_solar, load - own_solar
@@ -96,7 +99,7 @@ def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str,
     bess_sold_wh = sold.get("bess", 0)
     charge = min(max(surplus - sold.get("solar", 0), 0), h.battery_wh - soc_wh, power_wh)
     soc = soc_wh + charge
-    discharge = min(deficit, soc, power_wh)
+    discharge = min(max(deficit - bought_wh, 0), soc, power_wh)
     soc -= discharge
     to_network = min(bess_sold_wh, soc, power_wh - discharge)
     soc -= to_network
