@@ -606,18 +606,10 @@ def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
     env = demo_env(args)
-    settings = from_env(env)  # every MICROTE_* setting checked before anything starts
-    if settings.service_key:  # given (else the demo makes one): each service would refuse a weak one
-        from shared.runtime.trust import Signer
-
-        Signer(settings.service_key)
-    check_sqlite(settings.ledger_url, must_exist=False, may_create_folder=settings.ledger_url == DEFAULT_LEDGER,
-                 source=_ledger_source(args))
+    settings = _run_settings(args, env)
 
     async def run() -> int:
-        await check_amqp(settings.amqp_url)
-        await check_redis(settings.redis_url)
-        await check_postgres(settings.ledger_url)
+        await _check_servers(settings)
         if args.region:
             await check_new_region(settings.ledger_url, settings.region)
         return await run_demo(env, participants=args.participants, seed=args.seed,
@@ -625,6 +617,25 @@ def _demo(args: argparse.Namespace) -> int:
 
     return _running(run, f"region {settings.region} in the ledger {redact(settings.ledger_url)} "
                          f"(microte report --region {settings.region} --ledger {redact(settings.ledger_url)})")
+
+
+def _run_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    """The settings of a run that starts the services (``demo``, ``compare``), every one
+    checked before anything starts."""
+    settings = from_env(env)
+    if settings.service_key:  # given (else the run makes one): each service would refuse a weak one
+        from shared.runtime.trust import Signer
+
+        Signer(settings.service_key)
+    check_sqlite(settings.ledger_url, must_exist=False, may_create_folder=settings.ledger_url == DEFAULT_LEDGER,
+                 source=_ledger_source(args))
+    return settings
+
+
+async def _check_servers(settings: Settings) -> None:
+    await check_amqp(settings.amqp_url)
+    await check_redis(settings.redis_url)
+    await check_postgres(settings.ledger_url)
 
 
 def _running(run: Callable[[], Coroutine[Any, Any, int]], where: str) -> int:
@@ -658,15 +669,11 @@ def _compare(args: argparse.Namespace) -> int:
     base = f"cmp{int(time.time())}"
     runs = [(rule, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": f"{base}-{rule}"})))
             for rule in args.rules]
-    settings = from_env(runs[0][1])
-    check_sqlite(settings.ledger_url, must_exist=False, may_create_folder=settings.ledger_url == DEFAULT_LEDGER,
-                 source=_ledger_source(args))
+    settings = _run_settings(args, runs[0][1])
     page = Path(args.out or f"var/reports/compare-{base}.html")
 
     async def run() -> int:
-        await check_amqp(settings.amqp_url)
-        await check_redis(settings.redis_url)
-        await check_postgres(settings.ledger_url)
+        await _check_servers(settings)
         failed = 0
         for rule, env in runs:
             print(f"microte compare: {rule}", file=sys.stderr)

@@ -37,8 +37,8 @@ HOUSEHOLD_COLUMNS = (
     "p2p_bought_wh", "p2p_sold_wh", "grid_import_wh", "grid_export_wh", "shortfall_wh",
     "bill_usd", "grid_only_usd", "saving_usd",
 )
-WH = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith("_wh")} | {"slot_start", "slot_end",
-                                                                                      "settlements", "readings"})
+INTEGERS = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith("_wh")}
+                     | {"slot_start", "slot_end", "settlements", "readings"})
 MONEY = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith(("_usd", "_price"))})
 _AVERAGE = Decimal("1e-10")
 FORMATS = ("csv", "parquet")
@@ -184,6 +184,6 @@ def _write_parquet(path: Path, columns: tuple[str, ...], rows: list[Row]) -> Non
     import pyarrow.parquet as pq
 
     money = pa.decimal128(38, 10)
-    fields = [pa.field(c, money if c in MONEY else pa.int64() if c in WH else pa.string()) for c in columns]
+    fields = [pa.field(c, money if c in MONEY else pa.int64() if c in INTEGERS else pa.string()) for c in columns]
     table = pa.Table.from_pylist([{c: row[c] for c in columns} for row in rows], schema=pa.schema(fields))
     pq.write_table(table, path)

@@ -140,6 +140,17 @@ def _kwh(wh: int) -> str:
     return f"{Decimal(wh) / _KWH:,.3f} kWh"
 
 
+def _tariff(market: MarketSettings) -> str:
+    t = market.tariff
+    return f"sells at {t.price} $/kWh x (1 + {t.fee_ratio}), buys at {t.price} $/kWh"
+
+
+def _duration_curve(slots: list[Row]) -> tuple[list[float], list[float]]:
+    """The local price of the slots with trade, dearest first, against their share (%)."""
+    prices = sorted((float(d) for d in _decs(slots, "p2p_buy_price")), reverse=True)
+    return [100 * (i + 1) / len(prices) for i in range(len(prices))], prices
+
+
 def _local(ts: int, tz: str) -> str:
     return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
@@ -171,9 +182,8 @@ def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
     flows.add_scatter(x=times, y=number(slots, "grid_import_wh", _KWH), name="grid import")
     flows.add_scatter(x=times, y=number(slots, "grid_export_wh", _KWH), name="grid export")
     charts.append(("Community load, production, import and export per slot (kWh)", flows))
-    traded = sorted((float(d) for d in _decs(slots, "p2p_buy_price")), reverse=True)
-    duration = go.Figure(go.Scatter(x=[100 * (i + 1) / len(traded) for i in range(len(traded))], y=traded,
-                                    mode="lines", name="local price"))
+    shares, traded = _duration_curve(slots)
+    duration = go.Figure(go.Scatter(x=shares, y=traded, mode="lines", name="local price"))
     duration.update_xaxes(title="share of the slots with trade (%)")
     charts.append(("Price duration curve of the local price ($/kWh)", duration))
     bills = go.Figure()
@@ -191,8 +201,7 @@ def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
         ("time zone", tz),
         ("round length", f"{market.schedule.duration} s, gate {market.schedule.close_steps} rounds ahead"),
         ("pricing rule", str(market.rule)),
-        ("grid tariff", f"sells at {market.tariff.price} $/kWh x (1 + {market.tariff.fee_ratio}), "
-                        f"buys at {market.tariff.price} $/kWh"),
+        ("grid tariff", _tariff(market)),
         ("households", str(f.households)),
         ("what they own", "not recorded in the ledger (PV, batteries and loads show in their meter readings)"),
     ]
@@ -274,8 +283,7 @@ def render_comparison(runs: list[tuple[MarketSettings, Export, bool]]) -> str:
     m0 = runs[0][0]
     scenario = [("regions", ", ".join(m.region for m, _, _ in runs)), ("time zone", m0.tariff.timezone),
                 ("round length", f"{m0.schedule.duration} s"),
-                ("grid tariff", f"sells at {m0.tariff.price} $/kWh x (1 + {m0.tariff.fee_ratio}), "
-                                f"buys at {m0.tariff.price} $/kWh")]
+                ("grid tariff", _tariff(m0))]
     price, volume, saving, duration = go.Figure(), go.Figure(), go.Figure(), go.Figure()
     for rule, (_, done, _) in zip(rules, runs, strict=True):
         times = [str(r["local_start"]) for r in done.slots]
@@ -284,8 +292,8 @@ def render_comparison(runs: list[tuple[MarketSettings, Export, bool]]) -> str:
         volume.add_scatter(x=times, y=[_int(r, "p2p_settled_wh") / 1000 for r in done.slots], name=rule)
         saving.add_bar(x=[str(r["participant"]) for r in done.households],
                        y=[float(_dec(r, "saving_usd") or 0) for r in done.households], name=rule)
-        traded = sorted((float(d) for d in _decs(done.slots, "p2p_buy_price")), reverse=True)
-        duration.add_scatter(x=[100 * (i + 1) / len(traded) for i in range(len(traded))], y=traded, name=rule)
+        shares, prices = _duration_curve(done.slots)
+        duration.add_scatter(x=shares, y=prices, name=rule)
     saving.update_layout(barmode="group")
     duration.update_xaxes(title="share of the slots with trade (%)")
     charts: list[tuple[str, Any]] = [
