@@ -190,7 +190,9 @@ class Clock:
         deadline = time.monotonic() + timeout
         told = time.monotonic()  # say it after 30 s of waiting, and every 30 s then
         absent: list[str] = []
-        asked = 0.0  # when the broker was last asked which services consume
+        # When the broker was last asked which services consume: first after a second of
+        # waiting, so that a round that completes sooner costs the broker nothing.
+        asked = time.monotonic()
         while True:
             self.wake.clear()  # before looking, so that no fact arriving meanwhile is missed
             await self.svc.state_ready()
@@ -198,8 +200,8 @@ class Clock:
             if not missing:
                 return
             now = time.monotonic()
-            # Asking the broker costs a channel per queue: at most every second, and
-            # always right before the participants' timeout is declared.
+            # Asking the broker costs a channel per queue: at most every second of waiting,
+            # and always right before the participants' timeout is declared.
             if now - asked >= 1.0 or (missing == ["participants"] and now >= deadline):
                 absent, asked = await self._absent_services(), now
             if absent or missing != ["participants"]:
