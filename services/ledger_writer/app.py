@@ -24,10 +24,9 @@ def create(settings: Settings) -> Service:
     records = Batch(writer.on_records)
     svc.consume(
         {
-            keys.all_to(k.ORDER_ACCEPTED): {t.OrderAccepted: records},
-            keys.all_to(k.ORDER_CANCELLED): {t.OrderCancelled: records},
-            keys.all_to(k.READING_ACCEPTED): {t.ReadingAccepted: records},
-            keys.all_to(k.BATCH): {t.BatchAnswered: records},
+            # Every acceptance, in one fact per drain of order-intake and meter-collector
+            # (not the answers themselves: that would be a delivery per participant).
+            keys.fact(k.ANSWERED): {t.RequestsAnswered: records},
             keys.fact(k.SLOT_CLEARED): {t.SlotCleared: records},
             keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: records},
             # The round state's record, for a rebuild of Redis (shared.runtime.rebuild):
@@ -36,6 +35,8 @@ def create(settings: Settings) -> Service:
         },
         prefetch=2000,
     )
+    # Before the RequestsAnswered fact, the ledger-writer read the answers themselves.
+    svc.retire([keys.all_to(kind) for kind in (k.ORDER_ACCEPTED, k.ORDER_CANCELLED, k.READING_ACCEPTED, k.BATCH)])
 
     async def open_store() -> None:
         await store.open()

@@ -47,10 +47,8 @@ class LedgerWriter:
         for m in messages:
             if isinstance(m, t.RoundStarted):
                 self.latest_round = max(self.latest_round, m.current_round.start)
-            elif isinstance(m, t.OrderAccepted):
-                self.max_seq = max(self.max_seq, m.seq)
-            elif isinstance(m, t.BatchAnswered):
-                self.max_seq = max([self.max_seq] + [a.seq for a in m.answers if isinstance(a, t.OrderAccepted)])
+            elif isinstance(m, t.RequestsAnswered):
+                self.max_seq = max([self.max_seq] + [a.seq for a in m.accepted if isinstance(a, t.OrderAccepted)])
 
     def records(self, m: t.Message) -> RecordBatch:
         """The ledger's records of one message."""
@@ -60,9 +58,8 @@ class LedgerWriter:
             return RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))])
         if isinstance(m, t.ReadingAccepted):
             return RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)])
-        if isinstance(m, t.BatchAnswered):  # each answer as if it had come alone
-            return merge([self.records(a) for a in m.answers
-                          if isinstance(a, (t.OrderAccepted, t.OrderCancelled, t.ReadingAccepted))])
+        if isinstance(m, t.RequestsAnswered):  # each acceptance as if it had come alone
+            return merge([self.records(a) for a in m.accepted])
         if isinstance(m, t.RoundStarted):
             return RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)])
         if isinstance(m, t.MemberJoined):

@@ -25,7 +25,7 @@ from shared.messages.convert import (
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service, now_ms
 from shared.runtime.state import ReadingOp
-from shared.runtime.topology import BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
+from shared.runtime.topology import ANSWERED, BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
 
 
 class MeterCollector:
@@ -137,10 +137,13 @@ class MeterCollector:
                                                        batch_id=b.batch_id, service=svc.name, answers=mine))
                     for b, mine in zip(batches, per_batch, strict=True)
                     if mine]  # a batch with no readings: nothing to answer here
+        recordable: list[t.Recordable] = [a for a in answers if isinstance(a, t.ReadingAccepted)]
         await svc.publish_all([
             *((a, keys.to(p, REJECTED) if isinstance(a, t.Rejected) else keys.to(p, READING_ACCEPTED))
               for p, a in singles),
-            *((a, keys.to(p, BATCH)) for p, a in answered)])
+            *((a, keys.to(p, BATCH)) for p, a in answered),
+            *([(t.RequestsAnswered(region=region, service=svc.name, accepted=recordable), keys.fact(ANSWERED))]
+              if recordable else [])])
         for reason, count in rejected.items():
             svc.metrics.readings.labels(region, "rejected").inc(count)
             svc.metrics.rejected_requests.labels(region, svc.name, "SubmitReading", reason).inc(count)

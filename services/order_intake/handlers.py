@@ -20,7 +20,7 @@ from shared.messages.codec import encode
 from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.runtime.service import Service, now_ms
 from shared.runtime.state import IntakeLimits, IntakeOp, OpResults
-from shared.runtime.topology import BATCH, MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
+from shared.runtime.topology import ANSWERED, BATCH, MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
 
 _MAX_TRIES = 5  # a round that moves while orders are validated: validate again
 
@@ -252,9 +252,12 @@ class OrderIntake:
         per_batch: list[list[t.BatchAnswer]] = [[] for _ in run.batches]
         rejected: Counter[tuple[str, str]] = Counter()
         accepted = 0
+        recordable: list[t.Recordable] = []  # for the ledger, in one fact
         for item in run.items:
             answer = item.answer
             assert answer is not None
+            if isinstance(answer, t.OrderAccepted | t.OrderCancelled):
+                recordable.append(answer)
             if isinstance(answer, t.Rejected):
                 rejected[(answer.request, answer.reason)] += 1
                 svc.log.debug("request_rejected", participant_id=item.participant_id, request=answer.request,
@@ -272,7 +275,9 @@ class OrderIntake:
         await svc.publish_all([
             *((a, keys.to(p, REJECTED) if isinstance(a, t.Rejected) else keys.to(p, ORDER_CANCELLED)
                if isinstance(a, t.OrderCancelled) else keys.to(p, ORDER_ACCEPTED)) for p, a in singles),
-            *((a, keys.to(p, BATCH)) for p, a in answered)])
+            *((a, keys.to(p, BATCH)) for p, a in answered),
+            *([(t.RequestsAnswered(region=region, service=svc.name, accepted=recordable), keys.fact(ANSWERED))]
+              if recordable else [])])
         metrics = svc.metrics
         if accepted:
             metrics.orders.labels(region, "accepted", "").inc(accepted)

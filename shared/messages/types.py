@@ -316,8 +316,21 @@ class SlotRecorded(Message, frozen=True):
     entry_count: Int
 
 
+Recordable = OrderAccepted | OrderCancelled | ReadingAccepted
+
+
+class RequestsAnswered(Message, frozen=True):
+    """For the ledger: what one service accepted in one drain of requests, every order,
+    cancellation and reading (repeats too), in the order answered. Published with the
+    answers, in the same wait for confirms, so that the ledger records each acceptance
+    whoever it was sent to, in one message however many participants asked."""
+
+    service: Annotated[str, Meta(max_length=32)]
+    accepted: list[Recordable]
+
+
 REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound, SubmitBatch)
 ANSWERS = (MemberJoined, MemberLeft, OrderAccepted, OrderCancelled, Rejected, ReadingAccepted, RoundFinished,
            BatchAnswered, SettlementsNotice, Statement, AgentBundle)
-FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotRecorded)
+FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotRecorded, RequestsAnswered)
 ALL_MESSAGES = REQUESTS + ANSWERS + FACTS

@@ -124,6 +124,7 @@ class Service:
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
         self._consumers: list[_Consumer] = []
+        self._retired: list[str] = []  # keys to unbind at start (see retire)
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._out: aio_pika.abc.AbstractChannel | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
@@ -162,6 +163,11 @@ class Service:
             # A request comes on its kind's key, or on one that names its sender (MQTT clients).
             bound += [key, self.keys.request_from(where[1], "*")] if where[0] == IN else [key]
         self._consumers.append(_Consumer(queue, bound, by_place, prefetch))
+
+    def retire(self, keys: list[str]) -> None:
+        """Keys an earlier version of this service bound its queue to and this one does not:
+        unbound at start, so that an upgraded region's queue gets only what it handles."""
+        self._retired += keys
 
     def background(self, loop: Callable[[], Coroutine[Any, Any, None]], name: str = "") -> None:
         """A loop started once consuming has begun, restarted if it fails, cancelled at shutdown.
@@ -203,6 +209,8 @@ class Service:
             declared = await channel.declare_queue(queue.name, durable=True, arguments=queue.arguments)
             for key in consumer.keys:
                 await declared.bind(exchange, routing_key=key)
+            for key in self._retired:
+                await declared.unbind(exchange, routing_key=key)  # no such binding: nothing happens
         await channel.close()
         await self._open_publisher()
         await self.redis.ping()

@@ -90,8 +90,8 @@ def parse_key(region: str, routing_key: str) -> tuple[str, str, str] | None:
 # Request kinds and the message types they carry.
 ORDER, CANCEL, READING, MEMBER, FINISH, BATCH = "order", "cancel", "reading", "member", "finish", "batch"
 # Fact kinds.
-ROUND_STARTED, SLOT_CLEARED, SLOT_RECONCILED, SLOT_RECORDED = (
-    "round_started", "slot_cleared", "slot_reconciled", "slot_recorded")
+ROUND_STARTED, SLOT_CLEARED, SLOT_RECONCILED, SLOT_RECORDED, ANSWERED = (
+    "round_started", "slot_cleared", "slot_reconciled", "slot_recorded", "answered")
 # Answer kinds.
 ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEMENT, MEMBERSHIP = (
     "order_accepted", "order_cancelled", "rejected", "reading_accepted", "settlements", "statement", "membership")

@@ -154,10 +154,10 @@ def published(service: str) -> frozenset[KeyUse]:
 def test_the_code_publishes_what_the_deployment_documents() -> None:
     """The table in docs/deploy.md and the comments follow the code; this pins it."""
     assert published("clock") == {KeyUse("fact", "round_started"), KeyUse("to", "rejected")}
-    assert published("order-intake") == {KeyUse("to", k) for k in
-                                         ("order_accepted", "order_cancelled", "rejected", "membership", "batch")}
+    assert published("order-intake") == {KeyUse("fact", "answered"), *(
+        KeyUse("to", k) for k in ("order_accepted", "order_cancelled", "rejected", "membership", "batch"))}
     assert published("matcher") == {KeyUse("fact", "slot_cleared"), KeyUse("to", "settlements")}
-    assert published("meter-collector") == {KeyUse("fact", "slot_reconciled"), *(
+    assert published("meter-collector") == {KeyUse("fact", "slot_reconciled"), KeyUse("fact", "answered"), *(
         KeyUse("to", k) for k in ("statement", "reading_accepted", "rejected", "batch"))}
     assert published("ledger-writer") == {KeyUse("fact", "slot_recorded")}
 

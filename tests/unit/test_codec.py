@@ -70,6 +70,10 @@ SAMPLES: dict[type[t.Message], t.Message] = {
                                      answers=[t.RoundFinished(region="r1", participant_id="p1", round_start=540),
                                               t.Rejected(region="r1", participant_id="p2", request="SubmitOrder",
                                                          reason="not_entitled")]),
+    t.RequestsAnswered: t.RequestsAnswered(region="r1", service="order-intake", accepted=[
+        t.OrderCancelled(region="r1", participant_id="p1", client_order_id="c1", order_id="o1", slot=SLOT),
+        t.ReadingAccepted(region="r1", participant_id="p1", slot=SLOT, import_wh=1, export_wh={},
+                          self_consumed_wh={}, received_at_ms=9)]),
 }
 
 
