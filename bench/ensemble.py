@@ -96,6 +96,7 @@ sys.path.insert(0, str(ROOT))
 from clearing import cpu_model  # noqa: E402  (bench/clearing.py, beside this file)
 
 from services.ensemble import Ensemble, delete_queues, purge_region  # noqa: E402
+from services.participants import REQUESTS  # noqa: E402
 from services.participants.community import Community, agent_ids  # noqa: E402
 from services.participants.profiles import community  # noqa: E402
 from shared.market.timezones import zone  # noqa: E402
@@ -446,6 +447,17 @@ class Bodies:
     reading: bytes
     order: bytes
     finish: bytes
+    region: str
+
+    def round(self, orders: int) -> bytes:
+        """A household's whole round in one request: its reading, ``orders`` orders and its finish."""
+        slot = t.Slot(1782064800, 1782064860)
+        order = t.OrderItem(client_order_id="1782065040-0", side="ask", quantity_wh=1234, price="0.1188",
+                            source="solar", slot=slot)
+        return encode(t.SubmitBatch(region=self.region, participant_id="h0000", batch_id="h0000-1782064800", items=[
+            t.ParticipantRound(participant_id="h0000", orders=[order] * orders, finish_round=slot.start,
+                               reading=t.ReadingItem(slot=slot, import_wh=312, export_wh={"solar": 55},
+                                                     self_consumed_wh={"solar": 240}))]))
 
     @classmethod
     def make(cls, region: str) -> Bodies:
@@ -455,12 +467,15 @@ class Bodies:
                                            export_wh={"solar": 55}, self_consumed_wh={"solar": 240})),
             order=encode(t.SubmitOrder(region=region, participant_id="h0000", client_order_id="1782065040-0",
                                        side="ask", quantity_wh=1234, price="0.1188", source="solar", slot=slot)),
-            finish=encode(t.FinishRound(region=region, participant_id="h0000", round_start=slot.start)))
+            finish=encode(t.FinishRound(region=region, participant_id="h0000", round_start=slot.start)),
+            region=region)
 
 
 async def floor_sim(amqp_url: str, region: str, n: int, rounds: int, orders: float, aggregators: int,
-                    round_timeout_s: float) -> list[float]:
-    """Seconds of each floor round: N households (or K aggregators) and the bare consumer."""
+                    round_timeout_s: float, requests: str = "single") -> list[float]:
+    """Seconds of each floor round: N households (or K aggregators) and the bare consumer.
+    With ``requests="round"`` each household sends its round as one request, as an
+    aggregator of itself."""
     bodies = Bodies.make(region)
     rng = random.Random(SEED)
     units = aggregators or n
@@ -475,6 +490,9 @@ async def floor_sim(amqp_url: str, region: str, n: int, rounds: int, orders: flo
                     share = -(-n // aggregators)
                     body = (bodies.reading + bodies.order * max(round(orders), 1)) * share
                     sends = [_floor_aggregate(floor, f"a{u}", f"{r}.{u}", body) for u in range(units)]
+                elif requests == "round":
+                    sends = [_floor_aggregate(floor, f"h{u}", f"{r}.{u}", bodies.round(counts[u]))
+                             for u in range(units)]
                 else:
                     sends = [_floor_household(floor, f"h{u}", f"{r}.{u}", counts[u], bodies) for u in range(units)]
                 await asyncio.gather(*sends)
@@ -494,8 +512,10 @@ async def _floor_household(floor: Floor, pid: str, tag: str, orders: int, bodies
 
 
 async def _floor_aggregate(floor: Floor, pid: str, tag: str, body: bytes) -> None:
+    """A batch, answered twice (order-intake and meter-collector each answer their part);
+    the sender waits for the first answer, the round for both."""
     answer = floor.expect(tag)
-    await floor.send("agg", body, pid, tag)
+    await floor.send("agg", body, pid, tag, echoes=2)
     await answer
 
 
@@ -552,8 +572,8 @@ class RoundWatch:
         return [(b - a) / 1000 for a, b in itertools.pairwise(starts)]
 
 
-def make_community(settings: Settings, n: int, aggregators: int) -> Community:
-    kwargs: dict[str, Any] = {"progress_every": 10**9}
+def make_community(settings: Settings, n: int, aggregators: int, requests: str) -> Community:
+    kwargs: dict[str, Any] = {"progress_every": 10**9, "requests": requests}
     if aggregators:
         kwargs["aggregators"] = aggregators
     return Community(settings.amqp_url, settings.region, community(n, SEED), settings.market.tariff.timezone,
@@ -587,7 +607,7 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
     settings = from_env(env)
     print(f"  N={n}: region {region}, floor ...", file=sys.stderr, flush=True)
     floor = (await floor_sim(base.amqp_url, region, n, rounds, args.floor_orders, args.aggregators,
-                             max(60.0, args.round_timeout * 2)))[args.warmup:]
+                             max(60.0, args.round_timeout * 2), args.requests))[args.warmup:]
     print(f"  N={n}: services ...", file=sys.stderr, flush=True)
     ensemble = Ensemble(env, work / "logs")
     owners = [h.participant_id for h in community(n, SEED)]  # whose queues purge_region deletes
@@ -596,7 +616,7 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
     ok = False
     try:
         await ensemble.start_all(names_with_replicas(WORKERS, args.replicas))
-        sim = make_community(settings, n, args.aggregators)
+        sim = make_community(settings, n, args.aggregators, args.requests)
         owners += [o for o in getattr(sim, "queue_owners", []) if o not in set(owners)]  # aggregators' queues
         sent = count_sends(sim)
         probe = CpuProbe({**{name: p.pid for name, p in ensemble.procs.items()}, "bench (community)": os.getpid(),
@@ -654,7 +674,9 @@ def _tidy(work: Path, ok: bool, keep: bool) -> None:
 
 
 def print_sim(results: list[SimResult], args: argparse.Namespace) -> None:
-    floor_what = (f"{args.aggregators} aggregators, one request per round each, answered" if args.aggregators else
+    floor_what = (f"{args.aggregators} aggregators, one request per round each, answered twice" if args.aggregators
+                  else f"per household per round one request with a reading, {args.floor_orders:g} orders (average) "
+                  "and a finish, answered twice" if args.requests == "round" else
                   f"per household per round a reading, {args.floor_orders:g} orders (average) and a finish")
     print(f"\n== sim: simulation clock, the services as processes, {'aggregated ' if args.aggregators else ''}"
           f"community in this process ==")
@@ -1043,10 +1065,11 @@ def _reading(i: int, r: t.RoundStarted) -> t.ReadingItem:
                          self_consumed_wh={"solar": 150})
 
 
-def load_shots(region: str, plan: Plan, r: t.RoundStarted, tag: str) -> Iterator[Shot]:
+def load_shots(region: str, plan: Plan, r: t.RoundStarted, tag: str, requests: str = "single") -> Iterator[Shot]:
     """Per member an order for the next open slot and a reading for the round being
-    delivered: two messages of its own at its time, or an item of its aggregator's batch.
-    Encoded as they are sent, so that memory does not grow with K."""
+    delivered: two messages of its own at its time (``requests="round"``: one, a batch of
+    its own), or an item of its aggregator's batch. Encoded as they are sent, so that
+    memory does not grow with K."""
     keys, delivered = k.Keys(region), r.current_round.start
     n = len(plan.members)
     if not plan.agents:
@@ -1054,6 +1077,13 @@ def load_shots(region: str, plan: Plan, r: t.RoundStarted, tag: str) -> Iterator
             o, reading = _order(i, r, tag), _reading(i, r)
             order_key: Key = ("order", pid, o.client_order_id)
             reading_key: Key = ("reading", pid, delivered)
+            if requests == "round":
+                batch_id = f"{pid}-{tag}-{delivered}"
+                yield Shot(plan.times[i], batch_id, "batch", pid,
+                           encode(t.SubmitBatch(region=region, participant_id=pid, batch_id=batch_id, items=[
+                               t.ParticipantRound(participant_id=pid, orders=[o], reading=reading)])),
+                           keys.request(k.BATCH), (order_key, reading_key))
+                continue
             yield Shot(plan.times[i], _cid(order_key), "order", pid,
                        encode(t.SubmitOrder(region=region, participant_id=pid, **msgspec.structs.asdict(o))),
                        keys.request(k.ORDER), (order_key,))
@@ -1216,10 +1246,10 @@ async def rt_phases(region: str, plan: Plan, pick: Callable[[Phase], Awaitable[t
     await burst(idle, probe_requests(region, plan, r, args.probes), side, 1, wait_s, cpu)
     side.phase = load = Phase("orders and readings")
     if args.arrivals == "burst" and not plan.agents:
-        closed = ((s.keys[0], s.body, s.routing_key) for s in load_shots(region, plan, r, "o"))
+        closed = ((s.keys[0], s.body, s.routing_key) for s in load_shots(region, plan, r, "o", args.requests))
         await burst(load, closed, side, args.window, wait_s, cpu)
     else:
-        await open_loop(load, load_shots(region, plan, r, "o"), side, max(60.0, args.round_seconds), cpu)
+        await open_loop(load, load_shots(region, plan, r, "o", args.requests), side, max(60.0, args.round_seconds), cpu)
     side.phase = None
     return RtRun(joins, idle, load)
 
@@ -1313,10 +1343,15 @@ def _progress(n: int, side: str, s: RtStats) -> None:
           f"{s.answered:,} of {s.sent:,} answered", file=sys.stderr, flush=True)
 
 
+def on_its_own(args: argparse.Namespace) -> str:
+    """How a household or member on its own sends (``--requests``)."""
+    return "its round in one request" if args.requests == "round" else "one message per request"
+
+
 def print_realtime(results: list[RtResult], args: argparse.Namespace) -> None:
     spread = args.arrivals == "spread"
     who = (f"{args.aggregators} aggregators, batches of up to {args.batch_size} members"
-           if args.aggregators else "every member on its own")
+           if args.aggregators else f"every member on its own ({on_its_own(args)})")
     load = (f"open loop, sent {'evenly' if args.spacing == 'even' else 'at seeded-random times'} over "
             f"{args.spread:g} s" if spread else
             "all batches at once" if args.aggregators else f"closed loop, window {args.window}")
@@ -1383,7 +1418,7 @@ def print_realtime(results: list[RtResult], args: argparse.Namespace) -> None:
 def print_find_max(results: list[RtResult], steps: list[int], args: argparse.Namespace) -> None:
     kept = [r.members for r in results if r.within_goal]
     best = max(kept, default=0)
-    mode = f"{args.aggregators} aggregators" if args.aggregators else "members on their own"
+    mode = f"{args.aggregators} aggregators" if args.aggregators else f"members on their own, {on_its_own(args)}"
     print(f"\n== find-max ({mode}, arrivals {args.arrivals}): order-ack p99 under {P99_GOAL_S:g} s, "
           "every request answered and accepted ==")
     for r in results:
@@ -1460,7 +1495,8 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"inputs:     households {', '.join(f'{n:,} x {r} rounds' for n, r in plan)} (first {args.warmup} "
               f"are warm-up); {args.round_seconds} s market rounds from {args.start} {TIMEZONE}; seed {SEED}; "
               f"round timeout {args.round_timeout:g} s; replicas of order-intake and meter-collector "
-              f"{args.replicas}; aggregators {args.aggregators or 'none'}; floor orders per household-round "
+              f"{args.replicas}; aggregators {args.aggregators or f'none, {on_its_own(args)}'}; floor orders per "
+              "household-round "
               f"{args.floor_orders:g}; ledger {args.ledger or 'SQLite under var/bench'}")
         results: list[SimResult] = []
         for n, rounds in plan:
@@ -1477,7 +1513,7 @@ async def amain(args: argparse.Namespace) -> int:
         sizes = parse_list(args.members or (FIND_MAX_STEPS if args.find_max else "1000,10000"))
         who = (f"registered to {args.aggregators} aggregators (JoinMarket agent), which send their orders and "
                f"readings in SubmitBatch messages of up to {args.batch_size} members" if args.aggregators else
-               "each sending its own")
+               f"each sending its own, {on_its_own(args)}")
         when = (f"open loop: each member's at its time within {args.spread:g} s ({args.spacing} spacing, seed "
                 f"{SEED}), whatever the answers" if args.arrivals == "spread" else
                 "all batches at once" if args.aggregators else f"closed loop: at most {args.window} awaiting")
@@ -1525,6 +1561,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="sim: K aggregators each submitting for N/K households (needs Community(aggregators=)); "
                              "realtime: members registered to K aggregators that send their orders and readings in "
                              "batches")
+    parser.add_argument("--requests", choices=REQUESTS, default="round",
+                        help="without --aggregators, how each household (member) sends its round: 'round', one "
+                             "request of its own with its reading, orders and finish (a batch of one); 'single', "
+                             "one message each (default: %(default)s)")
     parser.add_argument("--floor-orders", type=float, default=2.0,
                         help="sim: orders per household-round in the floor, an average (default: %(default)s; "
                              "the real run prints its own)")

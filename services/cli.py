@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from zoneinfo import ZoneInfoNotFoundError
 
+from services.participants import REQUESTS
 from shared.market import PricingRule
 from shared.market.timezones import zone
 from shared.runtime.settings import Settings, SettingsError, from_env
@@ -345,7 +346,7 @@ def _simulate(args: argparse.Namespace) -> int:
         await check_amqp(settings.amqp_url)
         await wait_for_services(settings.amqp_url, settings.region, args.wait)
         tally = await Community(settings.amqp_url, settings.region, homes, settings.market.tariff.timezone,
-                                max_rounds=args.rounds, aggregators=args.aggregators,
+                                max_rounds=args.rounds, aggregators=args.aggregators, requests=args.requests,
                                 participant_url=args.participant_url,
                                 progress_every=progress_interval(args.rounds) if args.rounds else 60).run()
         print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, "
@@ -613,7 +614,8 @@ def _demo(args: argparse.Namespace) -> int:
         if args.region:
             await check_new_region(settings.ledger_url, settings.region)
         return await run_demo(env, participants=args.participants, seed=args.seed,
-                              log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators)
+                              log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators,
+                              requests=args.requests)
 
     return _running(run, f"region {settings.region} in the ledger {redact(settings.ledger_url)} "
                          f"(microte report --region {settings.region} --ledger {redact(settings.ledger_url)})")
@@ -678,7 +680,8 @@ def _compare(args: argparse.Namespace) -> int:
         for rule, env in runs:
             print(f"microte compare: {rule}", file=sys.stderr)
             failed |= await run_demo(env, participants=args.participants, seed=args.seed,
-                                     log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators)
+                                     log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators,
+                                     requests=args.requests)
         try:
             await write_comparison(settings.ledger_url, [from_env(env).market for _, env in runs], page)
         except ImportError:
@@ -700,12 +703,20 @@ def _community_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregators", type=at_least(0), default=1,
                         help="the households act through this many aggregators, each submitting one batch a "
                              "round for all of its households (default: %(default)s, the community as one "
-                             "aggregator; 0: every household sends its own requests, one message each)")
+                             "aggregator; 0: every household sends its own requests, see --requests)")
+    _requests_option(parser)
     parser.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
     parser.add_argument("--start", type=local_time, default="2026-06-21T00:00", metavar="YYYY-MM-DDTHH:MM",
                         help="local market time of the first round, ISO 8601 (default: %(default)s)")
     parser.add_argument("--timezone", type=timezone, default="America/Vancouver", metavar="ZONE",
                         help="IANA time zone of the market (default: %(default)s)")
+
+
+def _requests_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--requests", choices=REQUESTS, default="round",
+                        help="with --aggregators 0, how each household sends its round: 'round', its reading, "
+                             "orders and finish in one request of its own (a batch of one); 'single', one "
+                             "message for each (default: %(default)s)")
 
 
 def rule_list(text: str) -> list[str]:
@@ -749,7 +760,8 @@ def parser() -> argparse.ArgumentParser:
                           "is recorded)")
     sim.add_argument("--aggregators", type=at_least(0), default=1,
                      help="aggregators submitting one batch a round for their households "
-                          "(default: %(default)s; 0: one message each)")
+                          "(default: %(default)s; 0: each household its own requests, see --requests)")
+    _requests_option(sim)
     sim.add_argument("--participant-url", metavar="TEMPLATE",
                      default=os.environ.get("MICROTE_PARTICIPANT_AMQP_URL", ""),
                      help="broker identity: each household and aggregator signs in as itself, with this URL, "

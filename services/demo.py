@@ -64,7 +64,8 @@ def _quiet_broker_logs() -> None:
 
 
 async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
-                   during: During | None = None, replicas: int = 1, aggregators: int = 0) -> Tally:
+                   during: During | None = None, replicas: int = 1, aggregators: int = 0,
+                   requests: str = "single") -> Tally:
     """The services as processes and a community, until the last round is recorded.
 
     ``during`` runs beside the simulation once the clock has started (fault injection).
@@ -81,7 +82,7 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
         sim = Community(settings.amqp_url, settings.region, community(participants, seed),
                         settings.market.tariff.timezone, progress_every=progress_interval(settings.rounds),
                         total_rounds=settings.rounds,
-                        duplicate=settings.duplicate_delivery, aggregators=aggregators)
+                        duplicate=settings.duplicate_delivery, aggregators=aggregators, requests=requests)
         joined = asyncio.Event()
         run = asyncio.create_task(sim.run(joined))
         try:
@@ -107,13 +108,15 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
             ensemble.stop_all()
 
 
-async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0) -> int:
+async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0,
+                   requests: str = "round") -> int:
     settings = from_env(env)
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()
     try:
-        tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir, aggregators=aggregators)
+        tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir, aggregators=aggregators,
+                               requests=requests)
     finally:
         # The ledger keeps all a report needs; the region's queues and round state can go.
         ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)

@@ -2,7 +2,8 @@
 over RabbitMQ only: they join, quote for the next open slot, report their meters and say
 when they are done with a round. Households acting through an aggregator (the default of
 ``microte demo``) do it through the client SDK, ``microte.client``, as any aggregator
-would; households on their own send one message per request, as simple meters do."""
+would. Households on their own send their whole round as one request of their own (a
+batch of one), or, with ``requests="single"``, one message per request, as simple meters do."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from microte.client import Client, Refused
+from services.participants import REQUESTS
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import quotes
 from services.progress import RoundProgress
@@ -69,6 +71,10 @@ class Participant:
 
     async def on_message(self, message: t.Message) -> None:
         c = self.c
+        if isinstance(message, t.BatchAnswered):  # its own round's answers: counted one by one
+            c.count(message.answers)
+            self._answered(f"batch-{message.batch_id}-{message.service}", message)
+            return
         c.tally.answers[type(message).__name__] += 1
         if isinstance(message, t.MemberJoined):
             self.joined.set()
@@ -148,6 +154,39 @@ class Participant:
         self.plans.pop(start, None)
 
     async def play(self, r: t.RoundStarted) -> None:
+        if self.c.requests == "round":
+            await self.play_round(r)
+        else:
+            await self.play_singly(r)
+
+    async def play_round(self, r: t.RoundStarted) -> None:
+        """The whole round in one request, a batch of its own: reading, orders and finish.
+        A household that changes its mind waits for its orders' answers (order-intake's part
+        of the batch's answers), then sends a second batch (see ``changed_mind``). Nothing
+        else waits: the batch is confirmed by the broker, and the market answers a batch it
+        has seen again (a replayed plan) with the same answers."""
+        planned = self.plan(r)
+        if planned is None:
+            return
+        reading, orders, changes_mind = planned
+        c, start = self.c, r.current_round.start
+        waits = changes_mind and bool(orders)
+        batch_id = f"{self.pid}-{start}"
+        answered = self.answers.setdefault(f"batch-{batch_id}-order-intake",
+                                           asyncio.get_running_loop().create_future()) if waits else None
+        await c.send(t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=batch_id, items=[
+            t.ParticipantRound(participant_id=self.pid, orders=orders, reading=reading,
+                               finish_round=0 if waits else start)]), k.BATCH)
+        if answered is not None:
+            answer = await asyncio.wait_for(answered, timeout=ANSWER_TIMEOUT_S)
+            assert isinstance(answer, t.BatchAnswered)
+            accepted = {(a.participant_id, a.client_order_id) for a in answer.answers
+                        if isinstance(a, t.OrderAccepted)}
+            await c.send(t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=f"{batch_id}-again",
+                                       items=[changed_mind(self.pid, orders[0], accepted, start)]), k.BATCH)
+        self.round_done(start)
+
+    async def play_singly(self, r: t.RoundStarted) -> None:
         """One request per reading, order, cancel and finish, each answered on its own."""
         planned = self.plan(r)
         if planned is None:
@@ -247,10 +286,7 @@ class Aggregator:
         """Send one batch; every item's answers (each service answers its part)."""
         answered = await self.client.submit_batch(items, batch_id=batch_id)
         answers = [*answered.orders, *answered.readings]
-        for answer in answers:
-            self.c.tally.answers[type(answer).__name__] += 1
-            if isinstance(answer, t.Rejected):
-                self.c.tally.rejections[answer.reason] += 1
+        self.c.count(answers)
         return answers
 
     async def play(self, r: t.RoundStarted) -> None:
@@ -279,24 +315,32 @@ class Aggregator:
     async def _changed_minds(self, start: int, first_orders: dict[str, t.OrderItem],
                              answered: list[t.BatchAnswer]) -> None:
         accepted = {(a.participant_id, a.client_order_id) for a in answered if isinstance(a, t.OrderAccepted)}
-        again = []
-        for pid, first in first_orders.items():  # changed minds: cancel, quote half again, finish
-            if (pid, first.client_order_id) in accepted:
-                again.append(t.ParticipantRound(
-                    participant_id=pid, cancels=[t.CancelItem(client_order_id=first.client_order_id, slot=first.slot)],
-                    orders=[msgspec.structs.replace(first, client_order_id=f"{first.client_order_id}-r",
-                                                    quantity_wh=max(1, first.quantity_wh // 2))],
-                    finish_round=start))
-            else:
-                again.append(t.ParticipantRound(participant_id=pid, finish_round=start))
+        again = [changed_mind(pid, first, accepted, start) for pid, first in first_orders.items()]
         await self.submit(f"{self.agent_id}-{start}-again", again)
+
+
+def changed_mind(pid: str, first: t.OrderItem, accepted: set[tuple[str, str]], start: int) -> t.ParticipantRound:
+    """A household's second part of a round in which it changed its mind about its first
+    order: cancel it and quote half again under a new id, then finish; only the finish if
+    the first order was not accepted."""
+    if (pid, first.client_order_id) not in accepted:
+        return t.ParticipantRound(participant_id=pid, finish_round=start)
+    return t.ParticipantRound(
+        participant_id=pid, cancels=[t.CancelItem(client_order_id=first.client_order_id, slot=first.slot)],
+        orders=[msgspec.structs.replace(first, client_order_id=f"{first.client_order_id}-r",
+                                        quantity_wh=max(1, first.quantity_wh // 2))],
+        finish_round=start)
 
 
 class Community:
     def __init__(self, amqp_url: str, region: str, homes: list[Household], timezone: str,
                  progress_every: int = 60, duplicate: bool = False, max_rounds: int = 0,
-                 aggregators: int = 0, total_rounds: int = 0, participant_url: str = "") -> None:
+                 aggregators: int = 0, total_rounds: int = 0, participant_url: str = "",
+                 requests: str = "single") -> None:
+        if requests not in REQUESTS:
+            raise ValueError(f"requests must be one of {', '.join(REQUESTS)}, not {requests!r}")
         self.amqp_url = amqp_url
+        self.requests = requests  # how households on their own send a round (Participant.play)
         # Broker identity: each household and aggregator signs in as itself, with the URL of
         # this template ("{participant}" stands for its id); "" = all on ``amqp_url``.
         self.participant_url = participant_url
@@ -318,6 +362,13 @@ class Community:
         self.final_slot: tuple[int, int] | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+
+    def count(self, answers: list[t.BatchAnswer]) -> None:
+        """The answers inside a batch's answer, one by one, as single requests' are counted."""
+        for answer in answers:
+            self.tally.answers[type(answer).__name__] += 1
+            if isinstance(answer, t.Rejected):
+                self.tally.rejections[answer.reason] += 1
 
     def account_url(self, participant_id: str) -> str:
         return self.participant_url.replace("{participant}", participant_id) if self.participant_url \

@@ -64,13 +64,13 @@ async def pg_url() -> AsyncIterator[str]:
 
 
 async def run(env: dict[str, str], tmp_path: Path, during: During | None = None, replicas: int = 1,
-              aggregators: int = 0) -> Tally:
+              aggregators: int = 0, requests: str = "single") -> Tally:
     settings = from_env(env)
     ids = [h.participant_id for h in community(PARTICIPANTS, SEED)] + agent_ids(aggregators)
     await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
     try:
         return await simulate(env, participants=PARTICIPANTS, seed=SEED, log_dir=tmp_path / "logs", during=during,
-                              replicas=replicas, aggregators=aggregators)
+                              replicas=replicas, aggregators=aggregators, requests=requests)
     finally:
         await purge_region(settings.amqp_url, settings.redis_url, settings.region, ids)
 

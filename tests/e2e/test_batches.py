@@ -1,6 +1,7 @@
-"""Households acting through aggregators, in batches: the ledger is the one the same
-households make acting alone, a batch delivered twice changes nothing, a service killed
-mid-run loses and doubles nothing, and an aggregator can act only for its own households."""
+"""Households acting through aggregators, in batches, or each sending its whole round as a
+batch of its own: the ledger is the one the same households make with one message per
+request, a batch delivered twice changes nothing, a service killed mid-run loses and
+doubles nothing, and an aggregator can act only for its own households."""
 
 from __future__ import annotations
 
@@ -21,24 +22,30 @@ from tests.e2e.conftest import run, sim_env
 from tests.e2e.test_ledger import ROUNDS, check_audit, ledger_of
 
 AGGREGATORS = 3
+# How the households send: through aggregators, or each its whole round as a batch of its own.
+BATCHED = pytest.mark.parametrize("aggregators, requests", [(AGGREGATORS, "single"), (0, "round")],
+                                  ids=["aggregators", "own-rounds"])
 
 
-async def test_households_acting_through_aggregators_make_the_ledger_they_make_alone(
-        region: str, tmp_path: Path) -> None:
+@BATCHED
+async def test_households_acting_in_batches_make_the_ledger_they_make_with_single_requests(
+        region: str, tmp_path: Path, aggregators: int, requests: str) -> None:
     alone, batched = f"sqlite:///{tmp_path / 'alone.sqlite'}", f"sqlite:///{tmp_path / 'batched.sqlite'}"
     await run(sim_env(region, alone, ROUNDS), tmp_path / "alone")
     env = sim_env(region, batched, ROUNDS)
-    tally = await run(env, tmp_path / "batched", aggregators=AGGREGATORS)
+    tally = await run(env, tmp_path / "batched", aggregators=aggregators, requests=requests)
     assert tally.answers["OrderAccepted"] > 0 and tally.answers["ReadingAccepted"] > 0
     assert await ledger_of(batched, region) == await ledger_of(alone, region)
     await check_audit(batched, env)
 
 
-async def test_every_batch_delivered_twice_gives_the_identical_ledger(region: str, tmp_path: Path) -> None:
+@BATCHED
+async def test_every_batch_delivered_twice_gives_the_identical_ledger(
+        region: str, tmp_path: Path, aggregators: int, requests: str) -> None:
     once, twice = f"sqlite:///{tmp_path / 'once.sqlite'}", f"sqlite:///{tmp_path / 'twice.sqlite'}"
-    await run(sim_env(region, once, ROUNDS), tmp_path / "once", aggregators=AGGREGATORS)
+    await run(sim_env(region, once, ROUNDS), tmp_path / "once", aggregators=aggregators, requests=requests)
     await run(sim_env(region, twice, ROUNDS, MICROTE_DUPLICATE_DELIVERY="1"), tmp_path / "twice",
-              aggregators=AGGREGATORS)
+              aggregators=aggregators, requests=requests)
     expected, got = await ledger_of(once, region), await ledger_of(twice, region)
     assert got == expected
     assert expected[0], "no entries at all"
