@@ -13,10 +13,13 @@ first W discarded as warm-up. Per N: median and p90 seconds per round (from the 
 RoundStarted ``started_at_ms``), participant-rounds/s (N / median), the requests a
 household sent per round, CPU seconds per process over the measured rounds (/proc:
 each service, this process, which is the community, RabbitMQ's beam.smp, redis-server)
-and CPU ms per participant-round. The floor's households each publish a reading, the
-floor's orders (``--floor-orders``, default 2) and a finish per round; the consumer
-answers each reading and order; once every answer and finish is in it broadcasts the
-next round. A round ended by the clock's timeout (``microte_round_timeouts_total`` on
+and CPU ms per participant-round. Each household sends its round as one request of its
+own (``--requests round``, the default), and the floor's households one request per
+round with a reading and the floor's orders (``--floor-orders``, default 2), answered
+twice; with ``--requests single`` each sends one message per request, and the floor's
+households each publish a reading, the floor's orders and a finish per round, the
+consumer answering each reading and order. Once every answer and finish is in, the
+floor's consumer broadcasts the next round. A round ended by the clock's timeout (``microte_round_timeouts_total`` on
 the clock's /metrics) fails the run.
 
 realtime: order-intake and meter-collector, with what they need to answer (the clock in
