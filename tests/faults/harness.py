@@ -272,9 +272,10 @@ class Simulator:
     async def run(self, env_overrides: dict[str, str] | None = None, during: Hook | None = None, *,
                   rounds: int = ROUNDS, participants: int = PARTICIPANTS, seed: int = SEED,
                   servers: Servers | None = None, timeout_s: float = RUN_TIMEOUT_S, name: str = "run",
-                  aggregators: int = 0) -> Ledger:
+                  aggregators: int = 0, requests: str = "single") -> Ledger:
         """One whole simulation; the ledger it recorded (fresh database), with its audit.
-        ``aggregators``: the households act through that many aggregators, in batches."""
+        ``aggregators``: the households act through that many aggregators, in batches;
+        ``requests``: how a household on its own sends its round (``Community``)."""
         servers = servers or self.servers
         servers.ensure_running()
         ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)
@@ -297,7 +298,7 @@ class Simulator:
         try:
             tally = await asyncio.wait_for(
                 simulate(env, participants=participants, seed=seed, log_dir=log_dir, during=hook,
-                         aggregators=aggregators),
+                         aggregators=aggregators, requests=requests),
                 timeout=timeout_s)
         except TimeoutError:
             at = rounds_started(running[0]) if running else 0
@@ -327,12 +328,13 @@ class Simulator:
     async def check_against_baseline(self, during: Hook, env_overrides: dict[str, str] | None = None, *,
                                      rounds: int = ROUNDS, participants: int = PARTICIPANTS, seed: int = SEED,
                                      servers: Servers | None = None, name: str = "fault",
-                                     aggregators: int = 0) -> Ledger:
+                                     aggregators: int = 0, requests: str = "single") -> Ledger:
         """Run with a fault; assert the ledger equals the baseline's and passes its audit.
-        With ``aggregators`` the households act through aggregators, in batches: their
-        ledger is the one they make acting alone (tests/e2e/test_batches.py), the baseline."""
+        With ``aggregators`` the households act through aggregators, in batches, and with
+        ``requests="round"`` each sends its round as a batch of its own: their ledger is the
+        one they make with single requests (tests/e2e/test_batches.py), the baseline."""
         expected = await self.baseline(rounds=rounds, participants=participants, seed=seed)
         got = await self.run(env_overrides, during, rounds=rounds, participants=participants, seed=seed,
-                             servers=servers, name=name, aggregators=aggregators)
+                             servers=servers, name=name, aggregators=aggregators, requests=requests)
         assert got == expected and got.audit.ok, diff(expected, got)
         return got

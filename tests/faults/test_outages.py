@@ -52,6 +52,20 @@ async def test_a_server_restart_changes_nothing(sim: Simulator, server: str, sec
 
 
 @pytest.mark.timeout(1800)
+async def test_a_broker_restart_changes_nothing_for_households_sending_their_rounds_in_one_request(
+        sim: Simulator) -> None:
+    """A household's batch is confirmed before it counts as sent and survives in its durable
+    queue; a round start redelivered after the restart replays the same batch; the one that
+    changes its mind still gets order-intake's answer (persistent, in its own queue)."""
+    async def fault(f: FaultContext) -> None:
+        await f.at_round(22)
+        await f.server_down_for("rabbit", 5)
+
+    got = await sim.check_against_baseline(fault, name="restart-rabbit-own-rounds", requests="round")
+    assert got.tally is not None and got.tally.answers["OrderAccepted"] > 0
+
+
+@pytest.mark.timeout(1800)
 async def test_redis_restarted_without_persistence_is_rebuilt_from_the_ledger(
         sim: Simulator, volatile_redis: PrivateRedis) -> None:
     """Every key is gone after the restart: the services wait, the ledger-writer records what
