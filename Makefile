@@ -1,5 +1,5 @@
 # The verbs the README names. Each one installs what it needs first.
-.PHONY: simulate test lint unit faults bench bench-ensemble bench-matcher bench-flood venv services clean
+.PHONY: simulate test lint unit faults bench bench-ensemble bench-matcher bench-flood bench-broker venv services clean
 
 VENV := .venv/bin
 ARGS ?=
@@ -38,6 +38,10 @@ bench-matcher: venv  ## the matcher benchmark: a slot read from Redis, cleared a
 bench-flood: venv  ## one household floods order-intake: the others' order-ack latency with and without it
 	@scripts/services.sh rabbitmq redis
 	$(VENV)/python bench/flood.py $(ARGS)
+
+bench-broker: venv  ## RabbitMQ's CPU per message, persistent against transient, over many durable queues
+	@scripts/services.sh rabbitmq redis
+	$(VENV)/python bench/broker.py $(ARGS)
 
 venv:
 	@scripts/bootstrap.sh
