@@ -224,7 +224,12 @@ def test_the_services_run_by_hand(checkout: Path, venv: Path, by_hand_region: st
     block = block_starting("export MICROTE_REGION=")
     script = "\n".join(block).replace("MICROTE_REGION=mine ", f"MICROTE_REGION={by_hand_region} ")
     assert by_hand_region in script
-    out = ok(sh(f"set -e\n{script}", checkout, timeout=600), "the by-hand block")
+    try:  # well within the test's own timeout, so that a hang says where it hung
+        out = ok(sh(f"set -e\n{script}", checkout, timeout=240), "the by-hand block")
+    except (AssertionError, pytest.fail.Exception) as exc:
+        logs = "".join(f"\n--- {p.name}, last lines\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])
+                       for p in sorted((checkout / "var").glob("*.log")))
+        raise AssertionError(f"{exc}{logs}") from None
     assert a_report_that_traded(out) == by_hand_region
     assert "simulation done: 30 rounds" in out
 
