@@ -107,6 +107,7 @@ class Clock:
 
     async def _lead(self, fence: int) -> None:
         d = self.market.schedule.duration
+        await self._wait_for_queues(fence)
         await self.svc.state_ready()
         current = await self.state.current_round()
         if current is not None:
@@ -232,6 +233,20 @@ class Clock:
             self.svc.metrics.round_timeouts.labels(self.svc.region, what).inc()
         if missing:
             self.svc.log.warning("round_ended_incomplete", round=start, missing=missing)
+
+    async def _wait_for_queues(self, fence: int) -> None:
+        """Until every worker service has declared its queue: a round start published
+        before the matcher's queue exists reaches no matcher, and its slot would never be
+        cleared (services started by hand start in any order). The queues are durable, so
+        this waits only for a region's first start."""
+        names = {f"microte.{self.svc.region}.{name}": name for name in WORKERS}
+        told = 0.0
+        while missing := [names[q] for q, st in (await self.inspector.states(list(names))).items() if st is None]:
+            if time.monotonic() - told >= 30:
+                self.svc.log.warning("clock_waiting_for_services", services=missing)
+                told = time.monotonic()
+            await asyncio.sleep(1.0)
+            await self._renew(fence)
 
     async def _wait_members(self, fence: int) -> None:
         """Simulation: hold the market until enough participants have joined."""

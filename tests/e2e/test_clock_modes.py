@@ -10,12 +10,13 @@ from pathlib import Path
 
 import aio_pika
 
-from services.ensemble import Ensemble
+from services.ensemble import Ensemble, purge_region
 from services.participants.community import Community
+from services.participants.profiles import community
 from shared.messages import encode
 from shared.messages import types as t
 from shared.runtime.settings import from_env
-from tests.e2e.conftest import opened, run, sim_env
+from tests.e2e.conftest import PARTICIPANTS, SEED, TIMEZONE, opened, run, sim_env
 
 
 def clock_events(log_dir: Path, event: str) -> list[dict[str, object]]:
@@ -93,3 +94,44 @@ async def test_real_time_rounds_go_on_without_a_service_and_say_what_they_left_u
     finally:
         await store.close()
     assert result.problems == [] and result.slots == 8
+
+
+async def test_a_clock_started_before_the_matcher_waits_for_its_queue(region: str, tmp_path: Path) -> None:
+    """Services started by hand start in any order. A round start published before the
+    matcher's queue exists would reach no matcher and its slot would never be cleared: the
+    clock waits for every worker's queue before the region's first round."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = sim_env(region, url, 4)
+    settings = from_env(env)
+    homes = community(PARTICIPANTS, SEED)
+    await purge_region(settings.amqp_url, settings.redis_url, region, [h.participant_id for h in homes])
+    ensemble = Ensemble(env, tmp_path / "logs")
+    sim = Community(settings.amqp_url, region, homes, TIMEZONE)
+    joined = asyncio.Event()
+    running: asyncio.Task[object] | None = None
+    try:
+        await ensemble.start_all(("ledger-writer", "order-intake", "meter-collector", "clock"))
+        running = asyncio.create_task(sim.run(joined))
+        await asyncio.wait_for(joined.wait(), timeout=60)
+        deadline = time.monotonic() + 60
+        while not (waiting := clock_events(tmp_path / "logs", "clock_waiting_for_services")):
+            assert time.monotonic() < deadline, "the clock did not say it waits for the matcher"
+            await asyncio.sleep(0.2)
+        assert waiting[0]["services"] == ["matcher"]
+        assert clock_events(tmp_path / "logs", "round_started") == []
+        await ensemble.start_all(("matcher",))
+        tally = await asyncio.wait_for(running, timeout=120)
+        assert tally.rounds == 4  # type: ignore[attr-defined]
+    finally:
+        if running is not None and not running.done():
+            running.cancel()
+        ensemble.stop_all()
+        await purge_region(settings.amqp_url, settings.redis_url, region, [h.participant_id for h in homes])
+    store = await opened(url)
+    try:
+        from shared.runtime.audit import audit
+
+        result = await audit(store, settings.market)
+    finally:
+        await store.close()
+    assert result.problems == [] and result.slots == 4
