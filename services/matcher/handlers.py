@@ -10,7 +10,7 @@ from shared.messages import types as t
 from shared.messages.convert import by_agent, clear_wire_book, slot_from_wire, slot_to_wire
 from shared.runtime.metrics import JOULES_PER_WH
 from shared.runtime.service import Service
-from shared.runtime.state import CLAIM_LEASE_MS
+from shared.runtime.state import CLAIM_LEASE_MS, RegionStateLost
 from shared.runtime.topology import SETTLEMENTS, SLOT_CLEARED
 
 
@@ -26,10 +26,17 @@ class Matcher:
 
     async def is_stale(self, m: t.RoundStarted) -> bool:
         """Only a round the lease holder really started counts: the round and fence in
-        Redis, written by the clock before it broadcast, are the authority, not the message."""
+        Redis, written by the clock before it broadcast, are the authority, not the message.
+
+        A round newer than the one in Redis means Redis went back (lost, or replaced by a
+        lagging replica, since the scaffold's check before this handler): wait for its
+        rebuild, which records the round from the ledger, rather than drop a real round."""
         current = await self.state.current_round()
         start = m.current_round.start
-        if current is not None and (start < current[0] or (start, m.fence) == current):
+        if current is None or start > current[0]:
+            raise RegionStateLost(f"Redis holds round {None if current is None else current[0]}, older than the "
+                                  f"round {start} just started: waiting for its rebuild")
+        if start < current[0] or (start, m.fence) == current:
             return False
         self.svc.metrics.stale_fence.labels(self.svc.region, self.svc.name).inc()
         self.svc.log.warning("round_not_from_lease_ignored", fence=m.fence, round=start,
