@@ -260,6 +260,19 @@ class RunTimedOut(AssertionError):
     """A run that did not reach its last round in time (a hung or stalled market)."""
 
 
+def log_digest(log_dir: Path, most: int = 12) -> str:
+    """Each service's last warnings and errors, and its last line: a run that hung in CI
+    says where, after its logs are gone with the machine."""
+    out = []
+    for path in sorted(log_dir.glob("*.log")):
+        lines = path.read_text(errors="replace").splitlines()
+        worth = [line for line in lines if '"level": "warning"' in line or '"level": "error"' in line]
+        shown = worth[-most:] + ([lines[-1]] if lines and lines[-1] not in worth[-most:] else [])
+        out.append(f"\n--- {path.name}: {len(worth)} warnings and errors, the last {len(shown)} lines shown\n"
+                   + "\n".join(line[:400] for line in shown))
+    return "".join(out)
+
+
 class Simulator:
     """Runs simulations on the private servers; caches each seed's fault-free baseline."""
 
@@ -303,7 +316,8 @@ class Simulator:
         except TimeoutError:
             at = rounds_started(running[0]) if running else 0
             raise RunTimedOut(f"the simulation did not finish within {timeout_s:.0f} s: at round {at} of {rounds}"
-                              + "".join(f"\nfault: {n}" for n in notes) + f"\nservice logs: {log_dir}") from None
+                              + "".join(f"\nfault: {n}" for n in notes) + f"\nservice logs: {log_dir}"
+                              + log_digest(log_dir)) from None
         finally:
             # A hook that failed leaves the community's task behind: end it.
             for task in asyncio.all_tasks() - before - {asyncio.current_task()}:

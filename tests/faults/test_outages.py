@@ -109,13 +109,20 @@ async def test_a_failover_to_a_redis_replica_that_lagged_is_noticed_and_rebuilt(
         try:
             await f.at_round(22)
             keys = [k async for k in redis.scan_iter(match="mt:\\{" + f.region + "\\}:*", count=1000)]
-            copy = [(k, await redis.dump(k)) for k in keys]
+            taking = redis.pipeline(transaction=True)  # one moment's copy, as a replica holds
+            for key in keys:
+                taking.dump(key).pttl(key)
+            taken = await taking.execute()
+            copy = list(zip(keys, taken[::2], taken[1::2], strict=True))  # key, value, time to live
             await f.at_round(25)
             f.note(f"Redis replaced by a copy of {len(copy)} keys taken at round 22")
-            await redis.flushall()
-            for key, value in copy:
+            # At once, as a failover switches: nobody sees Redis empty or half restored.
+            switch = redis.pipeline(transaction=True)
+            switch.flushall()
+            for key, value, ttl_ms in copy:
                 if value is not None:
-                    await redis.restore(key, 0, value, replace=True)
+                    switch.restore(key, max(ttl_ms, 0), value, replace=True)
+            await switch.execute()
         finally:
             await redis.aclose()
 
