@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 MERIT_TRIES = 3  # a message that fails this often with healthy dependencies is dead-lettered
 LOOP_STALE_S = 60.0  # a background loop that has not beaten for this long is unhealthy
 PROBE_TIMEOUT_S = 2.0
+# A shutdown finishes what is in hand, but never waits for a dependency that is away: each
+# step gets STOP_STEP_S, the whole STOP_LIMIT_S, then the process exits anyway (whatever it
+# had not acknowledged the broker delivers again; nothing accepted is lost).
+STOP_STEP_S = 10.0
+STOP_LIMIT_S = 25.0  # within the Kubernetes manifests' terminationGracePeriodSeconds (30)
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # a larger body is parked truncated
 
 
@@ -262,17 +268,37 @@ class Service:
 
     async def _stop_consuming(self) -> None:
         """Stop taking deliveries, finish the run in hand, leave the rest to the broker."""
-        for consumer in self._consumers:
-            if consumer.amqp_queue is not None and consumer.tag is not None:
-                with contextlib.suppress(Exception):
-                    await consumer.amqp_queue.cancel(consumer.tag)
+        # With the broker away there is nothing to cancel (a robust channel would wait for it).
+        if await self._broker_connected():
+            for consumer in self._consumers:
+                if consumer.amqp_queue is not None and consumer.tag is not None:
+                    await self._stop_step("cancel_consumer", consumer.amqp_queue.cancel(consumer.tag))
         for consumer in self._consumers:
             consumer.stopping = True
             if consumer.worker is not None:
                 if consumer.idle.is_set():
                     consumer.worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(consumer.worker, timeout=15.0)
+                await self._stop_step("finish_in_hand", consumer.worker)
+
+    async def _stop_step(self, step: str, work: Awaitable[Any]) -> None:
+        """One step of a shutdown, for STOP_STEP_S at most; a failure is logged, never raised."""
+        try:
+            await asyncio.wait_for(work, timeout=STOP_STEP_S)
+        except asyncio.CancelledError:
+            if step != "finish_in_hand":  # the idle worker is cancelled on purpose
+                raise
+        except TimeoutError:
+            self.log.warning("shutdown_step_overran", step=step, seconds=STOP_STEP_S)
+        except Exception as exc:
+            self.log.warning("shutdown_step_failed", step=step, error=f"{type(exc).__name__}: {exc}"[:300])
+
+    def _overran(self) -> None:
+        """The shutdown took longer than STOP_LIMIT_S (a dependency away): exit anyway."""
+        self.log.error("shutdown_overran", seconds=STOP_LIMIT_S)
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+            sys.stdout.flush()
+        os._exit(1)
 
     async def _work(self, consumer: _Consumer) -> None:
         inbox = consumer.inbox
@@ -678,19 +704,19 @@ class Service:
 
         @app.on_shutdown
         async def stop_background() -> None:
+            asyncio.get_running_loop().call_later(STOP_LIMIT_S, self._overran)
             await self._stop_consuming()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._stop_step("stop_loops", asyncio.gather(*self._tasks, return_exceptions=True))
 
         @app.after_shutdown
         async def close_redis() -> None:
             for hook in self._on_stop:
-                await hook()
+                await self._stop_step(f"on_stop:{getattr(hook, '__qualname__', hook)}", hook())
             if self._connection is not None:
-                with contextlib.suppress(Exception):
-                    await self._connection.close()
-            await self.redis.aclose()
+                await self._stop_step("close_broker_connection", self._connection.close())
+            await self._stop_step("close_redis", self.redis.aclose())
             self.log.info("service_stopped")
 
         return app
