@@ -574,6 +574,7 @@ def demo_env(args: argparse.Namespace, environ: dict[str, str] | None = None) ->
     start = int(datetime.fromisoformat(args.start).replace(tzinfo=tz).timestamp())
     env = {
         **{k: v for k, v in environ.items() if k.startswith("MICROTE_")},
+        **getattr(args, "scenario_env", {}),  # the scenario's tariff
         "MICROTE_REGION": args.region or f"demo{int(time.time())}",
         "MICROTE_TIMEZONE": args.timezone,
         "MICROTE_CLOCK_MODE": "simulation",
@@ -606,6 +607,7 @@ async def check_new_region(ledger_url: str, region: str) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from services.demo import run_demo
 
+    args = with_scenario(args)
     env = demo_env(args)
     settings = _run_settings(args, env)
 
@@ -615,7 +617,7 @@ def _demo(args: argparse.Namespace) -> int:
             await check_new_region(settings.ledger_url, settings.region)
         return await run_demo(env, participants=args.participants, seed=args.seed,
                               log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators,
-                              requests=args.requests)
+                              requests=args.requests, homes=args.homes)
 
     return _running(run, f"region {settings.region} in the ledger {redact(settings.ledger_url)} "
                          f"(microte report --region {settings.region} --ledger {redact(settings.ledger_url)})")
@@ -668,6 +670,7 @@ def _compare(args: argparse.Namespace) -> int:
     from services.demo import run_demo
     from services.html_report import write_comparison
 
+    args = with_scenario(args)
     base = f"cmp{int(time.time())}"
     runs = [(rule, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": f"{base}-{rule}"})))
             for rule in args.rules]
@@ -681,7 +684,7 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"microte compare: {rule}", file=sys.stderr)
             failed |= await run_demo(env, participants=args.participants, seed=args.seed,
                                      log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators,
-                                     requests=args.requests)
+                                     requests=args.requests, homes=args.homes)
         try:
             await write_comparison(settings.ledger_url, [from_env(env).market for _, env in runs], page)
         except ImportError:
@@ -692,31 +695,82 @@ def _compare(args: argparse.Namespace) -> int:
     return _running(run, f"regions {base}-<rule> in the ledger {redact(settings.ledger_url)}")
 
 
+# The community and market time of ``demo`` and ``compare`` when neither the command line
+# nor a scenario file gives them.
+COMMUNITY_DEFAULTS: dict[str, Any] = {"participants": 20, "rounds": 1440, "round_seconds": 60, "aggregators": 1,
+                                      "requests": "round", "seed": 7, "start": "2026-06-21T00:00",
+                                      "timezone": "America/Vancouver"}
+
+
 def _community_options(parser: argparse.ArgumentParser) -> None:
-    """The simulated community and its market time, for ``demo`` and ``compare``."""
-    parser.add_argument("--participants", type=at_least(1), default=20,
-                        help="simulated households (default: %(default)s)")
-    parser.add_argument("--rounds", type=at_least(1), default=1440,
-                        help="rounds to simulate (default: %(default)s; 1440 x 60 s = one day)")
-    parser.add_argument("--round-seconds", type=at_least(1), default=60,
-                        help="length of a round in market time, seconds (default: %(default)s)")
-    parser.add_argument("--aggregators", type=at_least(0), default=1,
+    """The simulated community and its market time, for ``demo`` and ``compare``: each option
+    overrides the scenario file's value, which overrides the default (see ``with_scenario``)."""
+    d = COMMUNITY_DEFAULTS
+    parser.add_argument("scenario", nargs="?", metavar="SCENARIO",
+                        help="a scenario file (TOML: the market, the tariff and the households; "
+                             "docs/scenarios.md, examples in scenarios/); the options below override it")
+    parser.add_argument("--participants", type=at_least(1),
+                        help=f"simulated households (default: {d['participants']})")
+    parser.add_argument("--rounds", type=at_least(1),
+                        help=f"rounds to simulate (default: {d['rounds']}; 1440 x 60 s = one day)")
+    parser.add_argument("--round-seconds", type=at_least(1),
+                        help=f"length of a round in market time, seconds (default: {d['round_seconds']})")
+    parser.add_argument("--aggregators", type=at_least(0),
                         help="the households act through this many aggregators, each submitting one batch a "
-                             "round for all of its households (default: %(default)s, the community as one "
+                             f"round for all of its households (default: {d['aggregators']}, the community as one "
                              "aggregator; 0: every household sends its own requests, see --requests)")
-    _requests_option(parser)
-    parser.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
-    parser.add_argument("--start", type=local_time, default="2026-06-21T00:00", metavar="YYYY-MM-DDTHH:MM",
-                        help="local market time of the first round, ISO 8601 (default: %(default)s)")
-    parser.add_argument("--timezone", type=timezone, default="America/Vancouver", metavar="ZONE",
-                        help="IANA time zone of the market (default: %(default)s)")
+    _requests_option(parser, None)
+    parser.add_argument("--seed", type=int, help=f"seed of the households' profiles (default: {d['seed']})")
+    parser.add_argument("--start", type=local_time, metavar="YYYY-MM-DDTHH:MM",
+                        help=f"local market time of the first round, ISO 8601 (default: {d['start']})")
+    parser.add_argument("--timezone", type=timezone, metavar="ZONE",
+                        help=f"IANA time zone of the market (default: {d['timezone']})")
 
 
-def _requests_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--requests", choices=REQUESTS, default="round",
+def _requests_option(parser: argparse.ArgumentParser, default: str | None = "round") -> None:
+    parser.add_argument("--requests", choices=REQUESTS, default=default,
                         help="with --aggregators 0, how each household sends its round: 'round', its reading, "
                              "orders and finish in one request of its own (a batch of one); 'single', one "
-                             "message for each (default: %(default)s)")
+                             f"message for each (default: {default or COMMUNITY_DEFAULTS['requests']})")
+
+
+def with_scenario(args: argparse.Namespace) -> argparse.Namespace:
+    """The options of a ``demo`` or ``compare`` run: each from the command line if given, else
+    from the scenario file, else its default; and the scenario's households and tariff."""
+    from services.participants.scenario import ScenarioError, load
+
+    scenario = None
+    if args.scenario:
+        try:
+            scenario = load(args.scenario)
+        except ScenarioError as exc:
+            raise CliError(str(exc), code=2) from None
+    given = {**scenario.market, **scenario.community} if scenario else {}
+    checks: dict[str, Callable[[str], Any]] = {"start": local_time, "timezone": timezone}
+    values: dict[str, Any] = {}
+    for key, default in COMMUNITY_DEFAULTS.items():
+        value = getattr(args, key)
+        if value is None and key in given:
+            value = given[key]
+            try:
+                value = checks[key](value) if key in checks else value
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(f"scenario {args.scenario}: {key}: {exc}", code=2) from None
+        values[key] = default if value is None else value
+    rule = args.rule
+    if rule is None and scenario and "rule" in scenario.market:
+        rule = scenario.market["rule"]
+        if rule not in _RULES:
+            raise CliError(f"scenario {args.scenario}: market.rule: one of {', '.join(_RULES)}, not {rule!r}", code=2)
+    homes = None
+    if scenario and scenario.groups:
+        if args.participants is not None:
+            raise CliError(f"--participants and the households of scenario {args.scenario} both say how many "
+                           "households there are: leave out one", code=2)
+        homes = scenario.households(values["seed"])
+        values["participants"] = len(homes)
+    return argparse.Namespace(**{**vars(args), **values, "rule": rule, "homes": homes,
+                                 "scenario_env": scenario.tariff if scenario else {}})
 
 
 def rule_list(text: str) -> list[str]:

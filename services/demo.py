@@ -14,7 +14,7 @@ from pathlib import Path
 from services.ensemble import Ensemble, purge_region
 from services.html_report import write_html_report
 from services.participants.community import Community, Tally, agent_ids
-from services.participants.profiles import community
+from services.participants.profiles import Household, community
 from services.report import report
 from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
@@ -65,9 +65,10 @@ def _quiet_broker_logs() -> None:
 
 async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir: Path,
                    during: During | None = None, replicas: int = 1, aggregators: int = 0,
-                   requests: str = "single") -> Tally:
+                   requests: str = "single", homes: list[Household] | None = None) -> Tally:
     """The services as processes and a community, until the last round is recorded.
 
+    The community: ``homes`` (a scenario's), else ``participants`` households drawn with ``seed``.
     ``during`` runs beside the simulation once the clock has started (fault injection).
     """
     settings = from_env(env)
@@ -79,7 +80,7 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
     try:
         workers = ("order-intake", "matcher", "meter-collector", "ledger-writer")
         await _start(ensemble, tuple(f"{n}#{i}" if i > 1 else n for n in workers for i in range(1, replicas + 1)))
-        sim = Community(settings.amqp_url, settings.region, community(participants, seed),
+        sim = Community(settings.amqp_url, settings.region, homes or community(participants, seed),
                         settings.market.tariff.timezone, progress_every=progress_interval(settings.rounds),
                         total_rounds=settings.rounds,
                         duplicate=settings.duplicate_delivery, aggregators=aggregators, requests=requests)
@@ -109,17 +110,19 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
 
 
 async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0,
-                   requests: str = "round") -> int:
+                   requests: str = "round", homes: list[Household] | None = None) -> int:
     settings = from_env(env)
+    homes = homes or community(participants, seed)
+    participants = len(homes)
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()
     try:
         tally = await simulate(env, participants=participants, seed=seed, log_dir=log_dir, aggregators=aggregators,
-                               requests=requests)
+                               requests=requests, homes=homes)
     finally:
         # The ledger keeps all a report needs; the region's queues and round state can go.
-        ids = [h.participant_id for h in community(participants, seed)] + agent_ids(aggregators)
+        ids = [h.participant_id for h in homes] + agent_ids(aggregators)
         try:
             await asyncio.wait_for(purge_region(settings.amqp_url, settings.redis_url, settings.region, ids),
                                    timeout=30)

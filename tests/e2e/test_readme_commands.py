@@ -190,7 +190,7 @@ def test_the_main_job_runs_from_a_fresh_clone(checkout: Path) -> None:
 
 
 async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv: Path, pg_url: str) -> None:
-    first, on_postgres, again, exported, compared = block_starting("make simulate ARGS=")
+    first, on_postgres, again, exported, compared, scenario = block_starting("make simulate ARGS=")
     region = a_report_that_traded(ok(sh(first, checkout, timeout=900), first))
 
     command = on_postgres.replace("postgresql://postgres@127.0.0.1:5432/postgres", pg_url)
@@ -211,6 +211,12 @@ async def test_the_simulate_examples_trade_and_report_again(checkout: Path, venv
     out = ok(sh(compared, checkout, timeout=900), compared)
     page = re.search(r"^comparison of midpoint, equal_price, pay_as_bid, uniform: (\S+)$", out, re.M)
     assert page and (checkout / page.group(1)).stat().st_size > 0, out[-2000:]
+
+    # the scenario's households, rule and round length; the command line's rounds
+    done = sh(scenario, checkout, timeout=900)
+    region = a_report_that_traded(out := ok(done, scenario))
+    assert re.search(rf"^microte report: region {region}, 8 slots, rule pay_as_bid$", out, re.M), out[-3000:]
+    assert f"region {region}, 100 participants, 8 rounds of 900 s," in done.stderr, done.stderr[-3000:]
 
 
 @pytest.fixture

@@ -202,7 +202,9 @@ def test_every_option_states_its_default() -> None:
 
 
 def args_of(*argv: str) -> argparse.Namespace:
-    return cli.parser().parse_args(list(argv))
+    """The options as ``demo`` and ``compare`` use them: the command line, a scenario, defaults."""
+    args = cli.parser().parse_args(list(argv))
+    return cli.with_scenario(args) if hasattr(args, "scenario") else args
 
 
 def test_the_rule_reaches_the_services_environment() -> None:

@@ -1,0 +1,222 @@
+"""Scenario files: a simulated community and its market in one TOML file, run with
+``microte demo SCENARIO`` or compared with ``microte compare SCENARIO``.
+
+A scenario names the market (time zone, local start, rounds and their length, pricing
+rule), the grid tariff (base price, fee ratio, time-of-use table) and the community (seed,
+how households send their requests, and the households themselves, one group at a time,
+each value fixed or drawn from a distribution). Every value is checked on loading; an error
+names the file, the place in it and what is allowed. Numbers are read as decimals, never as
+binary floats, so prices and kilowatts are exact. The format: docs/scenarios.md.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from services.participants.profiles import Household
+
+STRATEGIES = ("baseline", "zic")
+
+# [market]: option name -> the type of its value
+MARKET_KEYS = {"timezone": str, "start": str, "rounds": int, "round_seconds": int, "rule": str}
+# [tariff]: key -> the MICROTE_* setting it feeds
+TARIFF_KEYS = {"grid_price": "MICROTE_GRID_PRICE", "fee_ratio": "MICROTE_FEE_RATIO",
+               "time_of_use": "MICROTE_TIME_OF_USE", "price_cap": "MICROTE_PRICE_CAP"}
+COMMUNITY_KEYS = {"seed": int, "participants": int, "aggregators": int, "requests": str}
+# [[households]]: key -> (unit factor to whole W or Wh, or None for a share / a word)
+GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w": 1, "battery_kwh": 1000,
+              "battery_kw": 1000, "battery_share": None, "strategy": None}
+TOP_KEYS = {"name", "description", "market", "tariff", "community", "households"}
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A value of a group: fixed (``low == high``), uniform between two bounds, or one of
+    several choices; whole W or Wh."""
+    low: int = 0
+    high: int = 0
+    choices: tuple[int, ...] = ()
+
+    def draw(self, rng: random.Random) -> int:
+        if self.choices:
+            return rng.choice(self.choices)
+        return self.low if self.low == self.high else rng.randint(self.low, self.high)
+
+
+@dataclass(frozen=True)
+class Group:
+    count: int
+    solar_w: Spread
+    solar_share: Decimal
+    base_load_w: Spread
+    battery_wh: Spread
+    battery_power_w: Spread
+    battery_share: Decimal
+    strategy: str  # a strategy, or "alternate" (baseline and zic by turns, as the default community)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: Path
+    name: str
+    description: str
+    market: dict[str, Any]  # option -> value: timezone, start, rounds, round_seconds, rule
+    tariff: dict[str, str]  # MICROTE_* setting -> its text
+    community: dict[str, Any]  # option -> value: seed, participants, aggregators, requests
+    groups: tuple[Group, ...]
+
+    def households(self, seed: int) -> list[Household]:
+        """The households of the groups, drawn with ``seed``: the same seed, the same homes."""
+        rng = random.Random(seed)
+        size = sum(g.count for g in self.groups)
+        homes: list[Household] = []
+        for group in self.groups:
+            for _ in range(group.count):
+                i = len(homes)
+                solar = group.solar_w.draw(rng) if rng.random() < group.solar_share else 0
+                battery = group.battery_wh.draw(rng) if rng.random() < group.battery_share else 0
+                strategy = group.strategy if group.strategy != "alternate" else STRATEGIES[i % 2]
+                homes.append(Household(participant_id=f"h{i:03d}", seed=rng.randrange(2**31), solar_peak_w=solar,
+                                       base_load_w=group.base_load_w.draw(rng), battery_wh=battery,
+                                       battery_power_w=group.battery_power_w.draw(rng) if battery else 0,
+                                       strategy=strategy, index=i, size=size))
+        return homes
+
+
+def load(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f, parse_float=Decimal)
+    except OSError as exc:
+        raise ScenarioError(f"scenario {path}: cannot be read ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"scenario {path}: not TOML: {exc}") from None
+    where = _Where(path)
+    where.keys(data, TOP_KEYS, "the top level")
+    market = where.table(data, "market", MARKET_KEYS)
+    tariff = {TARIFF_KEYS[k]: _decimal_text(v, where.at("tariff", k))
+              for k, v in where.table(data, "tariff", dict.fromkeys(TARIFF_KEYS, object)).items()}
+    community = where.table(data, "community", COMMUNITY_KEYS)
+    for key in ("participants", "rounds", "round_seconds"):
+        for section in (community, market):
+            if key in section and section[key] < 1:
+                raise ScenarioError(f"{where.at('community' if section is community else 'market', key)}: "
+                                    f"must be 1 or more, not {section[key]}")
+    if community.get("aggregators", 0) < 0:
+        raise ScenarioError(f"{where.at('community', 'aggregators')}: must be 0 or more")
+    if "requests" in community and community["requests"] not in ("round", "single"):
+        raise ScenarioError(f"{where.at('community', 'requests')}: 'round' or 'single', not {community['requests']!r}")
+    raw_groups = data.get("households", [])
+    if not isinstance(raw_groups, list) or not all(isinstance(g, dict) for g in raw_groups):
+        raise ScenarioError(f"scenario {path}: households must be an array of tables, [[households]]")
+    groups = tuple(_group(g, where, n) for n, g in enumerate(raw_groups, 1))
+    if groups and "participants" in community:
+        raise ScenarioError(f"scenario {path}: [community] participants and [[households]] both say how many "
+                            "households there are: leave out one")
+    for key in ("name", "description"):
+        if not isinstance(data.get(key, ""), str):
+            raise ScenarioError(f"scenario {path}: {key} must be a string")
+    return Scenario(path=path, name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
+                    market=market, tariff=tariff, community=community, groups=groups)
+
+
+class _Where:
+    """Where a value sits, for error messages, and the checks of a table's keys and types."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def at(self, *place: str) -> str:
+        return f"scenario {self.path}: {'.'.join(place)}"
+
+    def keys(self, table: dict[str, Any], known: set[str] | dict[str, Any], what: str) -> None:
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ScenarioError(f"scenario {self.path}: {what} has no key {', '.join(map(repr, unknown))} "
+                                f"(known: {', '.join(sorted(known))})")
+
+    def table(self, data: dict[str, Any], name: str, known: dict[str, Any]) -> dict[str, Any]:
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ScenarioError(f"scenario {self.path}: {name} must be a table, [{name}]")
+        self.keys(table, known, f"[{name}]")
+        for key, value in table.items():
+            kind = known[key]
+            if kind is not object and (not isinstance(value, kind) or isinstance(value, bool)):
+                raise ScenarioError(f"{self.at(name, key)}: must be {_KIND[kind]}, not {_shown(value)}")
+        return dict(table)
+
+
+_KIND = {str: "a string", int: "a whole number"}
+
+
+def _shown(value: Any) -> str:
+    """A value as the file writes it: numbers plain, the rest quoted."""
+    return str(value) if isinstance(value, int | Decimal) and not isinstance(value, bool) else repr(value)
+
+
+def _decimal_text(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ScenarioError(f"{where}: must be a number or a string, not {_shown(value)}")
+    return str(value)
+
+
+def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
+    place = f"households #{n}"
+    where.keys(g, GROUP_KEYS, f"[[households]] #{n}")
+    count = g.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ScenarioError(f"{where.at(place, 'count')}: a whole number of 1 or more is required, not {_shown(count)}")
+    strategy = g.get("strategy", "alternate")
+    if strategy not in (*STRATEGIES, "alternate"):
+        raise ScenarioError(f"{where.at(place, 'strategy')}: one of {', '.join((*STRATEGIES, 'alternate'))}, "
+                            f"not {strategy!r}")
+
+    def spread(key: str, default: Any) -> Spread:
+        return _spread(g.get(key, default), GROUP_KEYS[key] or 1, where.at(place, key))
+
+    def share(key: str, default: Decimal) -> Decimal:
+        value = g.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | Decimal) or not 0 <= value <= 1:
+            raise ScenarioError(f"{where.at(place, key)}: a share from 0 to 1 is required, not {_shown(value)}")
+        return Decimal(value)
+
+    solar = spread("solar_kw", 0)
+    battery = spread("battery_kwh", 0)
+    return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)),
+                 base_load_w=spread("base_load_w", {"min": 250, "max": 900}), battery_wh=battery,
+                 battery_power_w=spread("battery_kw", 5), battery_share=share("battery_share", Decimal(1)),
+                 strategy=strategy)
+
+
+def _spread(value: Any, unit: int, where: str) -> Spread:
+    """A number; ``{min = A, max = B}``, uniform; or ``{choices = [A, B, ...]}``; in whole W or Wh."""
+    def whole(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int | Decimal) or v < 0:
+            raise ScenarioError(f"{where}: {_shown(v)} is not a number of 0 or more")
+        exact = Decimal(v) * unit
+        if exact != exact.to_integral_value():
+            raise ScenarioError(f"{where}: {v} is finer than 1 W (Wh)")
+        return int(exact)
+
+    if isinstance(value, dict):
+        if set(value) == {"min", "max"}:
+            low, high = whole(value["min"]), whole(value["max"])
+            if low > high:
+                raise ScenarioError(f"{where}: min {value['min']} is above max {value['max']}")
+            return Spread(low, high)
+        if set(value) == {"choices"} and isinstance(value["choices"], list) and value["choices"]:
+            return Spread(choices=tuple(whole(v) for v in value["choices"]))
+        raise ScenarioError(f"{where}: a number, {{min = A, max = B}} or {{choices = [A, B, ...]}}, not {value!r}")
+    fixed = whole(value)
+    return Spread(fixed, fixed)

@@ -1,0 +1,151 @@
+"""Scenario files: the shipped examples load; households are drawn within each group's
+spreads, the same for the same seed; every mistake is one clear error naming the file and
+the place; the command line overrides the scenario, which overrides the defaults, and the
+scenario's tariff reaches the services' settings."""
+
+from __future__ import annotations
+
+import argparse
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from services import cli
+from services.participants.scenario import ScenarioError, load
+from shared.runtime.settings import from_env
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "scenarios").glob("*.toml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return path
+
+
+def demo_args(*argv: str) -> argparse.Namespace:
+    return cli.with_scenario(cli.parser().parse_args(["demo", *argv]))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_each_example_loads_and_runs_with_the_services_settings(path: Path) -> None:
+    scenario = load(path)
+    args = demo_args(str(path))
+    homes = args.homes
+    assert homes and len(homes) == sum(g.count for g in scenario.groups) == args.participants
+    assert [h.participant_id for h in homes] == [f"h{i:03d}" for i in range(len(homes))]
+    assert all(h.size == len(homes) and h.index == i for i, h in enumerate(homes))
+    settings = from_env(cli.demo_env(args, {}))  # every value the services take, checked
+    assert settings.rounds == scenario.market["rounds"]
+    assert settings.market.schedule.duration == scenario.market["round_seconds"]
+    assert str(settings.market.rule) == scenario.market["rule"]
+    assert settings.market.tariff.timezone == scenario.market["timezone"]
+
+
+def test_households_are_drawn_within_their_groups_and_the_same_for_the_same_seed(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[[households]]
+count = 30
+solar_kw = {min = 3, max = 4.5}
+base_load_w = 400
+battery_share = 0.5
+battery_kwh = {choices = [5, 13.5]}
+battery_kw = 2.5
+strategy = "zic"
+
+[[households]]
+count = 10
+battery_share = 0
+""")
+    scenario = load(path)
+    homes = scenario.households(1)
+    sunny, dark = homes[:30], homes[30:]
+    assert all(3000 <= h.solar_peak_w <= 4500 and h.base_load_w == 400 and h.strategy == "zic" for h in sunny)
+    assert {h.battery_wh for h in sunny} == {0, 5000, 13500}
+    assert all(h.battery_power_w == (2500 if h.battery_wh else 0) for h in sunny)
+    assert all(h.solar_peak_w == 0 and h.battery_wh == 0 and 250 <= h.base_load_w <= 900 for h in dark)
+    assert [h.strategy for h in dark[:2]] == ["baseline", "zic"]  # by turns, as the default community
+    assert scenario.households(1) == homes
+    assert scenario.households(2) != homes
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("[market\n", "not TOML"),
+    ("wibble = 1", "the top level has no key 'wibble' (known: community, description, households, market, name, "
+                   "tariff)"),
+    ("[market]\ntz = 'UTC'", "[market] has no key 'tz'"),
+    ("[market]\nrounds = '10'", "market.rounds: must be a whole number, not '10'"),
+    ("[market]\nrounds = 0", "market.rounds: must be 1 or more"),
+    ("[market]\nround_seconds = 1.5", "market.round_seconds: must be a whole number"),
+    ("[tariff]\ngrid_price = true", "tariff.grid_price: must be a number or a string"),
+    ("[community]\nrequests = 'batch'", "community.requests: 'round' or 'single'"),
+    ("[community]\naggregators = -1", "community.aggregators: must be 0 or more"),
+    ("[community]\nparticipants = 5\n[[households]]\ncount = 2", "both say how many households"),
+    ("households = 3", "households must be an array of tables"),
+    ("[[households]]\nsolar_kw = 3", "households #1.count: a whole number of 1 or more is required, not None"),
+    ("[[households]]\ncount = 0", "households #1.count"),
+    ("[[households]]\ncount = 2\npanels = 1", "[[households]] #1 has no key 'panels'"),
+    ("[[households]]\ncount = 2\nsolar_share = 1.5", "households #1.solar_share: a share from 0 to 1"),
+    ("[[households]]\ncount = 2\nsolar_kw = {min = 9, max = 3}", "min 9 is above max 3"),
+    ("[[households]]\ncount = 2\nsolar_kw = 3.0005", "3.0005 is finer than 1 W"),
+    ("[[households]]\ncount = 2\nsolar_kw = -1", "-1 is not a number of 0 or more"),
+    ("[[households]]\ncount = 2\nbattery_kwh = {mean = 5}", "{min = A, max = B} or {choices = [A, B, ...]}"),
+    ("[[households]]\ncount = 2\nbattery_kwh = {choices = []}", "{choices = [A, B, ...]}"),
+    ("[[households]]\ncount = 2\nstrategy = 'greedy'", "households #1.strategy: one of baseline, zic, alternate"),
+])
+def test_a_mistake_is_one_error_that_names_the_file_and_the_place(tmp_path: Path, text: str, says: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as error:
+        load(path)
+    assert str(error.value).startswith(f"scenario {path}: ")
+    assert says in str(error.value)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot be read"):
+        load(tmp_path / "nowhere.toml")
+
+
+@pytest.mark.parametrize(("text", "argv", "says"), [
+    ("[market]\nstart = 'noon'", [], "start: 'noon' is not a local time"),
+    ("[market]\ntimezone = 'Mars/Olympus'", [], "'Mars/Olympus' is not a known IANA time zone"),
+    ("[market]\nrule = 'cheapest'", [], "market.rule: one of midpoint"),
+    ("[[households]]\ncount = 2", ["--participants", "3"], "--participants and the households of scenario"),
+])
+def test_the_command_refuses_a_bad_scenario_with_one_line_and_exit_2(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, text: str, argv: list[str], says: str) -> None:
+    path = write(tmp_path, text)
+    assert cli.main(["demo", str(path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("microte: ") and len(err.splitlines()) == 1 and says in err, err
+
+
+def test_the_command_line_overrides_the_scenario_which_overrides_the_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[market]
+timezone = "Europe/Berlin"
+start = "2026-01-15T08:00"
+rounds = 96
+round_seconds = 900
+rule = "pay_as_bid"
+[tariff]
+grid_price = 0.30
+fee_ratio = "1.25"
+time_of_use = "1-2:17-19=0.42"
+[community]
+seed = 3
+participants = 12
+aggregators = 0
+""")
+    args = demo_args(str(path), "--rounds", "4", "--rule", "uniform")
+    assert (args.rounds, args.rule, args.round_seconds, args.participants, args.seed) == (4, "uniform", 900, 12, 3)
+    assert (args.aggregators, args.requests, args.homes) == (0, "round", None)  # requests: the default
+    settings = from_env(cli.demo_env(args, {"MICROTE_GRID_PRICE": "0.1"}))  # the scenario's tariff wins
+    tariff = settings.market.tariff
+    assert (tariff.price, tariff.fee_ratio, tariff.timezone) == (Decimal("0.30"), Decimal("1.25"), "Europe/Berlin")
+    assert tariff.time_of_use[1][18] == Decimal("0.42")
+    assert settings.start_time == 1768460400  # 08:00 in Berlin, 07:00 UTC
+    plain = demo_args()
+    assert (plain.rounds, plain.participants, plain.timezone, plain.homes) == (1440, 20, "America/Vancouver", None)
