@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMess
 from microte.client import Client, Refused
 from services.participants import REQUESTS
 from services.participants.profiles import Household, deliver, noise
-from services.participants.strategies import quotes
+from services.participants.strategies import Trade, make_strategy
 from services.progress import RoundProgress
 from shared.market import GridPrices, Slot
 from shared.market.timezones import zone
@@ -51,6 +51,8 @@ class Participant:
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
         self.bought: dict[tuple[int, int], int] = {}  # Wh bought for a slot, from its settlements
         self.counted: dict[tuple[int, int], set[str]] = {}  # settlement ids in ``sold``: a notice may come twice
+        self.trades: dict[tuple[int, int], list[Trade]] = {}  # a slot's settlements, for its strategy
+        self.strategy = make_strategy(home)
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
         # A round is planned once (the plan moves the battery on) and done once its finish
@@ -95,8 +97,13 @@ class Participant:
                 counted.add(s.settlement_id)
                 if s.seller == self.pid:
                     sold[s.source] = sold.get(s.source, 0) + s.quantity_wh
+                    trade = Trade("ask", s.quantity_wh, Decimal(s.sell_price), s.source)
                 elif s.buyer == self.pid:
                     self.bought[key] = self.bought.get(key, 0) + s.quantity_wh
+                    trade = Trade("bid", s.quantity_wh, Decimal(s.buy_price), s.source)
+                else:
+                    continue
+                self.trades.setdefault(key, []).append(trade)
         elif isinstance(message, t.RoundStarted):
             await self.play(message)
 
@@ -133,6 +140,7 @@ class Participant:
         sold = self.sold.pop((delivered.start, delivered.end), {})
         bought = self.bought.pop((delivered.start, delivered.end), 0)
         self.counted.pop((delivered.start, delivered.end), None)
+        self.strategy.settled(delivered, self.trades.pop((delivered.start, delivered.end), []))
         d = deliver(self.home, delivered, c.tz, self.soc_wh, sold, bought)
         self.soc_wh = d.soc_wh
         reading = t.ReadingItem(slot=r.current_round, import_wh=d.import_wh, export_wh=d.export_wh,
@@ -144,7 +152,7 @@ class Participant:
             grid = GridPrices(buy_price=Decimal(quote.buy_price), sell_price=Decimal(quote.sell_price))
             orders = [t.OrderItem(client_order_id=f"{target.start}-{i}", side=q.side, quantity_wh=q.quantity_wh,
                                   price=str(q.price), source=q.source, slot=r.next_settle)
-                      for i, q in enumerate(quotes(self.home, target, c.tz, grid, self.soc_wh))]
+                      for i, q in enumerate(self.strategy.quotes(target, c.tz, grid, self.soc_wh))]
         changes_mind = noise(self.home.seed, target, "cancel").random() < 0.1
         self.plans[start] = (reading, orders, changes_mind)
         return self.plans[start]

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from services.participants.profiles import Household
+from services.participants.strategies import strategy_class
 
-STRATEGIES = ("baseline", "zic")
+ALTERNATE = ("baseline", "zic")  # the default community's strategies, by turns
 
 # [market]: option name -> the type of its value
 MARKET_KEYS = {"timezone": str, "start": str, "rounds": int, "round_seconds": int, "rule": str}
@@ -61,7 +62,7 @@ class Group:
     battery_wh: Spread
     battery_power_w: Spread
     battery_share: Decimal
-    strategy: str  # a strategy, or "alternate" (baseline and zic by turns, as the default community)
+    strategy: str  # a strategy (built-in or plug-in), or "alternate" (baseline and zic by turns, as by default)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class Scenario:
                 i = len(homes)
                 solar = group.solar_w.draw(rng) if rng.random() < group.solar_share else 0
                 battery = group.battery_wh.draw(rng) if rng.random() < group.battery_share else 0
-                strategy = group.strategy if group.strategy != "alternate" else STRATEGIES[i % 2]
+                strategy = group.strategy if group.strategy != "alternate" else ALTERNATE[i % 2]
                 homes.append(Household(participant_id=f"h{i:03d}", seed=rng.randrange(2**31), solar_peak_w=solar,
                                        base_load_w=group.base_load_w.draw(rng), battery_wh=battery,
                                        battery_power_w=group.battery_power_w.draw(rng) if battery else 0,
@@ -178,9 +179,16 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ScenarioError(f"{where.at(place, 'count')}: a whole number of 1 or more is required, not {_shown(count)}")
     strategy = g.get("strategy", "alternate")
-    if strategy not in (*STRATEGIES, "alternate"):
-        raise ScenarioError(f"{where.at(place, 'strategy')}: one of {', '.join((*STRATEGIES, 'alternate'))}, "
-                            f"not {strategy!r}")
+    if not isinstance(strategy, str):
+        raise ScenarioError(f"{where.at(place, 'strategy')}: must be a string, not {_shown(strategy)}")
+    file, sep, attr = strategy.rpartition(":")
+    if sep and file.endswith(".py") and not Path(file).is_absolute():  # a plug-in beside the scenario
+        strategy = f"{where.path.parent / file}:{attr}"
+    if strategy != "alternate":
+        try:
+            strategy_class(strategy)
+        except ValueError as exc:
+            raise ScenarioError(f"{where.at(place, 'strategy')}: {exc}" + ("" if sep else ", or 'alternate'")) from None
 
     def spread(key: str, default: Any) -> Spread:
         return _spread(g.get(key, default), GROUP_KEYS[key] or 1, where.at(place, key))

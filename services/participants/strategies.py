@@ -1,18 +1,36 @@
-"""Trading strategies: what a household offers for a slot, and at what price. Pure.
+"""Trading strategies: what a household offers for a slot, and at what price.
+
+A strategy is a class with one small interface (``Strategy``): the community makes one
+instance per household for the whole run, asks it for its quotes each round, and tells it
+what it traded once the slot's settlements are in. Most strategies only set prices: they
+override ``price`` and leave the quantities (the household's forecast net energy and its
+battery's surplus, ``offers``) as they are. One that decides quantities too (a battery
+trader) overrides ``quotes``. The built-in ones:
 
 - ``baseline``, after TREX's baseline trader: it trades its forecast net energy and does
   no price discovery, bidding one tick under the grid's buy price and asking one tick
   over the grid's sell price, so that any crossing pair clears near the middle.
-- ``zic``, zero-intelligence constrained: uniform random prices on the tick between the
-  grid's sell and buy prices, so it never bids above what the grid would charge nor asks
-  below what the grid would pay.
+- ``zic``, zero-intelligence constrained: random prices on the tick between the grid's
+  sell and buy prices, so it never bids above what the grid would charge nor asks below
+  what the grid would pay.
+- ``bandit``, a learning trader in the spirit of the TREX experiments: an epsilon-greedy
+  bandit over a discrete grid of prices between the grid's two prices, one per side; its
+  reward is what a slot's trades gained against the grid, per Wh offered. Seeded: its
+  exploration is a function of the household's seed and the slot.
+
+A plug-in is any class of this shape, named as ``package.module:Class`` (importable) or
+``path/to/file.py:Class`` in a scenario's ``strategy`` (docs/scenarios.md).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from services.participants.profiles import Household, load_wh, noise, solar_wh
@@ -21,36 +39,170 @@ from shared.market import PRICE_TICK, GridPrices, Slot
 
 @dataclass(frozen=True)
 class Quote:
+    side: str  # "bid" or "ask"
+    quantity_wh: int
+    price: Decimal
+    source: str  # "solar" or "bess"
+
+
+@dataclass(frozen=True)
+class Trade:
+    """One settlement of the household in a slot: the side it was on, and the price it got
+    (sellers) or paid (buyers)."""
     side: str
     quantity_wh: int
     price: Decimal
     source: str
 
 
-def _price(h: Household, slot: Slot, side: str, grid: GridPrices) -> Decimal:
-    """Each household quotes on its own residue of the tick grid (``h.index`` modulo
-    ``h.size``), so no two households ever tie on price: equal prices would be ranked by
-    arrival, and a simulation would no longer replay identically."""
-    low, high = grid.sell_price.quantize(PRICE_TICK), grid.buy_price.quantize(PRICE_TICK)
-    span = int((high - low) / PRICE_TICK) // h.size
-    steps = 1 if h.strategy == "baseline" else noise(h.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
-    ticks = min(steps * h.size + h.index, int((high - low) / PRICE_TICK))  # communities over ~700 may tie
-    return high - PRICE_TICK * ticks if side == "bid" else low + PRICE_TICK * ticks
-
-
-def quotes(h: Household, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
+def offers(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int) -> list[tuple[str, int, str]]:
+    """What the household has to trade for a slot: (side, Wh, source); its forecast net
+    energy, and what its battery holds above 70 % when it needs none of it."""
     forecast = noise(h.seed, slot, "forecast")
     net = int((solar_wh(h, slot, tz) - load_wh(h, slot, tz)) * (0.9 + 0.2 * forecast.random()))
     out = []
     if net > 0:
-        out.append(Quote("ask", net, _price(h, slot, "ask", grid), "solar"))
+        out.append(("ask", net, "solar"))
     elif net < 0:
         # Outside daylight only batteries can sell, so evening demand bids for battery energy.
         hour = datetime.fromtimestamp(slot.start, tz).hour
-        source = "solar" if 7 <= hour < 19 else "bess"
-        out.append(Quote("bid", -net, _price(h, slot, "bid", grid), source))
+        out.append(("bid", -net, "solar" if 7 <= hour < 19 else "bess"))
     if h.battery_wh and soc_wh > h.battery_wh * 7 // 10 and net <= 0:
         spare = min(soc_wh - h.battery_wh // 2, h.battery_power_w * slot.seconds // 3600 // 2)
         if spare > 0:
-            out.append(Quote("ask", spare, _price(h, slot, "ask", grid), "bess"))
+            out.append(("ask", spare, "bess"))
     return out
+
+
+class Strategy:
+    """A household's trader, one instance per household for the whole run."""
+
+    def __init__(self, home: Household) -> None:
+        self.home = home
+
+    def quotes(self, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
+        """The orders for ``slot``, given the grid's prices for it and the battery's charge now."""
+        return [Quote(side, wh, self.price(slot, side, grid), source)
+                for side, wh, source in offers(self.home, slot, tz, soc_wh)]
+
+    def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
+        raise NotImplementedError(f"{type(self).__name__} must define price() or quotes()")
+
+    def settled(self, slot: Slot, trades: list[Trade]) -> None:
+        """What it traded in ``slot`` (nothing: an empty list), once the slot is delivered."""
+
+
+def _bounds(grid: GridPrices) -> tuple[Decimal, Decimal, int]:
+    """The grid's sell and buy prices on the tick, and the ticks between them."""
+    low, high = grid.sell_price.quantize(PRICE_TICK), grid.buy_price.quantize(PRICE_TICK)
+    return low, high, int((high - low) / PRICE_TICK)
+
+
+def _residue_price(h: Household, side: str, grid: GridPrices, steps: int) -> Decimal:
+    """``steps`` on the household's own residue of the tick grid (``h.index`` modulo
+    ``h.size``), so that no two households tie on price: equal prices rank by arrival, and
+    a simulation would no longer replay identically. Communities over ~700 may tie."""
+    low, high, span = _bounds(grid)
+    ticks = min(steps * h.size + h.index, span)
+    return high - PRICE_TICK * ticks if side == "bid" else low + PRICE_TICK * ticks
+
+
+class Baseline(Strategy):
+    def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
+        return _residue_price(self.home, side, grid, 1)
+
+
+class Zic(Strategy):
+    def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
+        span = _bounds(grid)[2] // self.home.size
+        steps = noise(self.home.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
+        return _residue_price(self.home, side, grid, steps)
+
+
+class Bandit(Strategy):
+    """Epsilon-greedy over a price grid that every bandit shares: ``ARMS`` levels evenly
+    between the grid's sell and buy prices (level ``k`` is ``k / (ARMS + 1)`` of the way up,
+    on the tick). Arm ``a`` asks level ``a + 1`` or bids level ``ARMS - a``: a higher arm is
+    greedier on either side, and an ask and a bid can meet at one price (``equal_price``).
+    The reward of a slot is what its trades gained against the grid (sellers over the grid's
+    sell price, buyers under its buy price) per Wh offered, as a share of the spread: 0 to 1."""
+
+    ARMS = 9
+    EPSILON = 0.1
+
+    def __init__(self, home: Household) -> None:
+        super().__init__(home)
+        self.value = {side: [0.0] * self.ARMS for side in ("bid", "ask")}
+        self.pulls = {side: [0] * self.ARMS for side in ("bid", "ask")}
+        self.chosen: dict[tuple[int, int], tuple[str, int, int, GridPrices]] = {}  # slot -> side, arm, Wh, grid
+        self._arms: dict[str, int] = {}  # the arm of each side in the quotes being made
+
+    def arm(self, slot: Slot, side: str) -> int:
+        rng = noise(self.home.seed, slot, f"bandit-{side}")
+        if rng.random() < self.EPSILON or not any(self.pulls[side]):
+            return rng.randrange(self.ARMS)
+        values = self.value[side]
+        return values.index(max(values))
+
+    def quotes(self, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
+        made = super().quotes(slot, tz, grid, soc_wh)
+        sides = {q.side for q in made}
+        if len(sides) == 1:  # one side a slot: that side's arm learns from it
+            side = sides.pop()
+            self.chosen[slot.start, slot.end] = (side, self._arms[side], sum(q.quantity_wh for q in made), grid)
+        return made
+
+    def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
+        arm = self._arms[side] = self.arm(slot, side)
+        low, _, span = _bounds(grid)
+        level = arm + 1 if side == "ask" else self.ARMS - arm
+        return low + PRICE_TICK * (span * level // (self.ARMS + 1))
+
+    def settled(self, slot: Slot, trades: list[Trade]) -> None:
+        chosen = self.chosen.pop((slot.start, slot.end), None)
+        if chosen is None:
+            return
+        side, arm, offered, grid = chosen
+        low, high, span = _bounds(grid)
+        if not offered or not span:
+            return
+        gain = sum(t.quantity_wh * ((t.price - low) if side == "ask" else (high - t.price))
+                   for t in trades if t.side == side)
+        reward = float(gain / (offered * (high - low)))
+        self.pulls[side][arm] += 1
+        self.value[side][arm] += (reward - self.value[side][arm]) / self.pulls[side][arm]
+
+
+BUILT_IN: dict[str, type[Strategy]] = {"baseline": Baseline, "zic": Zic, "bandit": Bandit}
+
+
+@functools.cache
+def strategy_class(name: str) -> type[Strategy]:
+    """A built-in strategy by name, or a plug-in: ``package.module:Class`` or
+    ``path/to/file.py:Class``. Raises ValueError saying what is wrong."""
+    if name in BUILT_IN:
+        return BUILT_IN[name]
+    where, sep, attr = name.rpartition(":")
+    if not sep or not where or not attr:
+        raise ValueError(f"{name!r} is no strategy: one of {', '.join(BUILT_IN)}, or a plug-in "
+                         "'package.module:Class' or 'path/to/file.py:Class'")
+    try:
+        if where.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(f"microte_strategy_{Path(where).stem}", where)
+            if spec is None or spec.loader is None or not Path(where).is_file():
+                raise ValueError(f"strategy {name!r}: no file {where}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ImportError as exc:
+        raise ValueError(f"strategy {name!r}: {where} cannot be imported ({exc})") from None
+    found = getattr(module, attr, None)
+    if not (isinstance(found, type) and callable(getattr(found, "quotes", None))
+            and callable(getattr(found, "settled", None))):
+        raise ValueError(f"strategy {name!r}: {where} has no class {attr} with quotes() and settled()")
+    return found
+
+
+def make_strategy(home: Household) -> Strategy:
+    return strategy_class(home.strategy)(home)

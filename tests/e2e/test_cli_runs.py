@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -194,6 +195,45 @@ async def test_each_shipped_scenario_runs_through_the_services_and_audits_clean(
         settings = from_env()
         ids = [h.participant_id for h in homes] + agent_ids(scenario.community.get("aggregators", 1))
         await purge_region(settings.amqp_url, settings.redis_url, region, ids)
+
+
+async def test_learning_traders_that_tie_on_price_replay_to_the_same_ledger(tmp_path: Path) -> None:
+    """The learning scenario twice: its bandits quote on one shared price grid, so many of
+    their orders tie on price; through one aggregator a round is one batch, accepted in
+    household order, so both runs rank the ties alike and record the same ledger."""
+    from services.participants.scenario import load
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "learning-50.toml"
+    scenario = load(path)
+    assert scenario.community.get("aggregators", 1) == 1
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    regions = ["rep" + secrets.token_hex(4) for _ in range(2)]
+    for region in regions:
+        code, out, err = run("demo", str(path), "--rounds", "12", "--region", region, "--ledger", ledger, cwd=tmp_path,
+                             timeout=600)
+        assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        orders = [await store.orders(r) for r in regions]
+        recorded = [(await store.settlements(r), await store.entries(r)) for r in regions]
+    finally:
+        await store.close()
+    prices = Counter((o.slot, o.side, o.price) for o in orders[0])
+    assert sum(n for n in prices.values() if n > 1) > 20, "the scenario has hardly any price ties to rank"
+    assert [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price) for o in orders[0]] == \
+           [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price) for o in orders[1]]
+    (s1, e1), (s2, e2) = recorded
+    assert s1, "nothing traded"
+
+    def settled(s: Settlement) -> tuple[object, ...]:
+        return s.slot, s.buyer, s.seller, s.source, s.quantity_wh, s.buy_price, s.sell_price
+
+    def booked(e: LedgerEntry) -> tuple[object, ...]:
+        return e.slot, e.kind, e.seller, e.buyer, e.source, e.quantity_wh, e.buy_price, e.sell_price
+
+    assert sorted(map(settled, s1)) == sorted(map(settled, s2))
+    assert sorted(map(booked, e1), key=str) == sorted(map(booked, e2), key=str)
 
 
 @pytest.mark.parametrize(("env", "extra", "says"), [

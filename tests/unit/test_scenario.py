@@ -93,7 +93,8 @@ battery_share = 0
     ("[[households]]\ncount = 2\nsolar_kw = -1", "-1 is not a number of 0 or more"),
     ("[[households]]\ncount = 2\nbattery_kwh = {mean = 5}", "{min = A, max = B} or {choices = [A, B, ...]}"),
     ("[[households]]\ncount = 2\nbattery_kwh = {choices = []}", "{choices = [A, B, ...]}"),
-    ("[[households]]\ncount = 2\nstrategy = 'greedy'", "households #1.strategy: one of baseline, zic, alternate"),
+    ("[[households]]\ncount = 2\nstrategy = 'greedy'",
+     "households #1.strategy: 'greedy' is no strategy: one of baseline, zic, bandit"),
 ])
 def test_a_mistake_is_one_error_that_names_the_file_and_the_place(tmp_path: Path, text: str, says: str) -> None:
     path = write(tmp_path, text)
@@ -149,3 +150,17 @@ aggregators = 0
     assert settings.start_time == 1768460400  # 08:00 in Berlin, 07:00 UTC
     plain = demo_args()
     assert (plain.rounds, plain.participants, plain.timezone, plain.homes) == (1440, 20, "America/Vancouver", None)
+
+
+def test_a_plug_in_strategy_is_found_beside_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "mine.py").write_text(
+        "from decimal import Decimal\n"
+        "from services.participants.strategies import Strategy\n"
+        "class Fixed(Strategy):\n"
+        "    def price(self, slot, side, grid):\n"
+        "        return Decimal('0.1')\n")
+    path = write(tmp_path, "[[households]]\ncount = 3\nsolar_kw = 5\nstrategy = 'mine.py:Fixed'")
+    homes = load(path).households(1)
+    assert {h.strategy for h in homes} == {f"{tmp_path / 'mine.py'}:Fixed"}
+    with pytest.raises(ScenarioError, match=r"households #1\.strategy: strategy '\S*nope\.py:X': no file \S*nope\.py$"):
+        load(write(tmp_path, "[[households]]\ncount = 3\nstrategy = 'nope.py:X'"))
