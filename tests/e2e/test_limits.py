@@ -29,7 +29,8 @@ async def test_a_household_beyond_its_limits_is_refused_and_counted(region: str,
     settings = from_env(env)
     ensemble = Ensemble(env, tmp_path / "logs")
     try:
-        await ensemble.start_all(("ledger-writer", "order-intake"))
+        # every worker: the clock starts a region's first round once all their queues exist
+        await ensemble.start_all(("ledger-writer", "order-intake", "matcher", "meter-collector"))
         async with Client(settings.amqp_url, region, "h1") as me:
             await me.join()
             await ensemble.start_all(("clock",))  # a round starts once h1 is a member, and waits for it
