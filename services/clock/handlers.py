@@ -107,7 +107,8 @@ class Clock:
 
     async def _lead(self, fence: int) -> None:
         d = self.market.schedule.duration
-        await self._wait_for_queues(fence)
+        if self.settings.clock_mode == "simulation":  # real time starts on the wall clock, whatever is there
+            await self._wait_for_queues(fence)
         await self.svc.state_ready()
         current = await self.state.current_round()
         if current is not None:
@@ -235,10 +236,11 @@ class Clock:
             self.svc.log.warning("round_ended_incomplete", round=start, missing=missing)
 
     async def _wait_for_queues(self, fence: int) -> None:
-        """Until every worker service has declared its queue: a round start published
-        before the matcher's queue exists reaches no matcher, and its slot would never be
-        cleared (services started by hand start in any order). The queues are durable, so
-        this waits only for a region's first start."""
+        """Simulation: until every worker service has declared its queue. A round start
+        published before the matcher's queue exists reaches no matcher, and the round would
+        wait for its clearing for ever (services started by hand start in any order). The
+        queues are durable, so this waits only for a region's first start. (In real time a
+        missing service's work is left undone and reported each round: ``report_skipped``.)"""
         names = {f"microte.{self.svc.region}.{name}": name for name in WORKERS}
         told = 0.0
         while missing := [names[q] for q, st in (await self.inspector.states(list(names))).items() if st is None]:
