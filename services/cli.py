@@ -617,7 +617,7 @@ def _demo(args: argparse.Namespace) -> int:
             await check_new_region(settings.ledger_url, settings.region)
         return await run_demo(env, participants=args.participants, seed=args.seed,
                               log_dir=Path("var/logs") / settings.region, aggregators=args.aggregators,
-                              requests=args.requests, homes=args.homes)
+                              requests=args.requests, homes=args.homes, about=args.about)
 
     return _running(run, f"region {settings.region} in the ledger {redact(settings.ledger_url)} "
                          f"(microte report --region {settings.region} --ledger {redact(settings.ledger_url)})")
@@ -684,7 +684,7 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"microte compare: {rule}", file=sys.stderr)
             failed |= await run_demo(env, participants=args.participants, seed=args.seed,
                                      log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators,
-                                     requests=args.requests, homes=args.homes)
+                                     requests=args.requests, homes=args.homes, about=args.about)
         try:
             await write_comparison(settings.ledger_url, [from_env(env).market for _, env in runs], page)
         except ImportError:
@@ -770,7 +770,8 @@ def with_scenario(args: argparse.Namespace) -> argparse.Namespace:
         homes = scenario.households(values["seed"])
         values["participants"] = len(homes)
     return argparse.Namespace(**{**vars(args), **values, "rule": rule, "homes": homes,
-                                 "scenario_env": scenario.tariff if scenario else {}})
+                                 "scenario_env": scenario.tariff if scenario else {},
+                                 "about": (scenario.name, scenario.description) if scenario else ("", "")})
 
 
 def rule_list(text: str) -> list[str]:

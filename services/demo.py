@@ -15,8 +15,9 @@ from services.ensemble import Ensemble, purge_region
 from services.html_report import write_html_report
 from services.participants.community import Community, Tally, agent_ids
 from services.participants.profiles import Household, community
+from services.participants.scenario import community_record
 from services.report import report
-from shared.runtime.ledger import open_ledger
+from shared.runtime.ledger import RecordBatch, open_ledger
 from shared.runtime.settings import from_env
 
 During = Callable[[Ensemble, Community], Awaitable[None]]
@@ -110,10 +111,19 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
 
 
 async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0,
-                   requests: str = "round", homes: list[Household] | None = None) -> int:
+                   requests: str = "round", homes: list[Household] | None = None,
+                   about: tuple[str, str] = ("", "")) -> int:
+    """``simulate``, then the report. The ledger keeps who the households are and what they
+    own (``about``: the scenario's name and description), for the HTML report."""
     settings = from_env(env)
     homes = homes or community(participants, seed)
     participants = len(homes)
+    store = open_ledger(settings.ledger_url)
+    await store.open()
+    try:
+        await store.write(RecordBatch(communities=[(settings.region, community_record(homes, *about))]))
+    finally:
+        await store.close()
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()

@@ -7,6 +7,8 @@ inlined once). Everything comes from the ledger, through the export rows
 from __future__ import annotations
 
 import html
+import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -155,8 +157,8 @@ def _local(ts: int, tz: str) -> str:
     return datetime.fromtimestamp(ts, zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
-    """The whole page."""
+def render(done: Export, market: MarketSettings, *, verdict: str, community: dict[str, Any] | None = None) -> str:
+    """The whole page; ``community``, the households a simulated region recorded (what they own)."""
     import plotly.graph_objects as go  # the report's plotting library; imported when used
 
     f = figures(done, market.schedule.duration)
@@ -203,13 +205,54 @@ def render(done: Export, market: MarketSettings, *, verdict: str) -> str:
         ("pricing rule", str(market.rule)),
         ("grid tariff", _tariff(market)),
         ("households", str(f.households)),
-        ("what they own", "not recorded in the ledger (PV, batteries and loads show in their meter readings)"),
     ]
-    kpis = _kpis(f, verdict)
-
-    return _page(f"microte report: region {market.region}",
-                 [("Scenario", _table(scenario)), ("Key figures", _table(kpis))],
+    sections = [("Scenario", ""), ("Key figures", _table(_kpis(f, verdict)))]
+    if community is None:
+        scenario.append(("what they own", "not recorded in the ledger (a live region, or a run from before it kept "
+                                          "it; PV, batteries and loads show in their meter readings)"))
+    else:
+        if community.get("name"):
+            scenario.insert(0, ("scenario", " - ".join(filter(None, (community["name"], community["description"])))))
+        scenario.append(("what they own", _owned(community["households"])))
+        sections.append(("Households", _households(community["households"], homes)))
+    sections[0] = ("Scenario", _table(scenario))
+    return _page(f"microte report: region {market.region}", sections,
                  "Battery state of charge is not plotted: the ledger does not record it.", charts)
+
+
+def _owned(homes: list[dict[str, Any]]) -> str:
+    """What the households own, in one line."""
+    pv = [Decimal(h["pv_kw"]) for h in homes if Decimal(h["pv_kw"])]
+    batteries = [h for h in homes if Decimal(h["battery_kwh"])]
+    strategies = Counter(str(h["strategy"]) for h in homes)
+    def total(values: list[Decimal]) -> str:
+        return f"{sum(values, Decimal(0)).normalize():f}"
+
+    return (f"{len(pv)} with PV ({total(pv)} kW in all); {len(batteries)} with a battery "
+            f"({total([Decimal(h['battery_kwh']) for h in batteries])} kWh, "
+            f"{total([Decimal(h['battery_kw']) for h in batteries])} kW in all); strategies: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(strategies.items())))
+
+
+def _households(homes: list[dict[str, Any]], bills: list[Row]) -> str:
+    """Each household: what it owns beside its bill."""
+    billed = {str(r["participant"]): r for r in bills}
+    head = ("household", "PV (kW)", "battery (kWh / kW)", "base load (W)", "strategy", "bill ($)", "grid only ($)",
+            "saving ($)")
+    rows = []
+    for h in homes:
+        r = billed.get(h["id"], {})
+        battery = f"{h['battery_kwh']} / {h['battery_kw']}" if Decimal(h["battery_kwh"]) else "-"
+        money = [_money(_dec(r, c)) if r else "-" for c in ("bill_usd", "grid_only_usd", "saving_usd")]
+        rows.append((h["id"], h["pv_kw"] if Decimal(h["pv_kw"]) else "-", battery, str(h["base_load_w"]),
+                     str(h["strategy"]), *money))
+    return ("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+            + "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in rows)
+            + "</table>")
+
+
+def _money(value: Decimal | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _table(rows: list[tuple[str, str]]) -> str:
@@ -264,7 +307,9 @@ def _kpis(f: Figures, verdict: str) -> list[tuple[str, str]]:
 
 async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool, path: Path) -> None:
     """The region's HTML report at ``path``; ImportError without plotly (the extra "report")."""
-    page = render(await export(store, market), market, verdict="PASS" if ok else "FAIL")
+    kept = await store.community(market.region)
+    page = render(await export(store, market), market, verdict="PASS" if ok else "FAIL",
+                  community=None if kept is None else json.loads(kept))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
 

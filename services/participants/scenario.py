@@ -11,6 +11,7 @@ binary floats, so prices and kilowatts are exact. The format: docs/scenarios.md.
 
 from __future__ import annotations
 
+import json
 import random
 import tomllib
 from dataclasses import dataclass
@@ -228,3 +229,16 @@ def _spread(value: Any, unit: int, where: str) -> Spread:
         raise ScenarioError(f"{where}: a number, {{min = A, max = B}} or {{choices = [A, B, ...]}}, not {value!r}")
     fixed = whole(value)
     return Spread(fixed, fixed)
+
+
+def community_record(homes: list[Household], name: str = "", description: str = "") -> str:
+    """Who a simulated region's households are and what they own, as the ledger keeps it
+    (``RecordBatch.communities``; docs/ledger-schema.md, ``region_community``)."""
+    def kilo(value: int) -> str:
+        return str(Decimal(value) / 1000)
+
+    return json.dumps({
+        "name": name, "description": description,
+        "households": [{"id": h.participant_id, "pv_kw": kilo(h.solar_peak_w), "battery_kwh": kilo(h.battery_wh),
+                        "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy}
+                       for h in homes]}, sort_keys=True)

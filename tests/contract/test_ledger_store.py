@@ -522,6 +522,18 @@ async def test_a_regions_market_settings_are_kept_once_and_the_first_stays(store
         await store.write(RecordBatch(market_settings=[("west", None)]))  # type: ignore[list-item]
 
 
+async def test_a_regions_community_is_kept_once_the_first_stays_and_makes_no_region(store: LedgerStore) -> None:
+    first, later = '{"households": [{"id": "h000"}]}', '{"households": []}'
+    assert await store.community("north") is None
+    await store.write(RecordBatch(communities=[("north", first)]))
+    await store.write(RecordBatch(communities=[("north", later), ("south", later)]))
+    assert await store.community("north") == first
+    assert await store.community("south") == later
+    assert await store.regions() == []  # a description of who trades is no run of the market
+    with pytest.raises(InvalidRecord):
+        await store.write(RecordBatch(communities=[("west", None)]))  # type: ignore[list-item]
+
+
 async def test_entries_can_be_filtered_by_slot_bounds(store: LedgerStore) -> None:
     s1, s2, s3, s4 = Slot(T0, T0 + 60), Slot(T0 + 60, T0 + 120), Slot(T0, T0 + 120), Slot(T0 + 120, T0 + 180)
     written = {s: entry("north", s, n) for n, s in enumerate((s4, s2, s3, s1))}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import os
 import queue
 import re
@@ -191,6 +192,13 @@ async def test_each_shipped_scenario_runs_through_the_services_and_audits_clean(
         assert f"region {region}, {len(homes)} participants, 3 rounds of {seconds} s," in err, err[-3000:]
         assert f"microte report: region {region}, 3 slots, rule {scenario.market['rule']}" in out, out[-3000:]
         assert re.search(r"^  ledger invariants and re-derivation of 3 slots, \d+ entries: PASS$", out, re.M), out
+        # the ledger keeps who the households are: the HTML report shows what each owns
+        page = (tmp_path / "var" / "reports" / f"{region}.html").read_text()
+        assert f"<td>{html.escape(scenario.name + ' - ' + scenario.description)}</td>" in page
+        table = page.split("<h2>Households</h2>")[1].split("</table>")[0]
+        assert table.count("<tr><td>h") == len(homes)
+        first = homes[0]
+        assert f"<tr><td>h000</td><td>{Decimal(first.solar_peak_w) / 1000 if first.solar_peak_w else '-'}</td>" in table
     finally:
         settings = from_env()
         ids = [h.participant_id for h in homes] + agent_ids(scenario.community.get("aggregators", 1))

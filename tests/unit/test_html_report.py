@@ -57,3 +57,27 @@ def test_the_comparison_page_sets_the_rules_side_by_side() -> None:
     assert header == "<table><tr><th></th><th>pay_as_bid</th><th>midpoint</th>"
     assert "<td>PASS</td><td>FAIL</td>" in page and "r1, r1-midpoint" in page
     assert page.count('class="plotly-graph-div"') == 4 and page.count("* plotly.js v") == 1
+
+
+def test_a_simulated_community_shows_what_each_household_owns_beside_its_bill() -> None:
+    import json
+
+    from services.participants.profiles import Household
+    from services.participants.scenario import community_record
+
+    done = exported()
+    ids = [str(r["participant"]) for r in done.households]
+    homes = [Household(participant_id=pid, seed=1, solar_peak_w=4500 * (i != 1), base_load_w=300 + i,
+                       battery_wh=13500 * (i == 0), battery_power_w=5000 * (i == 0), strategy="bandit",
+                       index=i, size=len(ids)) for i, pid in enumerate(ids)]
+    community = json.loads(community_record(homes, "tiny", "three homes"))
+    page = render(done, MARKET, verdict="PASS", community=community)
+    assert "<td>tiny - three homes</td>" in page
+    assert "<td>2 with PV (9 kW in all); 1 with a battery (13.5 kWh, 5 kW in all); strategies: bandit 3</td>" in page
+    table = page.split("<h2>Households</h2>")[1].split("</table>")[0]
+    first = done.households[0]
+    assert (f"<tr><td>{ids[0]}</td><td>4.5</td><td>13.5 / 5</td><td>300</td><td>bandit</td>"
+            f"<td>{Decimal(str(first['bill_usd'])):.2f}</td>") in table
+    assert f"<tr><td>{ids[1]}</td><td>-</td><td>-</td><td>301</td>" in table
+    assert "not recorded in the ledger" not in page
+    assert "not recorded in the ledger" in render(done, MARKET, verdict="PASS")

@@ -75,6 +75,10 @@ class RecordBatch:
     # (region, settings): the market settings the region runs with, as a JSON object of
     # MICROTE_* values (shared.runtime.settings.market_record); the first stored stays.
     market_settings: Sequence[tuple[str, str]] = ()
+    # (region, community): who a simulated region's households are and what they own, as a
+    # JSON object (services.participants.scenario.community_record); the first stored stays.
+    # A description, not a record of the market: it makes no region.
+    communities: Sequence[tuple[str, str]] = ()
 
     def regions(self) -> set[str]:
         return (
@@ -155,6 +159,9 @@ class LedgerStore(Protocol):
 
     async def market_settings(self, region: str) -> str | None:
         """The market settings the region's ledger keeps (a JSON object), or None."""
+
+    async def community(self, region: str) -> str | None:
+        """The simulated community the region's ledger keeps (a JSON object), or None."""
 
 
 # --- Type guard: every back-end, before any I/O -------------------------------------
@@ -268,6 +275,9 @@ def check_types(batch: RecordBatch) -> None:
     for region, settings in batch.market_settings:
         _text("market settings", "region", region)
         _text("market settings", "settings", settings)
+    for region, described in batch.communities:
+        _text("community", "region", region)
+        _text("community", "community", described)
     for region, slot, stage, error in batch.held:
         what = f"held slot {slot}"
         _text(what, "region", region)

@@ -45,6 +45,7 @@ class _Tables:
     memberships: set[tuple[str, str, str, int]] = field(default_factory=set)
     agents: dict[tuple[str, str, int], str] = field(default_factory=dict)
     market_settings: dict[str, str] = field(default_factory=dict)
+    communities: dict[str, str] = field(default_factory=dict)
 
 
 _NAMED: dict[str, _Tables] = {}
@@ -82,6 +83,8 @@ class MemoryLedgerStore:
         t.regions |= batch.regions()
         for region, settings in batch.market_settings:
             t.market_settings.setdefault(region, settings)
+        for region, described in batch.communities:
+            t.communities.setdefault(region, described)
         orders = 0
         for region, o in batch.orders:
             if (region, o.order_id) not in t.orders:
@@ -183,3 +186,6 @@ class MemoryLedgerStore:
 
     async def market_settings(self, region: str) -> str | None:
         return self._ready().market_settings.get(region)
+
+    async def community(self, region: str) -> str | None:
+        return self._ready().communities.get(region)

@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS region_settings (
     settings     text    NOT NULL  -- JSON: the MICROTE_* market settings it runs with
 );
 
+CREATE TABLE IF NOT EXISTS region_community (
+    region       text    PRIMARY KEY,
+    community    text    NOT NULL  -- JSON: a simulated region's households and what they own
+);
+
 CREATE TABLE IF NOT EXISTS ledger_entries (
     entry_id      text    PRIMARY KEY,                         -- deterministic key
     inserted_seq  bigint  NOT NULL GENERATED ALWAYS AS IDENTITY, -- order of insertion
@@ -247,6 +252,7 @@ _ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
 _MEMBERSHIPS = _Table("membership_events", rows.MEMBERSHIP_COLUMNS)
 _AGENTS = _Table("agent_registrations", rows.AGENT_COLUMNS)
 _SETTINGS = _Table("region_settings", ("region", "settings"))
+_COMMUNITY = _Table("region_community", ("region", "community"))
 
 
 def _inserted(status: str) -> int:
@@ -315,6 +321,7 @@ class PostgresLedgerStore:
             (_MEMBERSHIPS, list(batch.memberships)),
             (_AGENTS, list(batch.agents)),
             (_SETTINGS, list(batch.market_settings)),
+            (_COMMUNITY, list(batch.communities)),
         )
         for attempt in range(self._retries + 1):
             try:
@@ -328,7 +335,8 @@ class PostgresLedgerStore:
                 raise ConstraintViolation(f"postgresql refused the batch: {exc}") from exc
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents, _ = counts
+        (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
+         *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
                            agents)
 
@@ -424,6 +432,10 @@ class PostgresLedgerStore:
 
     async def market_settings(self, region: str) -> str | None:
         found = await self._fetch("SELECT settings FROM region_settings WHERE region = $1", region)
+        return str(found[0][0]) if found else None
+
+    async def community(self, region: str) -> str | None:
+        found = await self._fetch("SELECT community FROM region_community WHERE region = $1", region)
         return str(found[0][0]) if found else None
 
     async def cancelled_orders(self, region: str) -> list[str]:

@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS region_settings (
     settings     TEXT    NOT NULL     -- JSON: the MICROTE_* market settings it runs with
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS region_community (
+    region       TEXT    PRIMARY KEY,
+    community    TEXT    NOT NULL     -- JSON: a simulated region's households and what they own
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS ledger_entries (
     inserted_seq  INTEGER PRIMARY KEY AUTOINCREMENT,  -- order of insertion; the rowid
     entry_id      TEXT    NOT NULL UNIQUE,            -- deterministic key
@@ -195,6 +200,7 @@ _INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
 _INSERT_MEMBERSHIP = _insert("membership_events", rows.MEMBERSHIP_COLUMNS)
 _INSERT_AGENT = _insert("agent_registrations", rows.AGENT_COLUMNS)
 _INSERT_SETTINGS = _insert("region_settings", ("region", "settings"))
+_INSERT_COMMUNITY = _insert("region_community", ("region", "community"))
 
 
 def _priced(row: rows.Row, prices: tuple[int, ...]) -> rows.Row:
@@ -282,6 +288,7 @@ class SqliteLedgerStore:
             (_INSERT_MEMBERSHIP, list(batch.memberships)),
             (_INSERT_AGENT, list(batch.agents)),
             (_INSERT_SETTINGS, list(batch.market_settings)),
+            (_INSERT_COMMUNITY, list(batch.communities)),
         )
 
         def transaction(conn: sqlite3.Connection) -> list[int]:
@@ -304,7 +311,8 @@ class SqliteLedgerStore:
             counts = await self._run(transaction)
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
-        _, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents, _ = counts
+        (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
+         *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
                            agents)
 
@@ -385,6 +393,10 @@ class SqliteLedgerStore:
 
     async def market_settings(self, region: str) -> str | None:
         found = await self._select("SELECT settings FROM region_settings WHERE region = ?", region)
+        return str(found[0][0]) if found else None
+
+    async def community(self, region: str) -> str | None:
+        found = await self._select("SELECT community FROM region_community WHERE region = ?", region)
         return str(found[0][0]) if found else None
 
     async def cancelled_orders(self, region: str) -> list[str]:
