@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 from services.participants.profiles import Household
 from services.participants.strategies import strategy_class
+from shared.runtime.settings import SettingsError, from_env
 
 ALTERNATE = ("baseline", "zic")  # the default community's strategies, by turns
 
@@ -108,6 +110,12 @@ def load(path: str | Path) -> Scenario:
     market = where.table(data, "market", MARKET_KEYS)
     tariff = {TARIFF_KEYS[k]: _decimal_text(v, where.at("tariff", k))
               for k, v in where.table(data, "tariff", dict.fromkeys(TARIFF_KEYS, object)).items()}
+    try:  # the tariff as the services take it, checked here so that an error names the file
+        from_env({**tariff, "MICROTE_TIMEZONE": market.get("timezone", "UTC")})
+    except SettingsError as exc:
+        raise ScenarioError(f"scenario {path}: [tariff]: {exc}") from None
+    except ZoneInfoNotFoundError:
+        pass  # the time zone's own check says it better (microte demo: market.timezone)
     community = where.table(data, "community", COMMUNITY_KEYS)
     for key in ("participants", "rounds", "round_seconds"):
         for section in (community, market):

@@ -82,6 +82,17 @@ def _get(env: Mapping[str, str], name: str, default: str) -> str:
     return env.get(f"MICROTE_{name}", default)
 
 
+def _decimal(env: Mapping[str, str], name: str, default: str) -> Decimal:
+    text = _get(env, name, default)
+    try:
+        value = Decimal(text)
+    except ArithmeticError:
+        raise SettingsError(f"MICROTE_{name} {text!r} is not a number") from None
+    if not value.is_finite():
+        raise SettingsError(f"MICROTE_{name} {text!r} is not a finite number")
+    return value
+
+
 _N = TypeVar("_N", int, Decimal)
 
 
@@ -110,8 +121,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             horizon_s=int(_get(e, "HORIZON_S", "86400")),
         )
         tariff = Tariff(
-            price=Decimal(_get(e, "GRID_PRICE", "0.069")),
-            fee_ratio=Decimal(_get(e, "FEE_RATIO", "1.1")),
+            price=_decimal(e, "GRID_PRICE", "0.069"),
+            fee_ratio=_decimal(e, "FEE_RATIO", "1.1"),
             timezone=_get(e, "TIMEZONE", "UTC"),
             time_of_use=parse_time_of_use(_get(e, "TIME_OF_USE", "")),
         )
@@ -120,11 +131,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             schedule=schedule,
             tariff=tariff,
             rule=PricingRule(_get(e, "PRICING_RULE", "midpoint")),
-            price_cap=check_price_cap(Decimal(_get(e, "PRICE_CAP", "10"))),
+            price_cap=check_price_cap(_decimal(e, "PRICE_CAP", "10")),
             reading_deadline_s=int(_get(e, "READING_DEADLINE_S", "120")),
             member_timeout_s=int(_get(e, "MEMBER_TIMEOUT_S", "300")),
             max_orders_per_slot=_positive(e, "MAX_ORDERS_PER_SLOT", 100),
-            max_requests_per_s=_not_negative(Decimal(_get(e, "MAX_REQUESTS_PER_S", "0")), "MAX_REQUESTS_PER_S"),
+            max_requests_per_s=_not_negative(_decimal(e, "MAX_REQUESTS_PER_S", "0"), "MAX_REQUESTS_PER_S"),
             request_burst=_not_negative(int(_get(e, "REQUEST_BURST", "0")), "REQUEST_BURST"),
         )
         mode = _get(e, "CLOCK_MODE", "simulation")
