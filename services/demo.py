@@ -113,17 +113,13 @@ async def simulate(env: dict[str, str], *, participants: int, seed: int, log_dir
 async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir: Path, aggregators: int = 0,
                    requests: str = "round", homes: list[Household] | None = None,
                    about: tuple[str, str] = ("", "")) -> int:
-    """``simulate``, then the report. The ledger keeps who the households are and what they
-    own (``about``: the scenario's name and description), for the HTML report."""
+    """``simulate``, then the report. The ledger keeps who the households were and what they
+    owned (``about``: the scenario's name and description), for the HTML report: recorded
+    once the run is over, so that a run that never started leaves no description behind
+    for the next run of its region to inherit."""
     settings = from_env(env)
     homes = homes or community(participants, seed)
     participants = len(homes)
-    store = open_ledger(settings.ledger_url)
-    await store.open()
-    try:
-        await store.write(RecordBatch(communities=[(settings.region, community_record(homes, *about))]))
-    finally:
-        await store.close()
     print(f"microte demo: region {settings.region}, {participants} participants, {settings.rounds} rounds of "
           f"{settings.market.schedule.duration} s, ledger {settings.ledger_url}, logs in {log_dir}", file=sys.stderr)
     began = time.monotonic()
@@ -144,6 +140,7 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
+        await store.write(RecordBatch(communities=[(settings.region, community_record(homes, *about))]))
         text, ok = await report(store, settings.market)
         page = Path("var") / "reports" / f"{settings.region}.html"
         try:
