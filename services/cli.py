@@ -666,33 +666,76 @@ def _running(run: Callable[[], Coroutine[Any, Any, int]], where: str) -> int:
         return TERMINATED
 
 
+def compare_runs(args: argparse.Namespace, base: str) -> list[tuple[str, str, str, str | None]]:
+    """The runs of ``compare``: (label, rule, region, strategy) for each rule and each strategy
+    (None: as the scenario or the default community has it). The label names what differs."""
+    strategies: list[str | None] = list(args.strategies or [None])
+    runs = []
+    for rule in args.rules:
+        for i, strategy in enumerate(strategies):
+            parts = ([rule] if len(args.rules) > 1 or not args.strategies else []) + \
+                    ([_strategy_label(strategy, i)] if args.strategies else [])
+            region = "-".join([base, rule, *([_strategy_label(strategy, i)] if args.strategies else [])])
+            runs.append((" / ".join(parts), rule, region, strategy))
+    return runs
+
+
+def _strategy_label(strategy: str | None, i: int) -> str:
+    """A built-in strategy's name; a plug-in's class name (with its place, for a region id)."""
+    if strategy is None or _REGION.match(strategy):
+        return strategy or "as-given"
+    name = re.sub(r"[^A-Za-z0-9_]", "", strategy.rpartition(":")[2]) or "plugin"
+    return f"{name}{i + 1}"
+
+
 def _compare(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from services.demo import run_demo
     from services.html_report import write_comparison
+    from services.participants.profiles import community
 
     args = with_scenario(args)
     base = f"cmp{int(time.time())}"
-    runs = [(rule, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": f"{base}-{rule}"})))
-            for rule in args.rules]
+    runs = [(label, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": region})), strategy)
+            for label, rule, region, strategy in compare_runs(args, base)]
     settings = _run_settings(args, runs[0][1])
     page = Path(args.out or f"var/reports/compare-{base}.html")
+    homes = args.homes or community(args.participants, args.seed)
 
     async def run() -> int:
         await _check_servers(settings)
         failed = 0
-        for rule, env in runs:
-            print(f"microte compare: {rule}", file=sys.stderr)
-            failed |= await run_demo(env, participants=args.participants, seed=args.seed,
+        for label, env, strategy in runs:
+            print(f"microte compare: {label}", file=sys.stderr)
+            mine = homes if strategy is None else [replace(h, strategy=strategy) for h in homes]
+            failed |= await run_demo(env, participants=len(mine), seed=args.seed,
                                      log_dir=Path("var/logs") / from_env(env).region, aggregators=args.aggregators,
-                                     requests=args.requests, homes=args.homes, about=args.about)
+                                     requests=args.requests, homes=mine, about=args.about)
         try:
-            await write_comparison(settings.ledger_url, [from_env(env).market for _, env in runs], page)
+            await write_comparison(settings.ledger_url, [from_env(env).market for _, env, _ in runs], page,
+                                   labels=[label for label, _, _ in runs])
         except ImportError:
             raise CliError("the comparison page needs plotly: pip install 'microte[report]'", code=2) from None
-        print(f"comparison of {', '.join(args.rules)}: {page}")
+        print(f"comparison of {', '.join(label for label, _, _ in runs)}: {page}")
         return failed
 
     return _running(run, f"regions {base}-<rule> in the ledger {redact(settings.ledger_url)}")
+
+
+def strategy_list(text: str) -> list[str]:
+    """An argparse type: strategies, comma-separated, each once (built-in names or plug-ins)."""
+    from services.participants.strategies import strategy_class
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct strategies, comma-separated")
+    for name in names:
+        try:
+            strategy_class(name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
 
 
 # The community and market time of ``demo`` and ``compare`` when neither the command line
@@ -848,6 +891,10 @@ def parser() -> argparse.ArgumentParser:
     _community_options(cmp)
     cmp.add_argument("--rules", type=rule_list, default=",".join(_RULES), metavar="RULE,RULE",
                      help="the pricing rules to compare (default: %(default)s)")
+    cmp.add_argument("--strategies", type=strategy_list, metavar="STRATEGY,STRATEGY",
+                     help="also compare these strategies, every household trading with each in turn: baseline, "
+                          "zic, bandit or a plug-in (docs/scenarios.md); one run per rule and strategy, so give "
+                          "one --rules to compare strategies alone (default: none, the households' own)")
     _ledger_option(cmp, "where the services record the runs (a SQLite file's folder must exist)")
     cmp.add_argument("--out", metavar="FILE", help="the comparison page (default: var/reports/compare-<time>.html)")
     cmp.set_defaults(run=_compare, rule=None, region=None)

@@ -314,12 +314,13 @@ async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool
     path.write_text(page)
 
 
-def render_comparison(runs: list[tuple[MarketSettings, Export, bool]]) -> str:
-    """One page for the same community under several rules: the key figures side by side,
-    the local price and traded volume per slot overlaid, and each household's saving."""
+def render_comparison(runs: list[tuple[MarketSettings, Export, bool]], labels: list[str] | None = None) -> str:
+    """One page for the same community under several rules (or strategies, ``labels`` naming
+    each run): the key figures side by side, the local price and traded volume per slot
+    overlaid, and each household's saving."""
     import plotly.graph_objects as go
 
-    rules = [str(m.rule) for m, _, _ in runs]
+    rules = labels or [str(m.rule) for m, _, _ in runs]
     columns = [_kpis(figures(done, m.schedule.duration), "PASS" if ok else "FAIL") for m, done, ok in runs]
     header = "<tr><th></th>" + "".join(f"<th>{html.escape(r)}</th>" for r in rules) + "</tr>"
     body = "".join("<tr><th>" + html.escape(name) + "</th>"
@@ -342,16 +343,19 @@ def render_comparison(runs: list[tuple[MarketSettings, Export, bool]]) -> str:
     saving.update_layout(barmode="group")
     duration.update_xaxes(title="share of the slots with trade (%)")
     charts: list[tuple[str, Any]] = [
-        ("Local price per slot, by rule ($/kWh)", price), ("Energy traded per slot, by rule (kWh)", volume),
-        ("Price duration curves, by rule ($/kWh)", duration),
-        ("Each household's saving against the grid alone, by rule ($)", saving)]
+        ("Local price per slot, by run ($/kWh)", price), ("Energy traded per slot, by run (kWh)", volume),
+        ("Price duration curves, by run ($/kWh)", duration),
+        ("Each household's saving against the grid alone, by run ($)", saving)]
     return _page(f"microte comparison: {', '.join(rules)}",
                  [("Scenario", _table(scenario)), ("Key figures", f"<table>{header}{body}</table>")],
-                 "The same community, seed and market time under each rule, each in a region of its own.", charts)
+                 "The same community, seed and market time in each run (a rule, or a strategy every household "
+                 "trades with), each in a region of its own.", charts)
 
 
-async def write_comparison(ledger_url: str, markets: list[MarketSettings], path: Path) -> None:
-    """The comparison page of the regions of ``markets`` (one run per rule) at ``path``."""
+async def write_comparison(ledger_url: str, markets: list[MarketSettings], path: Path,
+                           labels: list[str] | None = None) -> None:
+    """The comparison page of the regions of ``markets`` (one run each, named by ``labels``,
+    else by its rule) at ``path``."""
     from shared.runtime.audit import audit
     from shared.runtime.ledger import open_ledger
 
@@ -362,4 +366,4 @@ async def write_comparison(ledger_url: str, markets: list[MarketSettings], path:
     finally:
         await store.close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_comparison(runs))
+    path.write_text(render_comparison(runs, labels))

@@ -282,6 +282,23 @@ def test_compare_runs_each_rule_on_the_same_community_and_writes_one_page(tmp_pa
     assert text.count("<td>PASS</td>") == 2
 
 
+def test_compare_runs_the_same_scenario_with_each_strategy_and_writes_one_page(tmp_path: Path) -> None:
+    page = tmp_path / "compare.html"
+    scenario = Path(__file__).resolve().parents[2] / "scenarios" / "vancouver-june-20.toml"
+    code, out, err = run("compare", str(scenario), "--rules", "equal_price", "--strategies", "zic,bandit",
+                         "--rounds", "4", "--start", "2026-06-21T12:00", "--ledger",
+                         f"sqlite:///{tmp_path / 'ledger.sqlite'}", "--out", str(page), cwd=tmp_path)
+    assert code == 0, err
+    regions = re.findall(r"^microte report: region (\S+), 4 slots, rule equal_price$", out, re.M)
+    assert [r.rsplit("-", 1)[1] for r in regions] == ["zic", "bandit"], out[-2000:]
+    assert out.rstrip().endswith(f"comparison of zic, bandit: {page}")
+    text = page.read_text()
+    assert "<th>zic</th><th>bandit</th>" in text and text.count("<td>PASS</td>") == 2
+    for region, strategy in zip(regions, ("zic", "bandit"), strict=True):  # every household traded with it
+        households = (tmp_path / "var" / "reports" / f"{region}.html").read_text().split("<h2>Households</h2>")[1]
+        assert households.count(f"<td>{strategy}</td>") == 20
+
+
 def test_a_time_of_use_tariff_prices_the_slots_it_names_and_the_audit_agrees(tmp_path: Path) -> None:
     """Monday 2026-06-22 11:00-11:02 in Vancouver; the table prices June's 11 o'clock."""
     ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"

@@ -327,3 +327,28 @@ async def test_an_interrupted_run_stops_a_service_that_ignores_sigterm(tmp_path:
     for proc in ensemble.procs.values():
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_compare_runs_one_region_per_rule_and_strategy_named_by_what_differs(tmp_path: Path) -> None:
+    plugin = tmp_path / "mine.py"
+    plugin.write_text("from services.participants.strategies import Baseline\nclass Mine(Baseline):\n    pass\n")
+    by_rule = cli.compare_runs(args_of("compare", "--rules", "midpoint,uniform"), "cmp1")
+    assert by_rule == [("midpoint", "midpoint", "cmp1-midpoint", None), ("uniform", "uniform", "cmp1-uniform", None)]
+    by_strategy = cli.compare_runs(args_of("compare", "--rules", "equal_price", "--strategies",
+                                           f"zic,bandit,{plugin}:Mine"), "cmp2")
+    assert by_strategy == [("zic", "equal_price", "cmp2-equal_price-zic", "zic"),
+                           ("bandit", "equal_price", "cmp2-equal_price-bandit", "bandit"),
+                           ("Mine3", "equal_price", "cmp2-equal_price-Mine3", f"{plugin}:Mine")]
+    both = cli.compare_runs(args_of("compare", "--rules", "midpoint,uniform", "--strategies", "zic,bandit"), "c")
+    assert [label for label, _, _, _ in both] == ["midpoint / zic", "midpoint / bandit", "uniform / zic",
+                                                  "uniform / bandit"]
+    assert all(cli._REGION.match(region) for _, _, region, _ in by_strategy + both)
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("zic,zic", "give distinct strategies"),
+    ("greedy", "'greedy' is no strategy"),
+])
+def test_compare_refuses_a_strategy_it_cannot_run(capsys: pytest.CaptureFixture[str], value: str, says: str) -> None:
+    assert cli.main(["compare", "--strategies", value]) == 2
+    assert says in one_line_error(capsys)
