@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfoNotFoundError
 from services.participants import REQUESTS
 from shared.market import PricingRule
 from shared.market.timezones import zone
-from shared.runtime.settings import Settings, SettingsError, from_env
+from shared.runtime.settings import Settings, SettingsError, from_env, market_record, record_differences
 from shared.runtime.trust import TrustError
 
 if TYPE_CHECKING:
@@ -337,7 +337,20 @@ def _simulate(args: argparse.Namespace) -> int:
     from services.participants.profiles import community
 
     settings = from_env()
-    homes = community(args.participants, args.seed)
+    scenario = _scenario(args.scenario)
+    if scenario is not None:
+        _scenario_agrees(scenario, dict(os.environ))
+    if scenario is not None and scenario.groups and args.participants is not None:
+        raise CliError(f"--participants and the households of scenario {args.scenario} both say how many "
+                       "households there are: leave out one", code=2)
+    given = scenario.community if scenario else {}
+    for key in ("participants", "seed", "aggregators", "requests"):  # the option, else the scenario, else default
+        if getattr(args, key) is None:
+            setattr(args, key, given.get(key, COMMUNITY_DEFAULTS[key]))
+    if scenario is not None and scenario.groups:
+        homes = scenario.households(args.seed)
+    else:
+        homes = community(args.participants, args.seed)
     if args.participant_url and (not args.aggregators or "{participant}" not in args.participant_url):
         raise CliError("--participant-url needs '{participant}' in it and --aggregators 1 or more (the "
                        "households act through an aggregator, each joining on its own account)", code=2)
@@ -354,6 +367,52 @@ def _simulate(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
+
+
+def _scenario(path: str | None) -> Any:
+    """The scenario file at ``path`` (None for none); a mistake in it ends the command."""
+    from services.participants.scenario import ScenarioError, load
+
+    if not path:
+        return None
+    try:
+        return load(path)
+    except ScenarioError as exc:
+        raise CliError(str(exc), code=2) from None
+
+
+def _scenario_agrees(scenario: Any, environ: dict[str, str]) -> None:
+    """``simulate``: the services run with this shell's MICROTE_* settings, which must be the
+    scenario's market and tariff (start and rounds too, where the shell sets them)."""
+    market = scenario.market
+    wanted = dict(scenario.tariff)
+    for key, name in (("timezone", "MICROTE_TIMEZONE"), ("round_seconds", "MICROTE_ROUND_SECONDS"),
+                      ("rule", "MICROTE_PRICING_RULE"), ("rounds", "MICROTE_ROUNDS")):
+        if key in market and (name != "MICROTE_ROUNDS" or name in environ):
+            wanted[name] = str(market[key])
+    if "start" in market and "MICROTE_START_TIME" in environ:
+        tz = market.get("timezone", environ.get("MICROTE_TIMEZONE", "UTC"))
+        try:
+            start = datetime.fromisoformat(local_time(market["start"])).replace(tzinfo=zone(tz))
+        except (argparse.ArgumentTypeError, ZoneInfoNotFoundError) as exc:
+            raise CliError(f"scenario {scenario.path}: {exc}", code=2) from None
+        wanted["MICROTE_START_TIME"] = str(int(start.timestamp()))
+    try:
+        running, scenario_says = from_env(environ), from_env({**environ, **wanted})
+    except ZoneInfoNotFoundError:
+        raise CliError(f"scenario {scenario.path}: market.timezone {market.get('timezone')!r} is not a known "
+                       "IANA time zone", code=2) from None
+    except SettingsError as exc:
+        raise CliError(f"scenario {scenario.path}: {exc}", code=2) from None
+    differences = record_differences(market_record(running.market), market_record(scenario_says.market))
+    differences += [f"{name}: {a} -> {b}" for name, a, b in (
+        ("MICROTE_START_TIME", running.start_time, scenario_says.start_time),
+        ("MICROTE_ROUNDS", running.rounds, scenario_says.rounds)) if a != b]
+    if differences:
+        raise CliError(f"scenario {scenario.path} is not what the services run (their settings are this shell's "
+                       f"MICROTE_* variables): {'; '.join(differences)} (the services' -> the scenario's); "
+                       "export the scenario's settings for the services too, or run `microte demo SCENARIO`, "
+                       "which starts them with it", code=2)
 
 
 @contextlib.asynccontextmanager
@@ -850,16 +909,21 @@ def parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a simulated community against running services",
                          epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sim.add_argument("--participants", type=at_least(1), default=20,
-                     help="simulated households (default: %(default)s)")
-    sim.add_argument("--seed", type=int, default=7, help="seed of the households' profiles (default: %(default)s)")
+    sim.add_argument("scenario", nargs="?", metavar="SCENARIO",
+                     help="a scenario file (docs/scenarios.md): its households and community; its market and "
+                          "tariff must be what the services run with (this shell's MICROTE_* variables)")
+    sim.add_argument("--participants", type=at_least(1),
+                     help=f"simulated households (default: {COMMUNITY_DEFAULTS['participants']})")
+    sim.add_argument("--seed", type=int,
+                     help=f"seed of the households' profiles (default: {COMMUNITY_DEFAULTS['seed']})")
     sim.add_argument("--rounds", type=at_least(0), default=0,
                      help="leave after this many rounds (default: %(default)s, when the clock's last round "
                           "is recorded)")
-    sim.add_argument("--aggregators", type=at_least(0), default=1,
+    sim.add_argument("--aggregators", type=at_least(0),
                      help="aggregators submitting one batch a round for their households "
-                          "(default: %(default)s; 0: each household its own requests, see --requests)")
-    _requests_option(sim)
+                          f"(default: {COMMUNITY_DEFAULTS['aggregators']}; 0: each household its own requests, "
+                          "see --requests)")
+    _requests_option(sim, None)
     sim.add_argument("--participant-url", metavar="TEMPLATE",
                      default=os.environ.get("MICROTE_PARTICIPANT_AMQP_URL", ""),
                      help="broker identity: each household and aggregator signs in as itself, with this URL, "

@@ -334,6 +334,52 @@ def test_simulate_without_the_regions_services_says_so_in_one_line(tmp_path: Pat
     assert "round" not in out  # nothing was sent: no community joined a market that is not there
 
 
+async def test_simulate_plays_a_scenarios_households_against_services_started_with_its_settings(
+        tmp_path: Path) -> None:
+    """The scenario's market, with four rounds, as the services' MICROTE_* settings (what a user
+    exports before `microte serve`), then `microte simulate SCENARIO`: its 50 households
+    trade; a shell whose settings differ from the scenario's is refused first."""
+    from services.ensemble import Ensemble
+    from services.participants.scenario import load
+
+    text = (Path(__file__).resolve().parents[2] / "scenarios" / "learning-50.toml").read_text()
+    path = tmp_path / "four.toml"
+    path.write_text(text.replace("rounds = 32 ", "rounds = 4 "))
+    scenario = load(path)
+    assert scenario.market["rounds"] == 4
+    region = "sim" + secrets.token_hex(4)
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = {"MICROTE_REGION": region, "MICROTE_LEDGER_URL": ledger, "MICROTE_TIMEZONE": "America/Vancouver",
+           "MICROTE_START_TIME": "1782068400", "MICROTE_ROUNDS": "4", "MICROTE_ROUND_SECONDS": "900",
+           "MICROTE_PRICING_RULE": "equal_price", "MICROTE_MIN_MEMBERS": "50",
+           "MICROTE_SERVICE_KEY": secrets.token_hex(32)}
+    code, out, err = run("simulate", str(path), cwd=tmp_path, timeout=60,
+                         env={**env, "MICROTE_PRICING_RULE": "midpoint"})
+    assert code == 2 and one_line_error(err) == (
+        f"microte: scenario {path} is not what the services run (their settings are this shell's MICROTE_* "
+        "variables): MICROTE_PRICING_RULE: midpoint -> equal_price (the services' -> the scenario's); export the "
+        "scenario's settings for the services too, or run `microte demo SCENARIO`, which starts them with it")
+    ensemble = Ensemble(env, tmp_path / "logs")
+    homes = scenario.households(scenario.community["seed"])
+    try:
+        await ensemble.start_all(("ledger-writer", "order-intake", "matcher", "meter-collector", "clock"))
+        code, out, err = await asyncio.to_thread(run, "simulate", str(path), cwd=tmp_path, timeout=300, env=env)
+        assert code == 0, err[-3000:]
+        assert "simulation done: 4 rounds" in out, out
+    finally:
+        ensemble.stop_all()
+        settings = from_env(env)
+        await purge_region(settings.amqp_url, settings.redis_url, region, [h.participant_id for h in homes]
+                           + agent_ids(1))
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        parties = {p for s in await store.settlements(region) for p in (s.seller, s.buyer)}
+    finally:
+        await store.close()
+    assert parties <= {h.participant_id for h in homes} and len(parties) >= 10, parties  # the scenario's homes
+
+
 class Lines:
     """A pipe's lines as they come, read by a thread (a test never sleeps blindly on them)."""
 
