@@ -11,7 +11,7 @@ simulate: venv  ## the main job: the five services and a simulated community, th
 test: venv  ## every check and test CI runs
 	@scripts/services.sh rabbitmq redis postgres
 	$(MAKE) --no-print-directory lint
-	$(VENV)/pytest $(ARGS)
+	$(VENV)/pytest --durations=25 $(ARGS)
 
 lint: venv
 	$(VENV)/ruff check shared services microte tests bench
