@@ -10,12 +10,14 @@ decimals). The columns are documented in docs/exports.md; ``SLOT_COLUMNS`` and
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from shared.market import GRID, MARKET, EntryKind, LedgerEntry, Reading, Settlement, Slot, amount, bills
 from shared.market.numbers import ZERO
@@ -36,8 +38,10 @@ HOUSEHOLD_COLUMNS = (
     "participant", "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
     "p2p_bought_wh", "p2p_sold_wh", "grid_import_wh", "grid_export_wh", "shortfall_wh",
     "bill_usd", "grid_only_usd", "saving_usd",
+    "pv_w", "battery_wh", "battery_w", "base_load_w", "strategy",  # what it owns: simulated regions only
 )
-INTEGERS = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith("_wh")}
+_OWNS = {"pv_w": "pv_kw", "battery_wh": "battery_kwh", "battery_w": "battery_kw"}  # column -> community key, in k
+INTEGERS = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith(("_wh", "_w"))}
                      | {"slot_start", "slot_end", "settlements", "readings"})
 MONEY = frozenset({c for c in SLOT_COLUMNS + HOUSEHOLD_COLUMNS if c.endswith(("_usd", "_price"))})
 _AVERAGE = Decimal("1e-10")
@@ -119,8 +123,10 @@ def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlement
 
 
 def household_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlements: Iterable[Settlement],
-                   readings: Iterable[Reading]) -> list[Row]:
-    """A row per participant (not the grid, not the market operator), by id."""
+                   readings: Iterable[Reading], community: dict[str, Any] | None = None) -> list[Row]:
+    """A row per participant (not the grid, not the market operator), by id; what it owns
+    from ``community`` (the region's, as the ledger keeps it), else empty."""
+    owns = {h["id"]: h for h in (community or {}).get("households", [])}
     entries = list(entries)
     energy: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     grid_only: dict[str, Decimal] = defaultdict(Decimal)
@@ -147,8 +153,12 @@ def household_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settl
     for pid in sorted((set(energy) | set(party_bills)) - {GRID, MARKET}):
         bill = party_bills[pid].net_cost if pid in party_bills else ZERO
         alone = grid_only.get(pid, ZERO)
+        home = owns.get(pid)
+        equipment: Row = {c: None if home is None else int(Decimal(home[k]) * 1000) for c, k in _OWNS.items()}
+        equipment.update(base_load_w=None if home is None else int(home["base_load_w"]),
+                         strategy=None if home is None else str(home["strategy"]))
         rows.append({"participant": pid, **{c: energy[pid][c] for c in HOUSEHOLD_COLUMNS[1:10]},
-                     "bill_usd": bill, "grid_only_usd": alone, "saving_usd": alone - bill})
+                     "bill_usd": bill, "grid_only_usd": alone, "saving_usd": alone - bill, **equipment})
     return rows
 
 
@@ -156,8 +166,10 @@ async def export(store: LedgerStore, market: MarketSettings) -> Export:
     region = market.region
     entries, settlements = await store.entries(region), await store.settlements(region)
     readings = await store.readings(region)
+    community = await store.community(region)
     return Export(slot_rows(market, entries, settlements, readings),
-                  household_rows(market, entries, settlements, readings))
+                  household_rows(market, entries, settlements, readings,
+                                 None if community is None else json.loads(community)))
 
 
 def write(done: Export, folder: Path, fmt: str) -> list[Path]:

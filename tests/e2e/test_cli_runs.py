@@ -167,6 +167,10 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
         assert exported == {p: bills_[p].net_cost if p in bills_ else 0 for p in exported}  # 0: metered, no entry
         saving = sum((Decimal(str(v)) for v in households["saving_usd"]), Decimal(0))
         assert saving.quantize(Decimal("0.01")) == Decimal(saved.group(1))
+        homes = {h.participant_id: h for h in community(PARTICIPANTS, 7)}  # the demo's households, as recorded
+        assert {p: (int(pv), s) for p, pv, s in zip(households["participant"], households["pv_w"],
+                                                    households["strategy"], strict=True)} == \
+               {p: (homes[p].solar_peak_w, homes[p].strategy) for p in households["participant"]}
     # A second demo in the same region of the same ledger would wait forever: refused up front.
     code, out, err = run(*demo, cwd=tmp_path, timeout=60)
     assert code == 2

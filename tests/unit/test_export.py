@@ -72,7 +72,13 @@ def test_a_households_bill_and_saving_are_exact() -> None:
 
 
 def test_csv_and_parquet_say_the_same(tmp_path: Path) -> None:
-    done = Export(slot_rows(MARKET, *ledger()), household_rows(MARKET, *ledger()))
+    alice = {"id": "alice", "pv_kw": "4.5", "battery_kwh": "13.5", "battery_kw": "5", "base_load_w": 420,
+             "strategy": "bandit"}  # what alice owns; the others' is not recorded
+    done = Export(slot_rows(MARKET, *ledger()), household_rows(MARKET, *ledger(), {"households": [alice]}))
+    owned = {str(r["participant"]): r for r in done.households}
+    assert [owned["alice"][c] for c in ("pv_w", "battery_wh", "battery_w", "base_load_w", "strategy")] == \
+           [4500, 13500, 5000, 420, "bandit"]
+    assert owned["bob"]["pv_w"] is None and owned["bob"]["strategy"] is None
     write(done, tmp_path / "csv", "csv")
     write(done, tmp_path / "parquet", "parquet")
     for name, columns, rows in (("slots", SLOT_COLUMNS, done.slots), ("households", HOUSEHOLD_COLUMNS,
@@ -88,4 +94,4 @@ def test_csv_and_parquet_say_the_same(tmp_path: Path) -> None:
                 if isinstance(row[c], Decimal):
                     assert Decimal(t_row[c]) == p_row[c] == row[c], c  # exact both ways
                 else:
-                    assert t_row[c] == str(row[c]) and p_row[c] == row[c], c
+                    assert t_row[c] == ("" if row[c] is None else str(row[c])) and p_row[c] == row[c], c
