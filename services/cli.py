@@ -729,10 +729,11 @@ def compare_runs(args: argparse.Namespace, base: str) -> list[tuple[str, str, st
     """The runs of ``compare``: (label, rule, region, strategy) for each rule and each strategy
     (None: as the scenario or the default community has it). The label names what differs."""
     strategies: list[str | None] = list(args.strategies or [None])
+    rules = args.rules or ([args.rule] if args.rule else list(_RULES))  # the option's, the scenario's, all
     runs = []
-    for rule in args.rules:
+    for rule in rules:
         for i, strategy in enumerate(strategies):
-            parts = ([rule] if len(args.rules) > 1 or not args.strategies else []) + \
+            parts = ([rule] if len(rules) > 1 or not args.strategies else []) + \
                     ([_strategy_label(strategy, i)] if args.strategies else [])
             region = "-".join([base, rule, *([_strategy_label(strategy, i)] if args.strategies else [])])
             runs.append((" / ".join(parts), rule, region, strategy))
@@ -742,9 +743,9 @@ def compare_runs(args: argparse.Namespace, base: str) -> list[tuple[str, str, st
 def _strategy_label(strategy: str | None, i: int) -> str:
     """A built-in strategy's name; a plug-in's class name (with its place, for a region id)."""
     if strategy is None or _REGION.match(strategy):
-        return strategy or "as-given"
-    name = re.sub(r"[^A-Za-z0-9_]", "", strategy.rpartition(":")[2]) or "plugin"
-    return f"{name}{i + 1}"
+        return (strategy or "as-given")[:24]
+    name = re.sub(r"[^A-Za-z0-9_]", "", strategy.rpartition(":")[2])[:20] or "plugin"
+    return f"{name}{i + 1}"  # short enough for a region id of at most 64
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -759,6 +760,8 @@ def _compare(args: argparse.Namespace) -> int:
     runs = [(label, demo_env(argparse.Namespace(**{**vars(args), "rule": rule, "region": region})), strategy)
             for label, rule, region, strategy in compare_runs(args, base)]
     settings = _run_settings(args, runs[0][1])
+    for _, env, _ in runs[1:]:  # every run's settings, before the first starts
+        _run_settings(args, env)
     page = Path(args.out or f"var/reports/compare-{base}.html")
     homes = args.homes or community(args.participants, args.seed)
 
@@ -953,8 +956,8 @@ def parser() -> argparse.ArgumentParser:
                                      "figures side by side and the price and volume series overlaid.",
                          epilog=_ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     _community_options(cmp)
-    cmp.add_argument("--rules", type=rule_list, default=",".join(_RULES), metavar="RULE,RULE",
-                     help="the pricing rules to compare (default: %(default)s)")
+    cmp.add_argument("--rules", type=rule_list, metavar="RULE,RULE",
+                     help=f"the pricing rules to compare (default: the scenario's rule, else {','.join(_RULES)})")
     cmp.add_argument("--strategies", type=strategy_list, metavar="STRATEGY,STRATEGY",
                      help="also compare these strategies, every household trading with each in turn: baseline, "
                           "zic, bandit or a plug-in (docs/scenarios.md); one run per rule and strategy, so give "

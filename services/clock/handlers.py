@@ -236,14 +236,16 @@ class Clock:
             self.svc.log.warning("round_ended_incomplete", round=start, missing=missing)
 
     async def _wait_for_queues(self, fence: int) -> None:
-        """Simulation: until every worker service has declared its queue. A round start
-        published before the matcher's queue exists reaches no matcher, and the round would
-        wait for its clearing for ever (services started by hand start in any order). The
-        queues are durable, so this waits only for a region's first start. (In real time a
-        missing service's work is left undone and reported each round: ``report_skipped``.)"""
+        """Simulation: until every worker service consumes its queue. A round start published
+        before the matcher's queue exists, or is bound, reaches no matcher, and the round
+        would wait for its clearing for ever (services started by hand start in any order); a
+        service consumes only once its queue is declared and bound. A simulated round waits
+        for its services anyway. (In real time a missing service's work is left undone and
+        reported each round: ``report_skipped``.)"""
         names = {f"microte.{self.svc.region}.{name}": name for name in WORKERS}
         told = 0.0
-        while missing := [names[q] for q, st in (await self.inspector.states(list(names))).items() if st is None]:
+        while missing := [names[q] for q, st in (await self.inspector.states(list(names))).items()
+                          if st is None or not st.consumers]:
             if time.monotonic() - told >= 30:
                 self.svc.log.warning("clock_waiting_for_services", services=missing)
                 told = time.monotonic()

@@ -36,6 +36,7 @@ COMMUNITY_KEYS = {"seed": int, "participants": int, "aggregators": int, "request
 GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w": 1, "battery_kwh": 1000,
               "battery_kw": 1000, "battery_share": None, "strategy": None}
 TOP_KEYS = {"name", "description", "market", "tariff", "community", "households"}
+MOST_W = 10_000_000  # a household's PV, battery or load beyond 10 MW (MWh) is a typing error
 
 
 class ScenarioError(ValueError):
@@ -170,6 +171,11 @@ class _Where:
 _KIND = {str: "a string", int: "a whole number"}
 
 
+def _finite(value: int | Decimal) -> bool:
+    """Not TOML's nan or inf (``parse_float=Decimal`` makes them Decimal NaN and Infinity)."""
+    return isinstance(value, int) or value.is_finite()
+
+
 def _shown(value: Any) -> str:
     """A value as the file writes it: numbers plain, the rest quoted."""
     return str(value) if isinstance(value, int | Decimal) and not isinstance(value, bool) else repr(value)
@@ -204,7 +210,8 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
 
     def share(key: str, default: Decimal) -> Decimal:
         value = g.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | Decimal) or not 0 <= value <= 1:
+        if isinstance(value, bool) or not isinstance(value, int | Decimal) or not _finite(value) \
+                or not 0 <= value <= 1:
             raise ScenarioError(f"{where.at(place, key)}: a share from 0 to 1 is required, not {_shown(value)}")
         return Decimal(value)
 
@@ -219,9 +226,11 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
 def _spread(value: Any, unit: int, where: str) -> Spread:
     """A number; ``{min = A, max = B}``, uniform; or ``{choices = [A, B, ...]}``; in whole W or Wh."""
     def whole(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int | Decimal) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, int | Decimal) or not _finite(v) or v < 0:
             raise ScenarioError(f"{where}: {_shown(v)} is not a number of 0 or more")
         exact = Decimal(v) * unit
+        if exact > MOST_W:
+            raise ScenarioError(f"{where}: {v} is beyond what one household has ({MOST_W // 1000:,} kW or kWh)")
         if exact != exact.to_integral_value():
             raise ScenarioError(f"{where}: {v} is finer than 1 W (Wh)")
         return int(exact)

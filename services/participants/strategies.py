@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -186,21 +187,29 @@ def strategy_class(name: str) -> type[Strategy]:
     if not sep or not where or not attr:
         raise ValueError(f"{name!r} is no strategy: one of {', '.join(BUILT_IN)}, or a plug-in "
                          "'package.module:Class' or 'path/to/file.py:Class'")
+    if where.endswith(".py") and not Path(where).is_file():
+        raise ValueError(f"strategy {name!r}: no file {where}")
     try:
         if where.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(f"microte_strategy_{Path(where).stem}", where)
-            if spec is None or spec.loader is None or not Path(where).is_file():
-                raise ValueError(f"strategy {name!r}: no file {where}")
+            module_name = f"microte_strategy_{Path(where).stem}"
+            spec = importlib.util.spec_from_file_location(module_name, where)
+            assert spec is not None and spec.loader is not None
             module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # as an import does (dataclasses look for it there)
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except ImportError as exc:
-        raise ValueError(f"strategy {name!r}: {where} cannot be imported ({exc})") from None
+    except Exception as exc:  # a plug-in is somebody's code: whatever fails in it is its error, said in one line
+        raise ValueError(f"strategy {name!r}: {where} cannot be imported ({type(exc).__name__}: {exc})") from None
     found = getattr(module, attr, None)
     if not (isinstance(found, type) and callable(getattr(found, "quotes", None))
             and callable(getattr(found, "settled", None))):
         raise ValueError(f"strategy {name!r}: {where} has no class {attr} with quotes() and settled()")
+    try:  # made once for a household, as the community makes it for each
+        found(Household(participant_id="h000", seed=0, solar_peak_w=0, base_load_w=1, battery_wh=0,
+                        battery_power_w=0, strategy=name))
+    except Exception as exc:
+        raise ValueError(f"strategy {name!r}: {attr}(household) fails ({type(exc).__name__}: {exc})") from None
     return found
 
 

@@ -149,6 +149,7 @@ class Service:
         self._state_seen = False  # this process has seen the state's generation
         self._round_seen = 0  # the newest round this process has seen in Redis
         self.in_flight = 0  # messages being handled now
+        self._stop_limit: asyncio.TimerHandle | None = None  # exits the process if a shutdown overruns
         for dependency in ("redis", "rabbitmq"):
             self.metrics.dependency_up.labels(self.region, name, dependency).set(1)
 
@@ -704,7 +705,7 @@ class Service:
 
         @app.on_shutdown
         async def stop_background() -> None:
-            asyncio.get_running_loop().call_later(STOP_LIMIT_S, self._overran)
+            self._stop_limit = asyncio.get_running_loop().call_later(STOP_LIMIT_S, self._overran)
             await self._stop_consuming()
             for task in self._tasks:
                 task.cancel()
@@ -717,6 +718,8 @@ class Service:
             if self._connection is not None:
                 await self._stop_step("close_broker_connection", self._connection.close())
             await self._stop_step("close_redis", self.redis.aclose())
+            if self._stop_limit is not None:  # stopped in time: what remains is the process's own exit
+                self._stop_limit.cancel()
             self.log.info("service_stopped")
 
         return app

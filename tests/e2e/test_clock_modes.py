@@ -117,7 +117,7 @@ async def test_a_clock_started_before_the_matcher_waits_for_its_queue(region: st
         while not (waiting := clock_events(tmp_path / "logs", "clock_waiting_for_services")):
             assert time.monotonic() < deadline, "the clock did not say it waits for the matcher"
             await asyncio.sleep(0.2)
-        assert waiting[0]["services"] == ["matcher"]
+        assert "matcher" in waiting[0]["services"]  # (and any other not consuming yet when it first looked)
         assert clock_events(tmp_path / "logs", "round_started") == []
         await ensemble.start_all(("matcher",))
         tally = await asyncio.wait_for(running, timeout=120)

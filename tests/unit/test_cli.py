@@ -352,3 +352,11 @@ def test_compare_runs_one_region_per_rule_and_strategy_named_by_what_differs(tmp
 def test_compare_refuses_a_strategy_it_cannot_run(capsys: pytest.CaptureFixture[str], value: str, says: str) -> None:
     assert cli.main(["compare", "--strategies", value]) == 2
     assert says in one_line_error(capsys)
+
+
+def test_compare_takes_its_rules_from_the_option_else_the_scenario_else_all_four(tmp_path: Path) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("[market]\nrule = 'equal_price'\n")
+    rules = [[rule for _, rule, _, _ in cli.compare_runs(args_of("compare", *argv), "c")] for argv in (
+        ["--rules", "uniform"], [str(scenario)], [str(scenario), "--rules", "midpoint"], [])]
+    assert rules == [["uniform"], ["equal_price"], ["midpoint"], ["midpoint", "equal_price", "pay_as_bid", "uniform"]]

@@ -143,3 +143,25 @@ def test_the_plug_in_example_of_the_scenario_docs_runs(tmp_path: Path) -> None:
     (tmp_path / "halfway.py").write_text(code[0])
     made = make_strategy(home(strategy=f"{tmp_path / 'halfway.py'}:HalfWay")).quotes(NOON, TZ, GRID, 0)
     assert made and all(q.price == Decimal("0.0724") for q in made)  # (0.0690 + 0.0759) / 2 = 0.07245, half to even
+
+
+@pytest.mark.parametrize(("code", "says"), [
+    ("def broken(:\n", "cannot be imported (SyntaxError"),
+    ("raise RuntimeError('no')\n", "cannot be imported (RuntimeError: no)"),
+    ("from services.participants.strategies import Baseline\nclass P(Baseline):\n"
+     "    def __init__(self):\n        pass\n", "P(household) fails (TypeError"),
+])
+def test_a_plug_in_that_fails_is_refused_in_one_line(tmp_path: Path, code: str, says: str) -> None:
+    (tmp_path / "bad.py").write_text(code)
+    with pytest.raises(ValueError) as error:
+        strategy_class(f"{tmp_path / 'bad.py'}:P")
+    assert says in str(error.value)
+
+
+def test_a_plug_in_may_use_dataclasses(tmp_path: Path) -> None:
+    (tmp_path / "dc.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from services.participants.strategies import Baseline\n"
+        "@dataclass\nclass Knob:\n    ticks: int = 1\n"
+        "class WithKnob(Baseline):\n    pass\n")
+    assert strategy_class(f"{tmp_path / 'dc.py'}:WithKnob").__name__ == "WithKnob"
