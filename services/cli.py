@@ -28,6 +28,8 @@ from shared.runtime.settings import Settings, SettingsError, from_env, market_re
 from shared.runtime.trust import TrustError
 
 if TYPE_CHECKING:
+    from services.participants.profiles import Household
+    from services.participants.scenario import Scenario
     from shared.runtime.ledger import LedgerStore
 
 _APPS = {
@@ -340,17 +342,10 @@ def _simulate(args: argparse.Namespace) -> int:
     scenario = _scenario(args.scenario)
     if scenario is not None:
         _scenario_agrees(scenario, dict(os.environ))
-    if scenario is not None and scenario.groups and args.participants is not None:
-        raise CliError(f"--participants and the households of scenario {args.scenario} both say how many "
-                       "households there are: leave out one", code=2)
-    given = scenario.community if scenario else {}
-    for key in ("participants", "seed", "aggregators", "requests"):  # the option, else the scenario, else default
-        if getattr(args, key) is None:
-            setattr(args, key, given.get(key, COMMUNITY_DEFAULTS[key]))
-    if scenario is not None and scenario.groups:
-        homes = scenario.households(args.seed)
-    else:
-        homes = community(args.participants, args.seed)
+    values = _resolved(args, scenario, ("participants", "seed", "aggregators", "requests"))
+    homes = _scenario_households(scenario, args.participants, values["seed"])
+    vars(args).update(values)
+    homes = homes or community(args.participants, args.seed)
     if args.participant_url and (not args.aggregators or "{participant}" not in args.participant_url):
         raise CliError("--participant-url needs '{participant}' in it and --aggregators 1 or more (the "
                        "households act through an aggregator, each joining on its own account)", code=2)
@@ -369,7 +364,7 @@ def _simulate(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _scenario(path: str | None) -> Any:
+def _scenario(path: str | None) -> Scenario | None:
     """The scenario file at ``path`` (None for none); a mistake in it ends the command."""
     from services.participants.scenario import ScenarioError, load
 
@@ -381,7 +376,7 @@ def _scenario(path: str | None) -> Any:
         raise CliError(str(exc), code=2) from None
 
 
-def _scenario_agrees(scenario: Any, environ: dict[str, str]) -> None:
+def _scenario_agrees(scenario: Scenario, environ: dict[str, str]) -> None:
     """``simulate``: the services run with this shell's MICROTE_* settings, which must be the
     scenario's market and tariff (start and rounds too, where the shell sets them)."""
     market = scenario.market
@@ -393,10 +388,9 @@ def _scenario_agrees(scenario: Any, environ: dict[str, str]) -> None:
     if "start" in market and "MICROTE_START_TIME" in environ:
         tz = market.get("timezone", environ.get("MICROTE_TIMEZONE", "UTC"))
         try:
-            start = datetime.fromisoformat(local_time(market["start"])).replace(tzinfo=zone(tz))
+            wanted["MICROTE_START_TIME"] = str(start_time(local_time(market["start"]), tz))
         except (argparse.ArgumentTypeError, ZoneInfoNotFoundError) as exc:
             raise CliError(f"scenario {scenario.path}: {exc}", code=2) from None
-        wanted["MICROTE_START_TIME"] = str(int(start.timestamp()))
     try:
         running, scenario_says = from_env(environ), from_env({**environ, **wanted})
     except ZoneInfoNotFoundError:
@@ -626,11 +620,15 @@ def _participants_cmd(args: argparse.Namespace) -> int:
         return 1
 
 
+def start_time(local: str, timezone: str) -> int:
+    """UNIX seconds of a local market time (``YYYY-MM-DDTHH:MM``) in ``timezone``."""
+    return int(datetime.fromisoformat(local).replace(tzinfo=zone(timezone)).timestamp())
+
+
 def demo_env(args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The services' environment for a demo: the MICROTE_* variables, then the options."""
     environ = dict(os.environ) if environ is None else environ
-    tz = zone(args.timezone)
-    start = int(datetime.fromisoformat(args.start).replace(tzinfo=tz).timestamp())
+    start = start_time(args.start, args.timezone)
     env = {
         **{k: v for k, v in environ.items() if k.startswith("MICROTE_")},
         **getattr(args, "scenario_env", {}),  # the scenario's tariff
@@ -733,10 +731,9 @@ def compare_runs(args: argparse.Namespace, base: str) -> list[tuple[str, str, st
     runs = []
     for rule in rules:
         for i, strategy in enumerate(strategies):
-            parts = ([rule] if len(rules) > 1 or not args.strategies else []) + \
-                    ([_strategy_label(strategy, i)] if args.strategies else [])
-            region = "-".join([base, rule, *([_strategy_label(strategy, i)] if args.strategies else [])])
-            runs.append((" / ".join(parts), rule, region, strategy))
+            named = [_strategy_label(strategy, i)] if args.strategies else []
+            label = ([rule] if len(rules) > 1 or not args.strategies else []) + named
+            runs.append((" / ".join(label), rule, "-".join([base, rule, *named]), strategy))
     return runs
 
 
@@ -842,41 +839,47 @@ def _requests_option(parser: argparse.ArgumentParser, default: str | None = "rou
 def with_scenario(args: argparse.Namespace) -> argparse.Namespace:
     """The options of a ``demo`` or ``compare`` run: each from the command line if given, else
     from the scenario file, else its default; and the scenario's households and tariff."""
-    from services.participants.scenario import ScenarioError, load
-
-    scenario = None
-    if args.scenario:
-        try:
-            scenario = load(args.scenario)
-        except ScenarioError as exc:
-            raise CliError(str(exc), code=2) from None
-    given = {**scenario.market, **scenario.community} if scenario else {}
-    checks: dict[str, Callable[[str], Any]] = {"start": local_time, "timezone": timezone}
-    values: dict[str, Any] = {}
-    for key, default in COMMUNITY_DEFAULTS.items():
-        value = getattr(args, key)
-        if value is None and key in given:
-            value = given[key]
-            try:
-                value = checks[key](value) if key in checks else value
-            except argparse.ArgumentTypeError as exc:
-                raise CliError(f"scenario {args.scenario}: {key}: {exc}", code=2) from None
-        values[key] = default if value is None else value
+    scenario = _scenario(args.scenario)
+    values = _resolved(args, scenario, tuple(COMMUNITY_DEFAULTS))
     rule = args.rule
     if rule is None and scenario and "rule" in scenario.market:
         rule = scenario.market["rule"]
         if rule not in _RULES:
             raise CliError(f"scenario {args.scenario}: market.rule: one of {', '.join(_RULES)}, not {rule!r}", code=2)
-    homes = None
-    if scenario and scenario.groups:
-        if args.participants is not None:
-            raise CliError(f"--participants and the households of scenario {args.scenario} both say how many "
-                           "households there are: leave out one", code=2)
-        homes = scenario.households(values["seed"])
+    homes = _scenario_households(scenario, args.participants, values["seed"])
+    if homes:
         values["participants"] = len(homes)
     return argparse.Namespace(**{**vars(args), **values, "rule": rule, "homes": homes,
                                  "scenario_env": scenario.tariff if scenario else {},
                                  "about": (scenario.name, scenario.description) if scenario else ("", "")})
+
+
+def _resolved(args: argparse.Namespace, scenario: Scenario | None, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Each of ``keys``: the option if given, else the scenario's (checked as the option
+    would be), else its default (``COMMUNITY_DEFAULTS``)."""
+    given = {**scenario.market, **scenario.community} if scenario else {}
+    checks: dict[str, Callable[[str], Any]] = {"start": local_time, "timezone": timezone}
+    values: dict[str, Any] = {}
+    for key in keys:
+        value = getattr(args, key)
+        if value is None and key in given:
+            try:
+                value = checks[key](given[key]) if key in checks else given[key]
+            except argparse.ArgumentTypeError as exc:
+                raise CliError(f"scenario {args.scenario}: {key}: {exc}", code=2) from None
+        values[key] = COMMUNITY_DEFAULTS[key] if value is None else value
+    return values
+
+
+def _scenario_households(scenario: Scenario | None, participants: int | None, seed: int) -> list[Household] | None:
+    """The scenario's households, drawn with ``seed``; None when it names none. A
+    ``--participants`` option beside them is refused: both would say how many there are."""
+    if scenario is None or not scenario.groups:
+        return None
+    if participants is not None:
+        raise CliError(f"--participants and the households of scenario {scenario.path} both say how many "
+                       "households there are: leave out one", code=2)
+    return scenario.households(seed)
 
 
 def rule_list(text: str) -> list[str]:

@@ -54,6 +54,7 @@ Row = dict[str, object]
 class Export:
     slots: list[Row]
     households: list[Row]
+    community: dict[str, Any] | None = None  # a simulated region's households, as its ledger keeps them
 
 
 def _average(total: Decimal, wh: int) -> Decimal | None:
@@ -166,10 +167,10 @@ async def export(store: LedgerStore, market: MarketSettings) -> Export:
     region = market.region
     entries, settlements = await store.entries(region), await store.settlements(region)
     readings = await store.readings(region)
-    community = await store.community(region)
+    kept = await store.community(region)
+    community = None if kept is None else json.loads(kept)
     return Export(slot_rows(market, entries, settlements, readings),
-                  household_rows(market, entries, settlements, readings,
-                                 None if community is None else json.loads(community)))
+                  household_rows(market, entries, settlements, readings, community), community)
 
 
 def write(done: Export, folder: Path, fmt: str) -> list[Path]:

@@ -7,7 +7,6 @@ inlined once). Everything comes from the ledger, through the export rows
 from __future__ import annotations
 
 import html
-import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -307,9 +306,8 @@ def _kpis(f: Figures, verdict: str) -> list[tuple[str, str]]:
 
 async def write_html_report(store: LedgerStore, market: MarketSettings, ok: bool, path: Path) -> None:
     """The region's HTML report at ``path``; ImportError without plotly (the extra "report")."""
-    kept = await store.community(market.region)
-    page = render(await export(store, market), market, verdict="PASS" if ok else "FAIL",
-                  community=None if kept is None else json.loads(kept))
+    done = await export(store, market)
+    page = render(done, market, verdict="PASS" if ok else "FAIL", community=done.community)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
 

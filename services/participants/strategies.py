@@ -136,7 +136,6 @@ class Bandit(Strategy):
         self.value = {side: [0.0] * self.ARMS for side in ("bid", "ask")}
         self.pulls = {side: [0] * self.ARMS for side in ("bid", "ask")}
         self.chosen: dict[tuple[int, int], tuple[str, int, int, GridPrices]] = {}  # slot -> side, arm, Wh, grid
-        self._arms: dict[str, int] = {}  # the arm of each side in the quotes being made
 
     def arm(self, slot: Slot, side: str) -> int:
         rng = noise(self.home.seed, slot, f"bandit-{side}")
@@ -150,11 +149,11 @@ class Bandit(Strategy):
         sides = {q.side for q in made}
         if len(sides) == 1:  # one side a slot: that side's arm learns from it
             side = sides.pop()
-            self.chosen[slot.start, slot.end] = (side, self._arms[side], sum(q.quantity_wh for q in made), grid)
+            self.chosen[slot.start, slot.end] = (side, self.arm(slot, side), sum(q.quantity_wh for q in made), grid)
         return made
 
     def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
-        arm = self._arms[side] = self.arm(slot, side)
+        arm = self.arm(slot, side)  # the same arm for the slot until it is settled
         low, _, span = _bounds(grid)
         level = arm + 1 if side == "ask" else self.ARMS - arm
         return low + PRICE_TICK * (span * level // (self.ARMS + 1))

@@ -286,7 +286,7 @@ class Service:
         try:
             await asyncio.wait_for(work, timeout=STOP_STEP_S)
         except asyncio.CancelledError:
-            if step != "finish_in_hand":  # the idle worker is cancelled on purpose
+            if not (isinstance(work, asyncio.Future) and work.cancelled()):  # (an idle worker, cancelled on purpose)
                 raise
         except TimeoutError:
             self.log.warning("shutdown_step_overran", step=step, seconds=STOP_STEP_S)
