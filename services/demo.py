@@ -140,7 +140,7 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:
-        await store.write(RecordBatch(communities=[(settings.region, community_record(homes, *about))]))
+        await store.write(RecordBatch(communities=[(settings.region, community_record(homes, *about, tally.charge))]))
         text, ok = await report(store, settings.market)
         page = Path("var") / "reports" / f"{settings.region}.html"
         try:

@@ -33,6 +33,7 @@ SLOT_COLUMNS = (
     "grid_import_wh", "grid_export_wh", "self_consumption_wh",
     "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
     "paid_usd", "shortfall_penalty_usd", "unconsumed_loss_usd",
+    "battery_stored_wh",  # simulated regions only
 )
 HOUSEHOLD_COLUMNS = (
     "participant", "readings", "metered_import_wh", "metered_export_wh", "metered_self_consumed_wh",
@@ -67,8 +68,10 @@ def _exported(e: LedgerEntry) -> bool:
 
 
 def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlements: Iterable[Settlement],
-              readings: Iterable[Reading]) -> list[Row]:
-    """A row per slot that has a settlement, an entry or a reading, by slot start."""
+              readings: Iterable[Reading], community: dict[str, Any] | None = None) -> list[Row]:
+    """A row per slot that has a settlement, an entry or a reading, by slot start; what the
+    batteries hold at its end from ``community`` (the region's, as the ledger keeps it), else empty."""
+    stored = {(start, end): wh for start, end, wh, *_ in battery_charge(community)}
     by_kind: dict[Slot, dict[EntryKind, int]] = defaultdict(lambda: defaultdict(int))
     exported: dict[Slot, int] = defaultdict(int)
     paid: dict[Slot, Decimal] = defaultdict(Decimal)
@@ -119,8 +122,15 @@ def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlement
             "paid_usd": paid[slot],
             "shortfall_penalty_usd": penalties[slot],
             "unconsumed_loss_usd": unconsumed[slot],
+            "battery_stored_wh": stored.get((slot.start, slot.end)),
         })
     return rows
+
+
+def battery_charge(community: dict[str, Any] | None) -> list[list[int]]:
+    """The batteries' charge at the end of each slot a simulated community recorded:
+    ``[start, end, stored Wh, lowest and highest household's charge in per mille]``."""
+    return list((community or {}).get("battery", {}).get("charge", []))
 
 
 def household_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlements: Iterable[Settlement],
@@ -169,7 +179,7 @@ async def export(store: LedgerStore, market: MarketSettings) -> Export:
     readings = await store.readings(region)
     kept = await store.community(region)
     community = None if kept is None else json.loads(kept)
-    return Export(slot_rows(market, entries, settlements, readings),
+    return Export(slot_rows(market, entries, settlements, readings, community),
                   household_rows(market, entries, settlements, readings, community), community)
 
 

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from services.export import Export, Row, export
+from services.export import Export, Row, battery_charge, export
 from shared.market.timezones import zone
 from shared.runtime.ledger import LedgerStore
 from shared.runtime.settings import MarketSettings
@@ -193,6 +193,17 @@ def render(done: Export, market: MarketSettings, *, verdict: str, community: dic
     bills.add_bar(x=ids, y=number(homes, "grid_only_usd"), name="grid only")
     bills.update_layout(barmode="group")
     charts.append(("Each household's bill against the grid alone ($)", bills))
+    charge = battery_charge(community)
+    capacity = int((community or {}).get("battery", {}).get("capacity_wh", 0))
+    if charge and capacity:
+        here = zone(market.tariff.timezone)
+        at = [datetime.fromtimestamp(end, here).isoformat() for _, end, *_ in charge]
+        soc = go.Figure()
+        soc.add_scatter(x=at, y=[100 * stored / capacity for _, _, stored, _, _ in charge], name="all batteries")
+        soc.add_scatter(x=at, y=[low / 10 for *_, low, _ in charge], name="the emptiest", line={"dash": "dot"})
+        soc.add_scatter(x=at, y=[high / 10 for *_, high in charge], name="the fullest", line={"dash": "dot"})
+        soc.update_yaxes(range=[0, 100])
+        charts.append(("Battery state of charge at the end of each slot (% of capacity)", soc))
 
     tz = market.tariff.timezone
     scenario = [
@@ -215,8 +226,9 @@ def render(done: Export, market: MarketSettings, *, verdict: str, community: dic
         scenario.append(("what they own", _owned(community["households"])))
         sections.append(("Households", _households(community["households"], homes)))
     sections[0] = ("Scenario", _table(scenario))
-    return _page(f"microte report: region {market.region}", sections,
-                 "Battery state of charge is not plotted: the ledger does not record it.", charts)
+    note = "" if charge else ("Battery state of charge is not plotted: the ledger has it only for a simulated "
+                              "region with batteries (a real household reports its meter, not its battery).")
+    return _page(f"microte report: region {market.region}", sections, note, charts)
 
 
 def _owned(homes: list[dict[str, Any]]) -> str:

@@ -41,6 +41,10 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
     rounds: int = 0
+    # Each battery's charge at the end of each slot it delivered: slot -> household -> Wh.
+    # Simulation only (a real household reports its meter, not its battery), kept with the
+    # region's community for the report (scenario.community_record).
+    charge: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict)
 
 
 class Participant:
@@ -143,6 +147,8 @@ class Participant:
         self.strategy.settled(delivered, self.trades.pop((delivered.start, delivered.end), []))
         d = deliver(self.home, delivered, c.tz, self.soc_wh, sold, bought)
         self.soc_wh = d.soc_wh
+        if self.home.battery_wh:
+            c.tally.charge.setdefault((delivered.start, delivered.end), {})[self.pid] = d.soc_wh
         reading = t.ReadingItem(slot=r.current_round, import_wh=d.import_wh, export_wh=d.export_wh,
                                 self_consumed_wh=d.self_consumed_wh)
         orders: list[t.OrderItem] = []

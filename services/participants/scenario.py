@@ -248,14 +248,26 @@ def _spread(value: Any, unit: int, where: str) -> Spread:
     return Spread(fixed, fixed)
 
 
-def community_record(homes: list[Household], name: str = "", description: str = "") -> str:
+def community_record(homes: list[Household], name: str = "", description: str = "",
+                     charge: dict[tuple[int, int], dict[str, int]] | None = None) -> str:
     """Who a simulated region's households are and what they own, as the ledger keeps it
-    (``RecordBatch.communities``; docs/ledger-schema.md, ``region_community``)."""
+    (``RecordBatch.communities``; docs/ledger-schema.md, ``region_community``), and, from
+    ``charge`` (``Tally.charge``), its batteries' state of charge at the end of each slot
+    they delivered: ``[start, end, stored Wh of all, lowest and highest household's charge
+    in per mille of its capacity]``, by slot."""
     def kilo(value: int) -> str:
         return str(Decimal(value) / 1000)
 
+    capacity = {h.participant_id: h.battery_wh for h in homes if h.battery_wh}
+    slots = []
+    for (start, end), stored in sorted((charge or {}).items()):
+        shares = [wh * 1000 // capacity[pid] for pid, wh in stored.items() if pid in capacity]
+        if shares:
+            slots.append([start, end, sum(wh for pid, wh in stored.items() if pid in capacity), min(shares),
+                          max(shares)])
     return json.dumps({
         "name": name, "description": description,
         "households": [{"id": h.participant_id, "pv_kw": kilo(h.solar_peak_w), "battery_kwh": kilo(h.battery_wh),
                         "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy}
-                       for h in homes]}, sort_keys=True)
+                       for h in homes],
+        "battery": {"capacity_wh": sum(capacity.values()), "charge": slots}}, sort_keys=True)

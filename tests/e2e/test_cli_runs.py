@@ -135,7 +135,7 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "pay_as_bid",
                          "--html", str(tmp_path / "again.html"), cwd=tmp_path)
     assert code == 0 and "rule pay_as_bid" in out and "PASS" in out, out + err
-    assert (tmp_path / "again.html").read_text().count('class="plotly-graph-div"') == 5
+    assert (tmp_path / "again.html").read_text().count('class="plotly-graph-div"') == 6  # battery charge too
     code, out, err = run("report", "--ledger", ledger, "--region", region, "--rule", "midpoint", cwd=tmp_path)
     assert code == 2, out + err
     assert one_line_error(err) == (f"microte: region {region} ran with the pricing rule pay_as_bid, not midpoint: "
@@ -171,6 +171,8 @@ def test_a_short_demo_shows_progress_and_reports_with_its_rule(region: str, tmp_
         assert {p: (int(pv), s) for p, pv, s in zip(households["participant"], households["pv_w"],
                                                     households["strategy"], strict=True)} == \
                {p: (homes[p].solar_peak_w, homes[p].strategy) for p in households["participant"]}
+        capacity = sum(h.battery_wh for h in homes.values())
+        assert capacity and all(0 <= int(wh) <= capacity for wh in slots["battery_stored_wh"])  # every slot's
     # A second demo in the same region of the same ledger would wait forever: refused up front.
     code, out, err = run(*demo, cwd=tmp_path, timeout=60)
     assert code == 2

@@ -3,7 +3,7 @@ unpacked into the venv by scripts/install-browser.sh) loads each page offline, w
 console message at all, every plot drawn with data, and takes its screenshot.
 
 The screenshots in docs/ (linked from the README) are made the same way:
-``.venv/bin/microte-chromium --headless=new --no-sandbox --disable-gpu --window-size=1200,2600
+``.venv/bin/microte-chromium --headless=new --no-sandbox --disable-gpu --window-size=1200,4000
 --virtual-time-budget=10000 --screenshot=docs/report.png file://$PWD/var/reports/<region>.html``.
 """
 
@@ -55,7 +55,7 @@ def browse(chromium: str, page: Path, *args: str) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.parametrize(("name", "charts"), [("report", 5), ("compare", 4)])
+@pytest.mark.parametrize(("name", "charts"), [("report", 6), ("compare", 4)])
 def test_a_page_loads_offline_without_console_messages_and_draws_every_plot(
         chromium: str, pages: dict[str, Path], name: str, charts: int) -> None:
     done = browse(chromium, pages[name], "--dump-dom")

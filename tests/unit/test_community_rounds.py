@@ -169,3 +169,22 @@ async def test_a_household_that_changes_its_mind_waits_for_its_orders_answers_th
 def test_a_community_refuses_an_unknown_way_of_sending() -> None:
     with pytest.raises(ValueError, match="requests must be one of round, single"):
         Community("amqp://unused", "r1", community(2, 7), "UTC", requests="batch")
+
+
+async def test_a_round_keeps_each_batterys_charge_at_the_end_of_the_slot_it_delivered() -> None:
+    sim = Community("amqp://unused", "r1", community(8, 7), "America/Vancouver")
+
+    async def send(message: t.Message, kind: str) -> None:
+        pass
+
+    sim.send = send  # type: ignore[method-assign]
+    for start in (NOON, NOON + 60):
+        for p in sim.participants:
+            await p.play(round_started(start))
+    owners = {p.pid: p for p in sim.participants if p.home.battery_wh}
+    assert owners and len(owners) < len(sim.participants)
+    assert set(sim.tally.charge) == {(NOON, NOON + 60), (NOON + 60, NOON + 120)}
+    for slot in sim.tally.charge.values():
+        assert set(slot) == set(owners)
+        assert all(0 <= wh <= owners[pid].home.battery_wh for pid, wh in slot.items())
+    assert sim.tally.charge[(NOON + 60, NOON + 120)] == {pid: p.soc_wh for pid, p in owners.items()}

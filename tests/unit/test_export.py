@@ -57,6 +57,14 @@ def test_a_slots_row_adds_up_its_ledger() -> None:
     assert unused > 0
     assert row["unconsumed_loss_usd"] == Decimal(unused) * (Decimal("0.11") - Decimal("0.069")) / 1000
     assert row["shortfall_penalty_usd"] == 0  # alice delivered all she sold
+    assert row["battery_stored_wh"] is None  # not recorded: a live region
+
+
+def test_a_slots_row_has_what_a_simulated_communitys_batteries_held_at_its_end() -> None:
+    community = {"households": [], "battery": {"capacity_wh": 20000, "charge": [
+        [SLOT.start - 60, SLOT.start, 9000, 100, 800], [SLOT.start, SLOT.end, 12345, 200, 900]]}}
+    (row,) = slot_rows(MARKET, *ledger(), community)
+    assert row["battery_stored_wh"] == 12345
 
 
 def test_a_households_bill_and_saving_are_exact() -> None:
@@ -74,7 +82,10 @@ def test_a_households_bill_and_saving_are_exact() -> None:
 def test_csv_and_parquet_say_the_same(tmp_path: Path) -> None:
     alice = {"id": "alice", "pv_kw": "4.5", "battery_kwh": "13.5", "battery_kw": "5", "base_load_w": 420,
              "strategy": "bandit"}  # what alice owns; the others' is not recorded
-    done = Export(slot_rows(MARKET, *ledger()), household_rows(MARKET, *ledger(), {"households": [alice]}))
+    community = {"households": [alice], "battery": {"capacity_wh": 13500, "charge": [[SLOT.start, SLOT.end, 6750, 500,
+                                                                                       500]]}}
+    done = Export(slot_rows(MARKET, *ledger(), community), household_rows(MARKET, *ledger(), community))
+    assert [r["battery_stored_wh"] for r in done.slots] == [6750]
     owned = {str(r["participant"]): r for r in done.households}
     assert [owned["alice"][c] for c in ("pv_w", "battery_wh", "battery_w", "base_load_w", "strategy")] == \
            [4500, 13500, 5000, 420, "bandit"]

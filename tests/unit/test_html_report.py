@@ -81,3 +81,24 @@ def test_a_simulated_community_shows_what_each_household_owns_beside_its_bill() 
     assert f"<tr><td>{ids[1]}</td><td>-</td><td>-</td><td>301</td>" in table
     assert "not recorded in the ledger" not in page
     assert "not recorded in the ledger" in render(done, MARKET, verdict="PASS")
+
+
+def test_a_simulated_communitys_battery_charge_is_plotted_and_a_live_regions_is_said_to_be_missing() -> None:
+    import json
+
+    from services.participants.profiles import Household
+    from services.participants.scenario import community_record
+
+    done = exported()
+    (slot,) = done.slots
+    start, end = int(str(slot["slot_start"])), int(str(slot["slot_end"]))
+    homes = [Household(participant_id=p, seed=1, solar_peak_w=4000, base_load_w=300, battery_wh=wh,
+                       battery_power_w=5000, strategy="zic") for p, wh in (("a", 10000), ("b", 5000))]
+    community = json.loads(community_record(homes, charge={(start, end): {"a": 2500, "b": 5000}}))
+    page = render(done, MARKET, verdict="PASS", community=community)
+    assert page.count('class="plotly-graph-div"') == 6
+    chart = page.split("Battery state of charge at the end of each slot")[0].rsplit('id="chart-', 1)[1]
+    assert '"y":[50.0]' in chart and '"y":[25.0]' in chart and '"y":[100.0]' in chart  # all, emptiest, fullest
+    assert "Battery state of charge is not plotted" not in page
+    alone = render(done, MARKET, verdict="PASS")
+    assert alone.count('class="plotly-graph-div"') == 5 and "Battery state of charge is not plotted" in alone

@@ -171,3 +171,20 @@ def test_a_plug_in_strategy_is_found_beside_the_scenario(tmp_path: Path) -> None
     assert {h.strategy for h in homes} == {f"{tmp_path / 'mine.py'}:Fixed"}
     with pytest.raises(ScenarioError, match=r"households #1\.strategy: strategy '\S*nope\.py:X': no file \S*nope\.py$"):
         load(write(tmp_path, "[[households]]\ncount = 3\nstrategy = 'nope.py:X'"))
+
+
+def test_the_community_record_keeps_the_batteries_charge_per_slot_in_all_and_at_its_extremes() -> None:
+    import json
+
+    from services.participants.profiles import Household
+    from services.participants.scenario import community_record
+
+    def home(pid: str, battery_wh: int) -> Household:
+        return Household(participant_id=pid, seed=1, solar_peak_w=4000, base_load_w=300, battery_wh=battery_wh,
+                         battery_power_w=5000, strategy="baseline")
+
+    homes = [home("a", 10000), home("b", 5000), home("c", 0)]
+    charge = {(120, 180): {"a": 2500, "b": 5000}, (60, 120): {"a": 10000, "b": 1}}
+    kept = json.loads(community_record(homes, charge=charge))
+    assert kept["battery"] == {"capacity_wh": 15000, "charge": [[60, 120, 10001, 0, 1000], [120, 180, 7500, 250, 1000]]}
+    assert json.loads(community_record(homes))["battery"] == {"capacity_wh": 15000, "charge": []}
