@@ -224,6 +224,10 @@ def render(done: Export, market: MarketSettings, *, verdict: str, community: dic
         if community.get("name"):
             scenario.insert(0, ("scenario", " - ".join(filter(None, (community["name"], community["description"])))))
         scenario.append(("what they own", _owned(community["households"])))
+        if community.get("weather"):  # recorded since field data came in
+            loads = Counter(str(h.get("load", "synthetic")) for h in community["households"])
+            scenario.append(("PV from", str(community["weather"])))
+            scenario.append(("load profiles", ", ".join(f"{name} {n}" for name, n in sorted(loads.items()))))
         sections.append(("Households", _households(community["households"], homes)))
     sections[0] = ("Scenario", _table(scenario))
     note = "" if charge else ("Battery state of charge is not plotted: the ledger has it only for a simulated "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from services.participants.fielddata import Site, h25, pv_per_kw
 from shared.market import Slot
 
 
@@ -27,6 +28,14 @@ class Household:
     strategy: str  # "baseline" or "zic"
     index: int = 0  # position in the community
     size: int = 1  # size of the community
+    # Field data (services/participants/fielddata.py): with a site, PV from its weather
+    # through pvlib, the panels tilted and facing as said; with load "bdew-h25", BDEW's
+    # household profile scaled to ``annual_wh``. Without, the synthetic curves below.
+    site: Site | None = None
+    solar_tilt: int = 30  # degrees from horizontal
+    solar_azimuth: int = 180  # degrees from north: 180 faces south
+    load: str = "synthetic"
+    annual_wh: int = 0
 
 
 def community(size: int, seed: int, battery_share: float = 0.3, solar_share: float = 0.6) -> list[Household]:
@@ -62,6 +71,8 @@ def _local_hour(slot: Slot, tz: ZoneInfo) -> float:
 def solar_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
     if not h.solar_peak_w:
         return 0
+    if h.site is not None:
+        return int(pv_per_kw(h.site, h.solar_tilt, h.solar_azimuth).wh(slot.start, slot.end) * h.solar_peak_w / 1000)
     hour = _local_hour(slot, tz)
     if not 6.0 < hour < 20.0:
         return 0
@@ -71,10 +82,23 @@ def solar_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
 
 
 def load_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    if h.load == "bdew-h25":
+        return _h25_wh(h, slot, tz)
     hour = _local_hour(slot, tz)
     shape = 1.0 + 1.2 * math.exp(-((hour - 7.5) ** 2) / 2) + 1.8 * math.exp(-((hour - 19.0) ** 2) / 3)
     jitter = 0.7 + 0.6 * noise(h.seed, slot, "load").random()
     return max(1, int(h.base_load_w * shape * jitter * slot.seconds / 3600))
+
+
+def _h25_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    """BDEW's H25 scaled to the household's year, shifted by up to 45 minutes either way
+    and varied slot by slot (a factor of 0.6 to 1.4, 1 on average), both seeded by the
+    household: no two homes are copies, and each uses its annual energy on average."""
+    shift = int(noise(h.seed, Slot(0, 1), "load-shift").uniform(-2700, 2700))
+    start, end = slot.start - shift, slot.end - shift
+    year = datetime.fromtimestamp(start, tz).year
+    jitter = 0.6 + 0.8 * noise(h.seed, slot, "load").random()
+    return max(1, int(h25(year, tz).wh(start, end) * h.annual_wh / 1000 * jitter))
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import random
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
+from services.participants.fielddata import LOADS, WEATHER, Site
 from services.participants.profiles import Household
 from services.participants.strategies import strategy_class
 from shared.runtime.settings import SettingsError, from_env
@@ -34,8 +35,10 @@ TARIFF_KEYS = {"grid_price": "MICROTE_GRID_PRICE", "fee_ratio": "MICROTE_FEE_RAT
 COMMUNITY_KEYS = {"seed": int, "participants": int, "aggregators": int, "requests": str}
 # [[households]]: key -> (unit factor to whole W or Wh, or None for a share / a word)
 GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w": 1, "battery_kwh": 1000,
-              "battery_kw": 1000, "battery_share": None, "strategy": None}
-TOP_KEYS = {"name", "description", "market", "tariff", "community", "households"}
+              "battery_kw": 1000, "battery_share": None, "strategy": None, "solar_tilt": 1, "solar_azimuth": 1,
+              "load": None, "annual_kwh": 1000}
+TOP_KEYS = {"name", "description", "location", "market", "tariff", "community", "households"}
+LOCATION_KEYS = {"weather": str, "latitude": object, "longitude": object}
 MOST_W = 10_000_000  # a household's PV, battery or load beyond 10 MW (MWh) is a typing error
 
 
@@ -67,6 +70,10 @@ class Group:
     battery_power_w: Spread
     battery_share: Decimal
     strategy: str  # a strategy (built-in or plug-in), or "alternate" (baseline and zic by turns, as by default)
+    solar_tilt: Spread = Spread(30, 30)  # degrees from horizontal (with a [location] only)
+    solar_azimuth: Spread = Spread(180, 180)  # degrees from north
+    load: str = "synthetic"  # or "bdew-h25", scaled to annual_wh
+    annual_wh: Spread = Spread(0, 0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,7 @@ class Scenario:
     tariff: dict[str, str]  # MICROTE_* setting -> its text
     community: dict[str, Any]  # option -> value: seed, participants, aggregators, requests
     groups: tuple[Group, ...]
+    site: Site | None = None  # [location]: PV from field data (services/participants/fielddata.py)
 
     def households(self, seed: int) -> list[Household]:
         """The households of the groups, drawn with ``seed``: the same seed, the same homes."""
@@ -90,10 +98,15 @@ class Scenario:
                 solar = group.solar_w.draw(rng) if rng.random() < group.solar_share else 0
                 battery = group.battery_wh.draw(rng) if rng.random() < group.battery_share else 0
                 strategy = group.strategy if group.strategy != "alternate" else ALTERNATE[i % 2]
-                homes.append(Household(participant_id=f"h{i:03d}", seed=rng.randrange(2**31), solar_peak_w=solar,
-                                       base_load_w=group.base_load_w.draw(rng), battery_wh=battery,
-                                       battery_power_w=group.battery_power_w.draw(rng) if battery else 0,
-                                       strategy=strategy, index=i, size=size))
+                home = Household(participant_id=f"h{i:03d}", seed=rng.randrange(2**31), solar_peak_w=solar,
+                                 base_load_w=group.base_load_w.draw(rng), battery_wh=battery,
+                                 battery_power_w=group.battery_power_w.draw(rng) if battery else 0,
+                                 strategy=strategy, index=i, size=size)
+                if self.site is not None or group.load != "synthetic":  # field data draws more: older scenarios
+                    home = replace(home, site=self.site, solar_tilt=group.solar_tilt.draw(rng),  # keep their homes
+                                   solar_azimuth=group.solar_azimuth.draw(rng), load=group.load,
+                                   annual_wh=group.annual_wh.draw(rng))
+                homes.append(home)
         return homes
 
 
@@ -130,7 +143,12 @@ def load(path: str | Path) -> Scenario:
     raw_groups = data.get("households", [])
     if not isinstance(raw_groups, list) or not all(isinstance(g, dict) for g in raw_groups):
         raise ScenarioError(f"scenario {path}: households must be an array of tables, [[households]]")
+    site = _site(where.table(data, "location", LOCATION_KEYS), where) if "location" in data else None
     groups = tuple(_group(g, where, n) for n, g in enumerate(raw_groups, 1))
+    for n, g in enumerate(raw_groups, 1):
+        if site is None and {"solar_tilt", "solar_azimuth"} & set(g):
+            raise ScenarioError(f"{where.at(f'households #{n}')}: solar_tilt and solar_azimuth need a [location] "
+                                "with its weather (without one, PV follows a synthetic curve)")
     if groups and "participants" in community:
         raise ScenarioError(f"scenario {path}: [community] participants and [[households]] both say how many "
                             "households there are: leave out one")
@@ -138,7 +156,27 @@ def load(path: str | Path) -> Scenario:
         if not isinstance(data.get(key, ""), str):
             raise ScenarioError(f"scenario {path}: {key} must be a string")
     return Scenario(path=path, name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
-                    market=market, tariff=tariff, community=community, groups=groups)
+                    market=market, tariff=tariff, community=community, groups=groups, site=site)
+
+
+def _site(table: dict[str, Any], where: _Where) -> Site:
+    """[location]: the weather the panels get, and for the clear-sky model where they are."""
+    name = table.get("weather")
+    if name not in WEATHER:
+        raise ScenarioError(f"{where.at('location', 'weather')}: one of {', '.join(WEATHER)}, not {_shown(name)}")
+    place: dict[str, Any] = {k: table[k] for k in ("latitude", "longitude") if k in table}
+    if name != "clear-sky":
+        if place:
+            raise ScenarioError(f"{where.at('location')}: weather {name} is measured at its own station; "
+                                "latitude and longitude go with weather = 'clear-sky' only")
+        return Site(name)
+    for key, most in (("latitude", 90), ("longitude", 180)):
+        value = place.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | Decimal) or not _finite(value) \
+                or not -most <= value <= most:
+            raise ScenarioError(f"{where.at('location', key)}: degrees from -{most} to {most} are required "
+                                f"with the clear-sky weather, not {_shown(value)}")
+    return Site(name, float(place["latitude"]), float(place["longitude"]))
 
 
 class _Where:
@@ -215,12 +253,27 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
             raise ScenarioError(f"{where.at(place, key)}: a share from 0 to 1 is required, not {_shown(value)}")
         return Decimal(value)
 
+    def degrees(key: str, default: int, most: int) -> Spread:
+        value = spread(key, default)
+        if max((value.high, *value.choices)) > most:
+            raise ScenarioError(f"{where.at(place, key)}: degrees from 0 to {most}")
+        return value
+
+    load = g.get("load", "synthetic")
+    if load not in LOADS:
+        raise ScenarioError(f"{where.at(place, 'load')}: one of {', '.join(LOADS)}, not {_shown(load)}")
+    annual = spread("annual_kwh", 0)
+    if (load == "bdew-h25") != ("annual_kwh" in g):
+        raise ScenarioError(f"{where.at(place, 'annual_kwh')}: " + (
+            "a household's annual consumption is needed with load = 'bdew-h25'" if load == "bdew-h25" else
+            "goes with load = 'bdew-h25' (the synthetic load follows base_load_w)"))
     solar = spread("solar_kw", 0)
     battery = spread("battery_kwh", 0)
     return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)),
                  base_load_w=spread("base_load_w", {"min": 250, "max": 900}), battery_wh=battery,
                  battery_power_w=spread("battery_kw", 5), battery_share=share("battery_share", Decimal(1)),
-                 strategy=strategy)
+                 strategy=strategy, solar_tilt=degrees("solar_tilt", 30, 90),
+                 solar_azimuth=degrees("solar_azimuth", 180, 360), load=load, annual_wh=annual)
 
 
 def _spread(value: Any, unit: int, where: str) -> Spread:
@@ -268,6 +321,10 @@ def community_record(homes: list[Household], name: str = "", description: str = 
     return json.dumps({
         "name": name, "description": description,
         "households": [{"id": h.participant_id, "pv_kw": kilo(h.solar_peak_w), "battery_kwh": kilo(h.battery_wh),
-                        "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy}
+                        "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy,
+                        "load": h.load, "annual_kwh": kilo(h.annual_wh),
+                        **({"solar_tilt": h.solar_tilt, "solar_azimuth": h.solar_azimuth} if h.site else {})}
                        for h in homes],
+        "weather": next((WEATHER[h.site.weather] for h in homes if h.site), "synthetic: a sine curve with random "
+                        "clouds, the same every day of the year"),
         "battery": {"capacity_wh": sum(capacity.values()), "charge": slots}}, sort_keys=True)

@@ -73,8 +73,22 @@ battery_share = 0
 
 @pytest.mark.parametrize(("text", "says"), [
     ("[market\n", "not TOML"),
-    ("wibble = 1", "the top level has no key 'wibble' (known: community, description, households, market, name, "
-                   "tariff)"),
+    ("wibble = 1", "the top level has no key 'wibble' (known: community, description, households, location, market, "
+                   "name, tariff)"),
+    ("[location]\nweather = 'sunny'", "location.weather: one of clear-sky, tmy3-723170"),
+    ("[location]\nweather = 'clear-sky'\nlatitude = 49.3",
+     "location.longitude: degrees from -180 to 180 are required with the clear-sky weather, not None"),
+    ("[location]\nweather = 'clear-sky'\nlatitude = 91\nlongitude = 0", "location.latitude: degrees from -90 to 90"),
+    ("[location]\nweather = 'dwd-try-04'\nlatitude = 52\nlongitude = 13", "weather dwd-try-04 is measured at its own"),
+    ("[location]\nweather = 'clear-sky'\nlatitude = 1\nlongitude = 2\nheight = 3", "[location] has no key 'height'"),
+    ("[[households]]\ncount = 2\nsolar_tilt = 20", "households #1: solar_tilt and solar_azimuth need a [location]"),
+    ("[location]\nweather = 'dwd-try-04'\n[[households]]\ncount = 2\nsolar_tilt = 91",
+     "households #1.solar_tilt: degrees from 0 to 90"),
+    ("[location]\nweather = 'dwd-try-04'\n[[households]]\ncount = 2\nsolar_azimuth = {choices = [90, 400]}",
+     "households #1.solar_azimuth: degrees from 0 to 360"),
+    ("[[households]]\ncount = 2\nload = 'h0'", "households #1.load: one of synthetic, bdew-h25, not 'h0'"),
+    ("[[households]]\ncount = 2\nload = 'bdew-h25'", "annual consumption is needed with load = 'bdew-h25'"),
+    ("[[households]]\ncount = 2\nannual_kwh = 3000", "annual_kwh: goes with load = 'bdew-h25'"),
     ("[market]\ntz = 'UTC'", "[market] has no key 'tz'"),
     ("[market]\nrounds = '10'", "market.rounds: must be a whole number, not '10'"),
     ("[market]\nrounds = 0", "market.rounds: must be 1 or more"),
