@@ -65,6 +65,12 @@ class Site:
     latitude: float = 0.0
     longitude: float = 0.0
 
+    def described(self) -> str:
+        if self.weather == "clear-sky":
+            return (f"pvlib's clear-sky model (Ineichen, Linke turbidity climatology) at {self.latitude:g}, "
+                    f"{self.longitude:g}, every day cloudless")
+        return WEATHER[self.weather]
+
 
 class YearSeries:
     """Mean power (W) over a year at ``step_s``, read at positions given in seconds into

@@ -11,6 +11,7 @@ binary floats, so prices and kilowatts are exact. The format: docs/scenarios.md.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import tomllib
@@ -155,6 +156,11 @@ def load(path: str | Path) -> Scenario:
     for key in ("name", "description"):
         if not isinstance(data.get(key, ""), str):
             raise ScenarioError(f"scenario {path}: {key} must be a string")
+    needs = ({"pvlib"} if site else set()) | ({"demandlib"} if any(g.load == "bdew-h25" for g in groups) else set())
+    missing = sorted(n for n in needs if importlib.util.find_spec(n) is None)
+    if missing:
+        raise ScenarioError(f"scenario {path}: its field data needs {' and '.join(missing)}, not installed here: "
+                            "pip install 'microte[profiles]' (make venv installs them)")
     return Scenario(path=path, name=str(data.get("name", path.stem)), description=str(data.get("description", "")),
                     market=market, tariff=tariff, community=community, groups=groups, site=site)
 
@@ -325,6 +331,6 @@ def community_record(homes: list[Household], name: str = "", description: str = 
                         "load": h.load, "annual_kwh": kilo(h.annual_wh),
                         **({"solar_tilt": h.solar_tilt, "solar_azimuth": h.solar_azimuth} if h.site else {})}
                        for h in homes],
-        "weather": next((WEATHER[h.site.weather] for h in homes if h.site), "synthetic: a sine curve with random "
+        "weather": next((h.site.described() for h in homes if h.site), "synthetic: a sine curve with random "
                         "clouds, the same every day of the year"),
         "battery": {"capacity_wh": sum(capacity.values()), "charge": slots}}, sort_keys=True)

@@ -73,7 +73,8 @@ def test_a_simulated_community_shows_what_each_household_owns_beside_its_bill() 
     community = json.loads(community_record(homes, "tiny", "three homes"))
     page = render(done, MARKET, verdict="PASS", community=community)
     assert "<td>tiny - three homes</td>" in page
-    assert "<th>PV from</th><td>synthetic: a sine curve" in page and "<th>load profiles</th><td>synthetic 3</td>" in page
+    assert "<th>PV from</th><td>synthetic: a sine curve" in page
+    assert "<th>load profiles</th><td>synthetic 3</td>" in page
     assert "<td>2 with PV (9 kW in all); 1 with a battery (13.5 kWh, 5 kW in all); strategies: bandit 3</td>" in page
     table = page.split("<h2>Households</h2>")[1].split("</table>")[0]
     first = done.households[0]

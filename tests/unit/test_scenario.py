@@ -202,3 +202,17 @@ def test_the_community_record_keeps_the_batteries_charge_per_slot_in_all_and_at_
     kept = json.loads(community_record(homes, charge=charge))
     assert kept["battery"] == {"capacity_wh": 15000, "charge": [[60, 120, 10001, 0, 1000], [120, 180, 7500, 250, 1000]]}
     assert json.loads(community_record(homes))["battery"] == {"capacity_wh": 15000, "charge": []}
+
+
+def test_field_data_without_its_packages_is_one_line_that_says_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pvlib" else found(name, *a))
+    path = write(tmp_path, "[location]\nweather = 'dwd-try-04'\n[[households]]\ncount = 2\nload = 'bdew-h25'\n"
+                           "annual_kwh = 3000")
+    with pytest.raises(ScenarioError) as error:
+        load(path)
+    assert str(error.value) == (f"scenario {path}: its field data needs pvlib, not installed here: "
+                                "pip install 'microte[profiles]' (make venv installs them)")
