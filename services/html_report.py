@@ -243,9 +243,12 @@ def _owned(homes: list[dict[str, Any]]) -> str:
     def total(values: list[Decimal]) -> str:
         return f"{sum(values, Decimal(0)).normalize():f}"
 
+    evs = sum(1 for h in homes if Decimal(h.get("ev_kwh_per_day", 0)))
+    heat_pumps = sum(1 for h in homes if Decimal(h.get("heat_kwh", 0)))
     return (f"{len(pv)} with PV ({total(pv)} kW in all); {len(batteries)} with a battery "
             f"({total([Decimal(h['battery_kwh']) for h in batteries])} kWh, "
-            f"{total([Decimal(h['battery_kw']) for h in batteries])} kW in all); strategies: "
+            f"{total([Decimal(h['battery_kw']) for h in batteries])} kW in all); "
+            + (f"{evs} with an EV; {heat_pumps} with a heat pump; " if evs or heat_pumps else "") + "strategies: "
             + ", ".join(f"{name} {n}" for name, n in sorted(strategies.items())))
 
 

@@ -262,3 +262,32 @@ def h25(year: int, tz: tzinfo) -> YearSeries:
     def position(t: int) -> float:
         return _seconds_into_year(datetime.fromtimestamp(t, tz))
     return YearSeries(watts, 900, position)
+
+
+SINK_C = 40.0  # the heat pump's supply temperature: underfloor heating
+
+
+def cop(temp_air: np.ndarray) -> np.ndarray:
+    """An air-source heat pump's coefficient of performance at the outdoor temperature:
+    Staffell et al. (2012)'s regression over field and lab data, supplying ``SINK_C``."""
+    lift = SINK_C - np.asarray(temp_air, dtype=float)
+    result: np.ndarray = np.clip(6.81 - 0.121 * lift + 0.000630 * lift**2, 1.5, 6.0)
+    return result
+
+
+@functools.cache
+def heat_pump_per_kwh(site: Site) -> YearSeries:
+    """A heat pump's electric power, hour by hour, for 1 kWh of heat a year: BDEW's heat
+    profile of a detached house (EFH, with hot water) from the weather's temperature
+    (demandlib), over the COP at that temperature."""
+    import pandas as pd
+    from demandlib.bdew import HeatBuilding
+
+    w = weather(site.weather, site.latitude, site.longitude)
+    index = pd.date_range("2025-01-01", periods=365 * 24, freq="h")
+    with _quiet():
+        heat = HeatBuilding(index, temperature=pd.Series(w.temp_air, index=index), annual_heat_demand=1.0,
+                            shlp_type="EFH", building_class=5, wind_class=0, ww_incl=True).get_bdew_profile()
+    share = np.asarray(heat, dtype=float)
+    share = share / share.sum()  # of the year's heat, each hour
+    return YearSeries(share * 1000 / cop(w.temp_air), HOUR_S, _fixed_offset(w.utc_offset))

@@ -10,10 +10,10 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from services.participants.fielddata import Site, h25, pv_per_kw
+from services.participants.fielddata import Site, h25, heat_pump_per_kwh, pv_per_kw
 from shared.market import Slot
 
 
@@ -36,6 +36,19 @@ class Household:
     solar_azimuth: int = 180  # degrees from north: 180 faces south
     load: str = "synthetic"
     annual_wh: int = 0
+    # The battery: round-trip efficiency (half of its loss charging, half discharging) and
+    # the share of its capacity it keeps between (its state-of-charge bounds), in per mille.
+    battery_efficiency: int = 1000
+    soc_min: int = 0
+    soc_max: int = 1000
+    # An electric vehicle (0: none): plugged in on arrival home (16:00-20:00, drawn each
+    # day) it charges at ``ev_charger_w`` until it has the day's ``ev_daily_wh``.
+    ev_daily_wh: int = 0
+    ev_charger_w: int = 0
+    # A heat pump (0: none): the house's heat demand (BDEW's profile for a detached house,
+    # from the weather's temperature) over its COP at that temperature, at most ``heat_pump_w``.
+    heat_annual_wh: int = 0
+    heat_pump_w: int = 0
 
 
 def community(size: int, seed: int, battery_share: float = 0.3, solar_share: float = 0.6) -> list[Household]:
@@ -82,6 +95,12 @@ def solar_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
 
 
 def load_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    """All the household uses in the slot: its appliances, its EV and its heat pump."""
+    return base_load_wh(h, slot, tz) + ev_wh(h, slot, tz) + heat_pump_wh(h, slot)
+
+
+def base_load_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    """Its appliances and lights: BDEW's H25, or the synthetic curve."""
     if h.load == "bdew-h25":
         return _h25_wh(h, slot, tz)
     hour = _local_hour(slot, tz)
@@ -101,6 +120,34 @@ def _h25_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
     return max(1, int(h25(year, tz).wh(start, end) * h.annual_wh / 1000 * jitter))
 
 
+def ev_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    """What its EV draws in the slot: from arrival home (16:00 to 20:00, drawn for each day)
+    at full charger power until the day's energy is in (uncontrolled charging, as most EVs
+    charge today), by the next morning at the latest."""
+    if not h.ev_daily_wh or not h.ev_charger_w:
+        return 0
+    day = datetime.fromtimestamp(slot.start, tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    total = 0.0
+    for midnight in (day - timedelta(days=1), day):
+        day_start = int(midnight.timestamp())
+        arrive = midnight + timedelta(hours=16 + 4 * noise(h.seed, Slot(day_start, day_start + 1), "ev").random())
+        start = int(arrive.timestamp())
+        end = min(start + h.ev_daily_wh * 3600 // h.ev_charger_w, start + 15 * 3600)  # gone by the morning
+        overlap = min(end, slot.end) - max(start, slot.start)
+        total += max(overlap, 0) * h.ev_charger_w / 3600
+    return int(total)
+
+
+def heat_pump_wh(h: Household, slot: Slot) -> int:
+    """What its heat pump draws: the heat demand's electricity at the hour's COP, varied
+    slot by slot like the load (0.8 to 1.2), at most its power."""
+    if not h.heat_annual_wh or h.site is None:
+        return 0
+    jitter = 0.8 + 0.4 * noise(h.seed, slot, "heat").random()
+    wh = heat_pump_per_kwh(h.site).wh(slot.start, slot.end) * h.heat_annual_wh / 1000 * jitter
+    return int(min(wh, h.heat_pump_w * slot.seconds / 3600))
+
+
 @dataclass(frozen=True)
 class Delivery:
     """What the meter measures for one slot, and the battery's charge after it."""
@@ -115,18 +162,31 @@ def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str,
             bought_wh: int = 0) -> Delivery:
     """Own load first, then what was sold, then the battery charges from what is left. Load
     that solar does not cover comes first from what the household bought for the slot (it
-    arrives through its meter), and only the rest from its battery, then the grid."""
+    arrives through its meter), and only the rest from its battery, then the grid. What the
+    battery sold goes out after that; and when the sun gives less than the household sold
+    as solar, its battery fills the gap as far as it can (the market books that as
+    ``bess_cover``). The battery keeps between its state-of-charge bounds and within its
+    power in each direction; its round-trip loss is split evenly between charging and
+    discharging, so it stores less than it takes and gives less than it loses."""
     gen, load = solar_wh(h, slot, tz), load_wh(h, slot, tz)
     own_solar = min(gen, load)
     surplus, deficit = gen - own_solar, load - own_solar
     power_wh = h.battery_power_w * slot.seconds // 3600
-    bess_sold_wh = sold.get("bess", 0)
-    charge = min(max(surplus - sold.get("solar", 0), 0), h.battery_wh - soc_wh, power_wh)
-    soc = soc_wh + charge
-    discharge = min(max(deficit - bought_wh, 0), soc, power_wh)
-    soc -= discharge
-    to_network = min(bess_sold_wh, soc, power_wh - discharge)
-    soc -= to_network
+    low, high = h.battery_wh * h.soc_min // 1000, h.battery_wh * h.soc_max // 1000
+    way = math.sqrt(h.battery_efficiency / 1000)  # the efficiency of each way
+    sold_solar, sold_bess = sold.get("solar", 0), sold.get("bess", 0)
+    charge = min(max(surplus - sold_solar, 0), power_wh, max(int((high - soc_wh) / way), 0))
+    soc = soc_wh + int(charge * way)
+
+    def draw(wanted: int, power_left: int) -> int:
+        """Give out up to ``wanted`` Wh: what it gives, after taking it from the charge."""
+        nonlocal soc
+        given = min(wanted, power_left, max(int((soc - low) * way), 0))
+        soc -= min(math.ceil(given / way), soc - low) if given else 0
+        return given
+
+    discharge = draw(max(deficit - bought_wh, 0), power_wh)
+    to_network = draw(sold_bess + max(sold_solar - surplus, 0), power_wh - discharge)
     export = {k: v for k, v in (("solar", surplus - charge), ("bess", to_network)) if v}
     own = {k: v for k, v in (("solar", own_solar), ("bess", discharge)) if v}
     return Delivery(import_wh=deficit - discharge, export_wh=export, self_consumed_wh=own, soc_wh=soc)

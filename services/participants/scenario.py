@@ -37,10 +37,14 @@ COMMUNITY_KEYS = {"seed": int, "participants": int, "aggregators": int, "request
 # [[households]]: key -> (unit factor to whole W or Wh, or None for a share / a word)
 GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w": 1, "battery_kwh": 1000,
               "battery_kw": 1000, "battery_share": None, "strategy": None, "solar_tilt": 1, "solar_azimuth": 1,
-              "load": None, "annual_kwh": 1000}
+              "load": None, "annual_kwh": 1000, "battery_efficiency": None, "battery_soc_min": None,
+              "battery_soc_max": None, "ev_share": None, "ev_kwh_per_day": 1000, "ev_kw": 1000,
+              "heat_pump_share": None, "heat_kwh": 1000, "heat_pump_kw": 1000}
 TOP_KEYS = {"name", "description", "location", "market", "tariff", "community", "households"}
 LOCATION_KEYS = {"weather": str, "latitude": object, "longitude": object}
 MOST_W = 10_000_000  # a household's PV, battery or load beyond 10 MW (MWh) is a typing error
+MOST_A_YEAR_WH = 1_000_000_000  # and a year's consumption or heat beyond 1 GWh
+YEARLY = {"annual_kwh", "heat_kwh"}
 
 
 class ScenarioError(ValueError):
@@ -75,6 +79,15 @@ class Group:
     solar_azimuth: Spread = Spread(180, 180)  # degrees from north
     load: str = "synthetic"  # or "bdew-h25", scaled to annual_wh
     annual_wh: Spread = Spread(0, 0)
+    battery_efficiency: int = 1000  # per mille: round trip
+    soc_min: int = 0  # per mille of the capacity
+    soc_max: int = 1000
+    ev_share: Decimal = Decimal(0)
+    ev_daily_wh: Spread = Spread(0, 0)
+    ev_charger_w: Spread = Spread(0, 0)
+    heat_pump_share: Decimal = Decimal(0)
+    heat_annual_wh: Spread = Spread(0, 0)
+    heat_pump_w: Spread = Spread(0, 0)
 
 
 @dataclass(frozen=True)
@@ -103,11 +116,20 @@ class Scenario:
                                  base_load_w=group.base_load_w.draw(rng), battery_wh=battery,
                                  battery_power_w=group.battery_power_w.draw(rng) if battery else 0,
                                  strategy=strategy, index=i, size=size)
-                if self.site is not None or group.load != "synthetic":  # field data draws more: older scenarios
-                    home = replace(home, site=self.site, solar_tilt=group.solar_tilt.draw(rng),  # keep their homes
-                                   solar_azimuth=group.solar_azimuth.draw(rng), load=group.load,
-                                   annual_wh=group.annual_wh.draw(rng))
-                homes.append(home)
+                # What came later is drawn from a generator of the household's own, so that a
+                # scenario written before it still gives the same households.
+                more = random.Random(f"devices|{home.seed}")
+                ev = more.random() < group.ev_share
+                heat = more.random() < group.heat_pump_share
+                homes.append(replace(
+                    home, site=self.site, solar_tilt=group.solar_tilt.draw(more),
+                    solar_azimuth=group.solar_azimuth.draw(more), load=group.load,
+                    annual_wh=group.annual_wh.draw(more), battery_efficiency=group.battery_efficiency,
+                    soc_min=group.soc_min, soc_max=group.soc_max,
+                    ev_daily_wh=group.ev_daily_wh.draw(more) if ev else 0,
+                    ev_charger_w=group.ev_charger_w.draw(more) if ev else 0,
+                    heat_annual_wh=group.heat_annual_wh.draw(more) if heat else 0,
+                    heat_pump_w=group.heat_pump_w.draw(more) if heat else 0))
         return homes
 
 
@@ -150,6 +172,9 @@ def load(path: str | Path) -> Scenario:
         if site is None and {"solar_tilt", "solar_azimuth"} & set(g):
             raise ScenarioError(f"{where.at(f'households #{n}')}: solar_tilt and solar_azimuth need a [location] "
                                 "with its weather (without one, PV follows a synthetic curve)")
+        if groups[n - 1].heat_pump_share and (site is None or site.weather == "clear-sky"):
+            raise ScenarioError(f"{where.at(f'households #{n}', 'heat_pump_share')}: heat pumps follow the "
+                                "temperature of a weather file: [location] weather = 'dwd-try-..' or 'tmy3-..'")
     if groups and "participants" in community:
         raise ScenarioError(f"scenario {path}: [community] participants and [[households]] both say how many "
                             "households there are: leave out one")
@@ -250,7 +275,8 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
             raise ScenarioError(f"{where.at(place, 'strategy')}: {exc}" + ("" if sep else ", or 'alternate'")) from None
 
     def spread(key: str, default: Any) -> Spread:
-        return _spread(g.get(key, default), GROUP_KEYS[key] or 1, where.at(place, key))
+        return _spread(g.get(key, default), GROUP_KEYS[key] or 1, where.at(place, key),
+                       MOST_A_YEAR_WH if key in YEARLY else MOST_W)
 
     def share(key: str, default: Decimal) -> Decimal:
         value = g.get(key, default)
@@ -273,23 +299,43 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
         raise ScenarioError(f"{where.at(place, 'annual_kwh')}: " + (
             "a household's annual consumption is needed with load = 'bdew-h25'" if load == "bdew-h25" else
             "goes with load = 'bdew-h25' (the synthetic load follows base_load_w)"))
+    def per_mille(key: str, default: Decimal) -> int:
+        return int(share(key, default) * 1000)
+
+    soc_min, soc_max = per_mille("battery_soc_min", Decimal(0)), per_mille("battery_soc_max", Decimal(1))
+    if soc_min >= soc_max:
+        raise ScenarioError(f"{where.at(place, 'battery_soc_min')}: must be below battery_soc_max")
+    efficiency = per_mille("battery_efficiency", Decimal(1))
+    if not efficiency:
+        raise ScenarioError(f"{where.at(place, 'battery_efficiency')}: a battery that gives nothing back")
+    devices = {}
+    for device, keys in (("ev_share", ("ev_kwh_per_day", "ev_kw")), ("heat_pump_share", ("heat_kwh", "heat_pump_kw"))):
+        if device in g and not all(k in g for k in keys):
+            raise ScenarioError(f"{where.at(place, device)}: needs {' and '.join(keys)} too")
+        if device not in g and any(k in g for k in keys):
+            raise ScenarioError(f"{where.at(place, next(k for k in keys if k in g))}: goes with {device}")
+        devices.update({k: spread(k, 0) for k in keys})
     solar = spread("solar_kw", 0)
     battery = spread("battery_kwh", 0)
     return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)),
+                 battery_efficiency=efficiency, soc_min=soc_min, soc_max=soc_max,
+                 ev_share=share("ev_share", Decimal(0)), ev_daily_wh=devices["ev_kwh_per_day"],
+                 ev_charger_w=devices["ev_kw"], heat_pump_share=share("heat_pump_share", Decimal(0)),
+                 heat_annual_wh=devices["heat_kwh"], heat_pump_w=devices["heat_pump_kw"],
                  base_load_w=spread("base_load_w", {"min": 250, "max": 900}), battery_wh=battery,
                  battery_power_w=spread("battery_kw", 5), battery_share=share("battery_share", Decimal(1)),
                  strategy=strategy, solar_tilt=degrees("solar_tilt", 30, 90),
                  solar_azimuth=degrees("solar_azimuth", 180, 360), load=load, annual_wh=annual)
 
 
-def _spread(value: Any, unit: int, where: str) -> Spread:
+def _spread(value: Any, unit: int, where: str, most: int = MOST_W) -> Spread:
     """A number; ``{min = A, max = B}``, uniform; or ``{choices = [A, B, ...]}``; in whole W or Wh."""
     def whole(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int | Decimal) or not _finite(v) or v < 0:
             raise ScenarioError(f"{where}: {_shown(v)} is not a number of 0 or more")
         exact = Decimal(v) * unit
-        if exact > MOST_W:
-            raise ScenarioError(f"{where}: {v} is beyond what one household has ({MOST_W // 1000:,} kW or kWh)")
+        if exact > most:
+            raise ScenarioError(f"{where}: {v} is beyond what one household has ({most // 1000:,} kW or kWh)")
         if exact != exact.to_integral_value():
             raise ScenarioError(f"{where}: {v} is finer than 1 W (Wh)")
         return int(exact)
@@ -328,7 +374,9 @@ def community_record(homes: list[Household], name: str = "", description: str = 
         "name": name, "description": description,
         "households": [{"id": h.participant_id, "pv_kw": kilo(h.solar_peak_w), "battery_kwh": kilo(h.battery_wh),
                         "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy,
-                        "load": h.load, "annual_kwh": kilo(h.annual_wh),
+                        "load": h.load, "annual_kwh": kilo(h.annual_wh), "ev_kwh_per_day": kilo(h.ev_daily_wh),
+                        "ev_kw": kilo(h.ev_charger_w), "heat_kwh": kilo(h.heat_annual_wh),
+                        "heat_pump_kw": kilo(h.heat_pump_w),
                         **({"solar_tilt": h.solar_tilt, "solar_azimuth": h.solar_azimuth} if h.site else {})}
                        for h in homes],
         "weather": next((h.site.described() for h in homes if h.site), "synthetic: a sine curve with random "

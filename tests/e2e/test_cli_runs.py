@@ -28,7 +28,7 @@ import pytest
 from services.ensemble import purge_region
 from services.participants.community import agent_ids
 from services.participants.profiles import community
-from shared.market import LedgerEntry, Settlement, bills
+from shared.market import EntryKind, LedgerEntry, Settlement, bills
 from shared.runtime.ledger import open_ledger
 from shared.runtime.settings import from_env
 
@@ -248,6 +248,41 @@ async def test_learning_traders_that_tie_on_price_replay_to_the_same_ledger(tmp_
 
     assert sorted(map(settled, s1)) == sorted(map(settled, s2))
     assert sorted(map(booked, e1), key=str) == sorted(map(booked, e2), key=str)
+
+
+async def test_noon_to_evening_batteries_sell_and_cover_evs_charge_and_equal_price_trades(tmp_path: Path) -> None:
+    """The learning scenario's whole afternoon and evening: batteries sell (``bess``
+    settlements) and fill solar gaps (``bess_cover``), the buyers' EVs charge when they come
+    home (every meter reading is what the household's devices used, EV included), and the
+    learning traders trade a meaningful volume under ``equal_price``."""
+    from services.participants.profiles import ev_wh, load_wh
+    from services.participants.scenario import load
+    from shared.market.timezones import zone
+
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "learning-50.toml"
+    scenario = load(path)
+    homes = {h.participant_id: h for h in scenario.households(scenario.community["seed"])}
+    region, ledger = "noon" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
+    assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    assert "rule equal_price" in out
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        settlements, entries, readings = (await store.settlements(region), await store.entries(region),
+                                          await store.readings(region))
+    finally:
+        await store.close()
+    assert sum(s.quantity_wh for s in settlements) > 50_000  # over 50 kWh between the learners
+    assert sum(s.quantity_wh for s in settlements if s.source == "bess") > 5_000
+    assert any(e.kind is EntryKind.BESS_COVER for e in entries)
+    tz = zone(scenario.market["timezone"])
+    charged = 0
+    for r in readings:  # what each meter says the household used is what its devices used
+        h = homes[r.participant_id]
+        assert r.import_wh + sum(r.self_consumed_wh.values()) == load_wh(h, r.slot, tz), r
+        charged += ev_wh(h, r.slot, tz)
+    assert charged > 10_000 and sum(1 for h in homes.values() if h.ev_daily_wh) >= 5
 
 
 @pytest.mark.parametrize(("env", "extra", "says"), [
