@@ -145,7 +145,9 @@ class Participant:
         bought = self.bought.pop((delivered.start, delivered.end), 0)
         self.counted.pop((delivered.start, delivered.end), None)
         self.strategy.settled(delivered, self.trades.pop((delivered.start, delivered.end), []))
-        d = deliver(self.home, delivered, c.tz, self.soc_wh, sold, bought)
+        grid_charge = getattr(self.strategy, "grid_charge_wh", None)  # a plug-in may not have it
+        d = deliver(self.home, delivered, c.tz, self.soc_wh, sold, bought,
+                    grid_charge(delivered) if callable(grid_charge) else 0)
         self.soc_wh = d.soc_wh
         if self.home.battery_wh:
             c.tally.charge.setdefault((delivered.start, delivered.end), {})[self.pid] = d.soc_wh

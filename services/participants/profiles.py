@@ -156,18 +156,21 @@ class Delivery:
     export_wh: dict[str, int]
     self_consumed_wh: dict[str, int]
     soc_wh: int
+    charged_from_import_wh: int = 0  # of the import, what went into the battery
 
 
 def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str, int],
-            bought_wh: int = 0) -> Delivery:
+            bought_wh: int = 0, grid_charge_wh: int = 0) -> Delivery:
     """Own load first, then what was sold, then the battery charges from what is left. Load
     that solar does not cover comes first from what the household bought for the slot (it
     arrives through its meter), and only the rest from its battery, then the grid. What the
-    battery sold goes out after that; and when the sun gives less than the household sold
+    battery sold goes out after that; and when the sun gave less than the household sold
     as solar, its battery fills the gap as far as it can (the market books that as
-    ``bess_cover``). The battery keeps between its state-of-charge bounds and within its
-    power in each direction; its round-trip loss is split evenly between charging and
-    discharging, so it stores less than it takes and gives less than it loses."""
+    ``bess_cover``). What it bought beyond its load, and then ``grid_charge_wh`` from the
+    grid (its trader's choice), charge the battery through the meter. The battery keeps
+    between its state-of-charge bounds and within its power in each direction; its
+    round-trip loss is split evenly between charging and discharging, so it stores less
+    than it takes and gives less than it loses."""
     gen, load = solar_wh(h, slot, tz), load_wh(h, slot, tz)
     own_solar = min(gen, load)
     surplus, deficit = gen - own_solar, load - own_solar
@@ -175,8 +178,14 @@ def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str,
     low, high = h.battery_wh * h.soc_min // 1000, h.battery_wh * h.soc_max // 1000
     way = math.sqrt(h.battery_efficiency / 1000)  # the efficiency of each way
     sold_solar, sold_bess = sold.get("solar", 0), sold.get("bess", 0)
-    charge = min(max(surplus - sold_solar, 0), power_wh, max(int((high - soc_wh) / way), 0))
-    soc = soc_wh + int(charge * way)
+    soc = soc_wh
+
+    def take(offered: int, power_left: int) -> int:
+        """Store up to ``offered`` Wh: what it takes, after adding what it keeps of it."""
+        nonlocal soc
+        taken = min(offered, power_left, max(int((high - soc) / way), 0))
+        soc += int(taken * way)
+        return taken
 
     def draw(wanted: int, power_left: int) -> int:
         """Give out up to ``wanted`` Wh: what it gives, after taking it from the charge."""
@@ -185,8 +194,11 @@ def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str,
         soc -= min(math.ceil(given / way), soc - low) if given else 0
         return given
 
+    charge = take(max(surplus - sold_solar, 0), power_wh)
     discharge = draw(max(deficit - bought_wh, 0), power_wh)
     to_network = draw(sold_bess + max(sold_solar - surplus, 0), power_wh - discharge)
+    from_import = take(max(bought_wh - deficit, 0) + grid_charge_wh, power_wh - charge)
     export = {k: v for k, v in (("solar", surplus - charge), ("bess", to_network)) if v}
     own = {k: v for k, v in (("solar", own_solar), ("bess", discharge)) if v}
-    return Delivery(import_wh=deficit - discharge, export_wh=export, self_consumed_wh=own, soc_wh=soc)
+    return Delivery(import_wh=deficit - discharge + from_import, export_wh=export, self_consumed_wh=own, soc_wh=soc,
+                    charged_from_import_wh=from_import)

@@ -13,6 +13,14 @@ trader) overrides ``quotes``. The built-in ones:
 - ``zic``, zero-intelligence constrained: random prices on the tick between the grid's
   sell and buy prices, so it never bids above what the grid would charge nor asks below
   what the grid would pay.
+- ``arbitrage``, a battery trader: it trades its forecast net energy as ``baseline`` does,
+  and runs its battery for profit. On the cheapest grid price it has seen in a day (the
+  night of a time-of-use tariff, when prices differ) it charges its battery from the grid;
+  at midday it keeps its own surplus for its battery and bids for its neighbours' to fill
+  the rest; in the evening, and whenever
+  the grid price is the dearest it has seen, it sells what its battery holds above its
+  lower bound. Households that sell it energy get more than the grid pays, households
+  that buy from it pay less than the grid charges.
 - ``bandit``, a learning trader in the spirit of the TREX experiments: an epsilon-greedy
   bandit over a discrete grid of prices between the grid's two prices, one per side; its
   reward is what a slot's trades gained against the grid, per Wh offered. Seeded: its
@@ -91,6 +99,11 @@ class Strategy:
 
     def settled(self, slot: Slot, trades: list[Trade]) -> None:
         """What it traded in ``slot`` (nothing: an empty list), once the slot is delivered."""
+
+    def grid_charge_wh(self, slot: Slot) -> int:
+        """Energy its battery should take from the grid in ``slot`` (optional; the default,
+        and a plug-in without this method: none)."""
+        return 0
 
 
 def _bounds(grid: GridPrices) -> tuple[Decimal, Decimal, int]:
@@ -173,7 +186,55 @@ class Bandit(Strategy):
         self.value[side][arm] += (reward - self.value[side][arm]) / self.pulls[side][arm]
 
 
-BUILT_IN: dict[str, type[Strategy]] = {"baseline": Baseline, "zic": Zic, "bandit": Bandit}
+class Arbitrage(Strategy):
+    """A battery trader (see the module's description). Its prices are on its own residue
+    of the tick grid, as ``baseline``'s: it bids half way between the grid's two prices and
+    asks three quarters of the way up, so both sides of each trade beat the grid."""
+
+    DAY_S = 86400
+
+    def __init__(self, home: Household) -> None:
+        super().__init__(home)
+        self.seen: list[tuple[int, Decimal]] = []  # (slot start, grid buy price) of the last day
+        self.charge_from_grid: dict[tuple[int, int], int] = {}
+
+    def quotes(self, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
+        h = self.home
+        self.seen = [(t, p) for t, p in self.seen if t > slot.start - self.DAY_S] + [(slot.start, grid.buy_price)]
+        cheapest, dearest = min(p for _, p in self.seen), max(p for _, p in self.seen)
+        span = _bounds(grid)[2] // max(h.size, 1)
+        made = [Quote(side, wh, _residue_price(h, side, grid, 1), source)
+                for side, wh, source in offers(h, slot, tz, soc_wh) if source == "solar" or side == "bid"]
+        if not h.battery_wh:
+            return made
+        way = (h.battery_efficiency / 1000) ** 0.5
+        power = h.battery_power_w * slot.seconds // 3600
+        room = int((h.battery_wh * h.soc_max // 1000 - soc_wh) / way)
+        spare = int((soc_wh - h.battery_wh * h.soc_min // 1000) * way)
+        hour = datetime.fromtimestamp(slot.start, tz).hour
+        if cheapest < dearest and grid.buy_price == cheapest:  # off-peak: charge from the grid
+            self.charge_from_grid[slot.start, slot.end] = max(min(room, power), 0)
+        elif 10 <= hour < 15 and room > 0:  # its own surplus first, then its neighbours'
+            take, surplus = min(room, power), sum(q.quantity_wh for q in made if q.side == "ask")
+            made = [q for q in made if q.side == "bid"]
+            if surplus > take:
+                made.append(Quote("ask", surplus - take, _residue_price(h, "ask", grid, 1), "solar"))
+            elif take > surplus:
+                made.append(Quote("bid", take - surplus, _residue_price(h, "bid", grid, max(span // 2, 1)), "solar"))
+        elif hour >= 17 or (cheapest < dearest and grid.buy_price == dearest):
+            # Its battery covers its own load first: it buys nothing and sells the rest.
+            need = sum(q.quantity_wh for q in made if q.side == "bid")
+            sell = min(spare, power) - need
+            if sell > 0:
+                made = [q for q in made if q.side == "ask"]
+                made.append(Quote("ask", sell, _residue_price(h, "ask", grid, max(span * 3 // 4, 1)), "bess"))
+        return made
+
+    def grid_charge_wh(self, slot: Slot) -> int:
+        return self.charge_from_grid.pop((slot.start, slot.end), 0)
+
+
+BUILT_IN: dict[str, type[Strategy]] = {"baseline": Baseline, "zic": Zic, "bandit": Bandit, "arbitrage": Arbitrage}
 
 
 @functools.cache

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -279,10 +280,73 @@ async def test_noon_to_evening_batteries_sell_and_cover_evs_charge_and_equal_pri
     tz = zone(scenario.market["timezone"])
     charged = 0
     for r in readings:  # what each meter says the household used is what its devices used
-        h = homes[r.participant_id]
-        assert r.import_wh + sum(r.self_consumed_wh.values()) == load_wh(h, r.slot, tz), r
+        h = homes[r.participant_id]  # (and its battery, charged from energy it bought beyond its load)
+        metered, used = r.import_wh + sum(r.self_consumed_wh.values()), load_wh(h, r.slot, tz)
+        assert used <= metered <= used + h.battery_power_w * r.slot.seconds // 3600, r
+        assert metered == used or h.battery_wh, r
         charged += ev_wh(h, r.slot, tz)
     assert charged > 10_000 and sum(1 for h in homes.values() if h.ev_daily_wh) >= 5
+
+
+async def test_battery_traders_sell_at_the_time_of_use_peak_and_charge_from_the_grid_after_it(tmp_path: Path) -> None:
+    """``arbitrage`` households under a time-of-use tariff, noon to 22:00: once they have
+    seen the 17:00-20:00 peak, their batteries sell into it (``bess`` settlements in peak
+    slots), and after it, at the cheap price again, they charge from the grid through their
+    meters (they import more than their devices use)."""
+    from services.participants.profiles import load_wh
+    from services.participants.scenario import load
+    from shared.market.timezones import zone
+
+    path = tmp_path / "tou.toml"
+    path.write_text("""
+[market]
+timezone = "America/Vancouver"
+start = "2026-07-15T12:00"
+rounds = 40
+round_seconds = 900
+rule = "midpoint"
+[tariff]
+grid_price = 0.069
+fee_ratio = 1.1
+time_of_use = "6-9:17-20=0.15"
+[community]
+seed = 4
+aggregators = 1
+[[households]]
+count = 6
+solar_kw = {min = 4, max = 8}
+battery_kwh = 10
+battery_kw = 4
+battery_efficiency = 0.9
+strategy = "arbitrage"
+[[households]]
+count = 8
+base_load_w = {min = 500, max = 1200}
+battery_share = 0
+strategy = "zic"
+""")
+    scenario = load(path)
+    homes = {h.participant_id: h for h in scenario.households(4)}
+    region, ledger = "tou" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
+    assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        settlements, readings = await store.settlements(region), await store.readings(region)
+    finally:
+        await store.close()
+    tz = zone("America/Vancouver")
+
+    def hour(at: int) -> int:
+        return datetime.fromtimestamp(at, tz).hour
+
+    sold_at_peak = [s for s in settlements if s.source == "bess" and 17 <= hour(s.slot.start) < 20
+                    and homes[s.seller].strategy == "arbitrage"]
+    assert sum(s.quantity_wh for s in sold_at_peak) > 2_000
+    from_grid = sum(r.import_wh + sum(r.self_consumed_wh.values()) - load_wh(homes[r.participant_id], r.slot, tz)
+                    for r in readings if homes[r.participant_id].battery_wh and hour(r.slot.start) >= 20)
+    assert from_grid > 5_000
 
 
 @pytest.mark.parametrize(("env", "extra", "says"), [

@@ -45,29 +45,33 @@ def households(draw: st.DrawFn) -> Household:
 @settings(max_examples=300, deadline=None)
 @given(h=households(), at=st.integers(0, 365 * 96 - 1), seconds=st.sampled_from([60, 900]),
        soc_share=st.floats(0, 1), sold=st.dictionaries(st.sampled_from(["solar", "bess"]), st.integers(0, 3000)),
-       bought=st.integers(0, 3000))
+       bought=st.integers(0, 3000), grid_charge=st.sampled_from([0, 0, 500, 5000]))
 def test_energy_is_conserved_per_household_and_slot(h: Household, at: int, seconds: int, soc_share: float,
-                                                     sold: dict[str, int], bought: int) -> None:
+                                                     sold: dict[str, int], bought: int, grid_charge: int) -> None:
     slot = Slot(START + at * 900, START + at * 900 + seconds)
     low, high = h.battery_wh * h.soc_min // 1000, h.battery_wh * h.soc_max // 1000
     soc = low + int((high - low) * soc_share)
-    d = deliver(h, slot, TZ, soc, sold, bought)
+    d = deliver(h, slot, TZ, soc, sold, bought, grid_charge)
     gen, used = solar_wh(h, slot, TZ), load_wh(h, slot, TZ)
     for value in (d.import_wh, *d.export_wh.values(), *d.self_consumed_wh.values(), d.soc_wh):
         assert value >= 0
-    own = d.self_consumed_wh
-    assert d.import_wh + own.get("solar", 0) + own.get("bess", 0) == used  # what it used came from somewhere
+    own, power = d.self_consumed_wh, h.battery_power_w * seconds // 3600
+    # what it used came from somewhere; the rest of its import went into its battery
+    assert d.import_wh + own.get("solar", 0) + own.get("bess", 0) == used + d.charged_from_import_wh
     stored_from_sun = gen - d.export_wh.get("solar", 0) - own.get("solar", 0)  # what the battery took
-    assert 0 <= stored_from_sun <= h.battery_power_w * seconds // 3600
+    assert stored_from_sun >= 0 and d.charged_from_import_wh >= 0
+    assert stored_from_sun + d.charged_from_import_wh <= power  # charging, from both, within its power
+    assert d.charged_from_import_wh <= max(bought - (used - own.get("solar", 0)), 0) + grid_charge
     given = own.get("bess", 0) + d.export_wh.get("bess", 0)
-    assert given <= h.battery_power_w * seconds // 3600  # its own use and what it sent out share one limit
+    assert given <= power  # its own use and what it sent out share one limit
     assert low <= d.soc_wh <= high
-    lost = soc + stored_from_sun - given - d.soc_wh
+    taken = stored_from_sun + d.charged_from_import_wh
+    lost = soc + taken - given - d.soc_wh
     if h.battery_efficiency == 1000:
         assert lost == 0
     else:  # its losses, and only its losses, to within a Wh of rounding each way
         assert lost >= 0
         way = math.sqrt(h.battery_efficiency / 1000)
-        assert lost <= stored_from_sun * (1 - way) + given * (1 / way - 1) + 2
+        assert lost <= taken * (1 - way) + given * (1 / way - 1) + 3
     if not h.battery_wh:
-        assert given == 0 and stored_from_sun == 0
+        assert given == 0 and taken == 0

@@ -21,8 +21,12 @@ def test_what_it_bought_is_imported_and_the_battery_covers_only_the_rest() -> No
     bought = deliver(HOME, NIGHT, TZ, soc_wh=5_000, sold={}, bought_wh=load // 2)
     assert bought.import_wh == load // 2  # the energy it bought arrives and is used
     assert bought.self_consumed_wh.get("bess") == load - load // 2 and bought.soc_wh == 5_000 - (load - load // 2)
-    more = deliver(HOME, NIGHT, TZ, soc_wh=5_000, sold={}, bought_wh=load * 2)
-    assert more.import_wh == load and "bess" not in more.self_consumed_wh  # bought more than it needs
+    more = deliver(HOME, NIGHT, TZ, soc_wh=5_000, sold={}, bought_wh=load * 2)  # bought more than it needs:
+    assert "bess" not in more.self_consumed_wh and more.charged_from_import_wh == load  # the rest charges
+    assert more.import_wh == 2 * load and more.soc_wh == 5_000 + load  # its battery, through its meter
+    without = Household("h002", seed=3, solar_peak_w=0, base_load_w=600, battery_wh=0, battery_power_w=0,
+                        strategy="baseline")
+    assert deliver(without, NIGHT, TZ, soc_wh=0, sold={}, bought_wh=10 * load).import_wh == load_wh(without, NIGHT, TZ)
 
 
 def test_an_ev_charges_its_days_energy_from_when_it_comes_home() -> None:

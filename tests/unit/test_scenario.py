@@ -125,7 +125,7 @@ battery_share = 0
     ("[[households]]\ncount = 2\nbattery_kwh = {mean = 5}", "{min = A, max = B} or {choices = [A, B, ...]}"),
     ("[[households]]\ncount = 2\nbattery_kwh = {choices = []}", "{choices = [A, B, ...]}"),
     ("[[households]]\ncount = 2\nstrategy = 'greedy'",
-     "households #1.strategy: 'greedy' is no strategy: one of baseline, zic, bandit"),
+     "households #1.strategy: 'greedy' is no strategy: one of baseline, zic, bandit, arbitrage"),
 ])
 def test_a_mistake_is_one_error_that_names_the_file_and_the_place(tmp_path: Path, text: str, says: str) -> None:
     path = write(tmp_path, text)

@@ -106,7 +106,7 @@ def test_a_plug_in_from_a_file_prices_the_households_offers(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(("name", "says"), [
-    ("greedy", "'greedy' is no strategy: one of baseline, zic, bandit"),
+    ("greedy", "'greedy' is no strategy: one of baseline, zic, bandit, arbitrage"),
     ("nowhere.py:X", "no file nowhere.py"),
     ("no_such_module_here:X", "cannot be imported"),
     ("services.participants.profiles:community", "has no class community with quotes() and settled()"),
@@ -165,3 +165,45 @@ def test_a_plug_in_may_use_dataclasses(tmp_path: Path) -> None:
         "@dataclass\nclass Knob:\n    ticks: int = 1\n"
         "class WithKnob(Baseline):\n    pass\n")
     assert strategy_class(f"{tmp_path / 'dc.py'}:WithKnob").__name__ == "WithKnob"
+
+
+def test_the_battery_trader_charges_off_peak_buys_at_midday_and_sells_in_the_evening_and_at_the_peak() -> None:
+    from services.participants.strategies import Arbitrage
+
+    battery = Household("h001", seed=7, solar_peak_w=0, base_load_w=300, battery_wh=10_000, battery_power_w=4000,
+                        strategy="arbitrage", index=1, size=20, battery_efficiency=900, soc_min=100, soc_max=900)
+    trader = make_strategy(battery)
+    assert isinstance(trader, Arbitrage)
+    peak, cheap = GridPrices(Decimal("0.15"), Decimal("0.069")), GridPrices(Decimal("0.0759"), Decimal("0.069"))
+    day = 1782000000 - 1782000000 % 86400  # 2026-06-21 00:00 UTC
+
+    def slot(hour: int) -> Slot:
+        return Slot(day + hour * 3600, day + hour * 3600 + 900)
+
+    trader.quotes(slot(2), TZ, cheap, 5000)  # the first price it sees: nothing to compare it with
+    assert trader.grid_charge_wh(slot(2)) == 0
+    at_peak = trader.quotes(slot(8), TZ, peak, 5000)  # the dearest it has seen: it sells, even in the morning
+    assert [q.side for q in at_peak] == ["ask"] and 0 < at_peak[0].quantity_wh < 1000  # its power less its own load
+    made = trader.quotes(slot(23), TZ, cheap, 5000)  # back to the cheap price: charge from the grid
+    assert trader.grid_charge_wh(slot(23)) == 1000 and not [q for q in made if q.side == "ask"]
+    assert trader.grid_charge_wh(slot(23)) == 0  # once
+    midday = [q for q in Arbitrage(battery).quotes(slot(12), TZ, cheap, 5000) if q.side == "bid" and q.quantity_wh
+              == 1000]
+    assert midday and GRID.sell_price < midday[0].price < cheap.buy_price  # its neighbours' surplus, over the grid's
+    evening = Arbitrage(battery).quotes(slot(19), TZ, cheap, 5000)  # it buys nothing, and sells within its power
+    assert [(q.side, q.source) for q in evening] == [("ask", "bess")] and 0 < evening[0].quantity_wh < 1000
+    assert cheap.sell_price < evening[0].price < cheap.buy_price
+    assert not [q for q in Arbitrage(battery).quotes(slot(19), TZ, cheap, 1000) if q.side == "ask"]  # at its floor
+
+
+def test_energy_the_trader_charges_from_the_grid_goes_through_the_meter_into_the_battery() -> None:
+    from services.participants.profiles import deliver
+
+    battery = Household("h001", seed=7, solar_peak_w=0, base_load_w=300, battery_wh=10_000, battery_power_w=4000,
+                        strategy="arbitrage", battery_efficiency=810)
+    night = Slot(1782032400, 1782033300)
+    plain = deliver(battery, night, TZ, 2000, {}, 0)
+    charged = deliver(battery, night, TZ, 2000, {}, 0, grid_charge_wh=1000)
+    assert charged.import_wh == plain.import_wh + 1000 - (plain.self_consumed_wh.get("bess", 0)
+                                                          - charged.self_consumed_wh.get("bess", 0))
+    assert charged.charged_from_import_wh == 1000 and charged.soc_wh == plain.soc_wh + 900  # 90 % each way
