@@ -420,6 +420,53 @@ def test_a_time_of_use_tariff_prices_the_slots_it_names_and_the_audit_agrees(tmp
     assert list(slots["grid_sell_price"]) == ["0.2"] * 3 and list(slots["grid_buy_price"]) == ["0.42"] * 3
 
 
+async def test_a_scenarios_time_of_use_reaches_every_service_in_local_time_across_a_dst_change(
+        tmp_path: Path) -> None:
+    """Hourly rounds from Friday 23 October 2026 06:00 to Monday 10:00 in Berlin, over the
+    end of summer time (Sunday 03:00 CEST is 02:00 CET). The scenario's table prices 07:00
+    to 08:00 local on weekdays: Friday's is 05:00 UTC, Monday's 06:00 UTC. The clock's
+    round starts carry it (the households' orders are priced inside it), the
+    meter-collector reconciles with it (the ledger's grid entries), and the export agrees."""
+    path = tmp_path / "dst.toml"
+    path.write_text("""
+[market]
+timezone = "Europe/Berlin"
+start = "2026-10-23T06:00"
+rounds = 78
+round_seconds = 3600
+rule = "midpoint"
+[tariff]
+grid_price = 0.069
+fee_ratio = 1
+time_of_use = "10:7=0.3"
+[community]
+participants = 4
+aggregators = 1
+""")
+    region, ledger = "dst" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
+    assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        entries, orders = await store.entries(region), await store.orders(region)
+    finally:
+        await store.close()
+    friday, monday = 1792731600, 1792994400  # 2026-10-23 05:00 UTC (07:00 CEST), 2026-10-26 06:00 UTC (07:00 CET)
+    peak = {friday, monday}
+    imports = {e.slot.start: e.buy_price for e in entries if e.kind is EntryKind.GRID_IMPORT}
+    assert {t for t, price in imports.items() if price == Decimal("0.6")} == peak  # 0.3 x (1 + 1)
+    assert all(price == Decimal("0.138") for t, price in imports.items() if t not in peak)
+    assert friday + 3600 * 24 in imports and monday - 3600 in imports  # Saturday 07:00, Monday 06:00 CET: base
+    bids = {o.slot.start: o.price for o in orders if o.side == "bid"}
+    assert all(bids[t] > Decimal("0.138") for t in peak if t in bids) and any(t in bids for t in peak)
+    code, _, err = run("export", "--ledger", ledger, "--region", region, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 0, err
+    slots = pd.read_csv(tmp_path / "out" / "slots.csv", dtype=str)
+    priced = slots[slots["grid_sell_price"] == "0.3"]
+    assert list(priced["local_start"]) == ["2026-10-23T07:00:00+02:00", "2026-10-26T07:00:00+01:00"]
+
+
 def test_simulate_with_a_wrong_password_is_one_line(tmp_path: Path) -> None:
     code, _, err = run("simulate", "--rounds", "2", cwd=tmp_path, timeout=60,
                        env={"MICROTE_AMQP_URL": "amqp://guest:wrong@127.0.0.1:5672/",
