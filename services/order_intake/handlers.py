@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from shared.market import Rejection, RejectReason, Slot, accept, validate_order
+from shared.market import Rejection, RejectReason, Slot, accept, simultaneous_seq, validate_order
+from shared.market.orders import LOTTERY_BITS
 from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.codec import encode
@@ -62,6 +63,7 @@ class OrderIntake:
     def __init__(self, service: Service) -> None:
         self.svc = service
         self.market = service.settings.market
+        self.simultaneous = service.settings.clock_mode == "simulation"
         self.state = service.state
         rate = self.market.max_requests_per_s
         self.limits = IntakeLimits(orders_per_slot=self.market.max_orders_per_slot, requests_per_s=float(rate),
@@ -107,8 +109,9 @@ class OrderIntake:
             exists, current, first_seq = await self.state.intake_view(orders)
             self.svc.state_seen(exists, None if current is None else current[0])
             ops = self._ops(run.items, current, first_seq, started)
-            results = await self.state.apply_intake(ops, round_start=None if current is None else current[0],
-                                                    now_ms=started, limits=self.limits)
+            results = await self.state.apply_intake(
+                ops, round_start=None if current is None else current[0], now_ms=started, limits=self.limits,
+                seq_floor=((current[0] + 1) << LOTTERY_BITS) - 1 if self.simultaneous and current else 0)
             if results is not None:
                 self._answer(run.items, ops, results)
                 break
@@ -196,7 +199,11 @@ class OrderIntake:
                 ops.append(IntakeOp("d", pid, slot, client_order_id=o.client_order_id, sender=item.sender))
                 continue
             oid = order_id(region, pid, o.client_order_id, slot)
-            accepted = order_to_wire(accept(terms, order_id=oid, client_order_id=o.client_order_id, seq=seq - 1,
+            # In simulation a round's requests are simultaneous: their sequence is a
+            # lottery, not their arrival (docs/market.md, "Acceptance").
+            number = simultaneous_seq(slot, pid, o.client_order_id, current[0]) \
+                if self.simultaneous else seq - 1
+            accepted = order_to_wire(accept(terms, order_id=oid, client_order_id=o.client_order_id, seq=number,
                                             submitted_at_ms=started), region=region)
             item.answer = accepted
             ops.append(IntakeOp("o", pid, slot, client_order_id=o.client_order_id, order_id=oid,

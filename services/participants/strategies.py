@@ -112,25 +112,24 @@ def _bounds(grid: GridPrices) -> tuple[Decimal, Decimal, int]:
     return low, high, int((high - low) / PRICE_TICK)
 
 
-def _residue_price(h: Household, side: str, grid: GridPrices, steps: int) -> Decimal:
-    """``steps`` on the household's own residue of the tick grid (``h.index`` modulo
-    ``h.size``), so that no two households tie on price: equal prices rank by arrival, and
-    a simulation would no longer replay identically. Communities over ~700 may tie."""
+def _steps_in(side: str, grid: GridPrices, steps: int) -> Decimal:
+    """``steps`` ticks inside the grid's prices: down from its buy price for a bid, up from
+    its sell price for an ask (at most the whole spread). Households quote the same prices;
+    the market ranks the ties (docs/market.md: in simulation by a lottery per slot)."""
     low, high, span = _bounds(grid)
-    ticks = min(steps * h.size + h.index, span)
+    ticks = min(steps, span)
     return high - PRICE_TICK * ticks if side == "bid" else low + PRICE_TICK * ticks
 
 
 class Baseline(Strategy):
     def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
-        return _residue_price(self.home, side, grid, 1)
+        return _steps_in(side, grid, 1)
 
 
 class Zic(Strategy):
     def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
-        span = _bounds(grid)[2] // self.home.size
-        steps = noise(self.home.seed, slot, f"price-{side}").randint(1, max(span - 1, 1))
-        return _residue_price(self.home, side, grid, steps)
+        span = _bounds(grid)[2]
+        return _steps_in(side, grid, noise(self.home.seed, slot, f"price-{side}").randint(1, max(span - 1, 1)))
 
 
 class Bandit(Strategy):
@@ -187,9 +186,9 @@ class Bandit(Strategy):
 
 
 class Arbitrage(Strategy):
-    """A battery trader (see the module's description). Its prices are on its own residue
-    of the tick grid, as ``baseline``'s: it bids half way between the grid's two prices and
-    asks three quarters of the way up, so both sides of each trade beat the grid."""
+    """A battery trader (see the module's description): it bids half way between the grid's
+    two prices and asks three quarters of the way up, so both sides of each trade beat the
+    grid; its own surplus and deficit it prices as ``baseline`` does."""
 
     DAY_S = 86400
 
@@ -202,8 +201,8 @@ class Arbitrage(Strategy):
         h = self.home
         self.seen = [(t, p) for t, p in self.seen if t > slot.start - self.DAY_S] + [(slot.start, grid.buy_price)]
         cheapest, dearest = min(p for _, p in self.seen), max(p for _, p in self.seen)
-        span = _bounds(grid)[2] // max(h.size, 1)
-        made = [Quote(side, wh, _residue_price(h, side, grid, 1), source)
+        span = _bounds(grid)[2]
+        made = [Quote(side, wh, _steps_in(side, grid, 1), source)
                 for side, wh, source in offers(h, slot, tz, soc_wh) if source == "solar" or side == "bid"]
         if not h.battery_wh:
             return made
@@ -218,16 +217,16 @@ class Arbitrage(Strategy):
             take, surplus = min(room, power), sum(q.quantity_wh for q in made if q.side == "ask")
             made = [q for q in made if q.side == "bid"]
             if surplus > take:
-                made.append(Quote("ask", surplus - take, _residue_price(h, "ask", grid, 1), "solar"))
+                made.append(Quote("ask", surplus - take, _steps_in("ask", grid, 1), "solar"))
             elif take > surplus:
-                made.append(Quote("bid", take - surplus, _residue_price(h, "bid", grid, max(span // 2, 1)), "solar"))
+                made.append(Quote("bid", take - surplus, _steps_in("bid", grid, max(span // 2, 1)), "solar"))
         elif hour >= 17 or (cheapest < dearest and grid.buy_price == dearest):
             # Its battery covers its own load first: it buys nothing and sells the rest.
             need = sum(q.quantity_wh for q in made if q.side == "bid")
             sell = min(spare, power) - need
             if sell > 0:
                 made = [q for q in made if q.side == "ask"]
-                made.append(Quote("ask", sell, _residue_price(h, "ask", grid, max(span * 3 // 4, 1)), "bess"))
+                made.append(Quote("ask", sell, _steps_in("ask", grid, max(span * 3 // 4, 1)), "bess"))
         return made
 
     def grid_charge_wh(self, slot: Slot) -> int:

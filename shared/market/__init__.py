@@ -27,6 +27,7 @@ from shared.market.orders import (
     Side,
     accept,
     classify_source,
+    simultaneous_seq,
     validate_order,
 )
 from shared.market.reasons import RejectReason
@@ -74,6 +75,7 @@ __all__ = [
     "price_to_ticks",
     "reconcile",
     "settlement_id",
+    "simultaneous_seq",
     "validate_order",
     "violations",
 ]

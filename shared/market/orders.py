@@ -7,6 +7,7 @@ are added by ``accept``, from arguments: nothing here reads a clock or makes an 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -128,6 +129,27 @@ def validate_order(
         source=classified[0],
         slot=slot,
     )
+
+
+LOTTERY_BITS = 20  # of a simultaneous sequence number, below the round's start
+
+
+def simultaneous_seq(slot: Slot, participant_id: str, client_order_id: str, round_start: int) -> int:
+    """The acceptance sequence of an order in a simulated round, where a round's requests
+    are simultaneous (docs/market.md, "Acceptance"): the round's start (UNIX seconds)
+    first, so that an earlier round still ranks first; within the round, a lottery of the
+    participants drawn for the slot (16 bits of a hash of the slot and the participant,
+    which no participant can steer; the same in every region, so that the same community
+    run again in a new region ranks alike), then of the participant's own orders (4 bits of a
+    hash of its client order id). It depends on nothing that arrives in a different order
+    from run to run, and it fits the wire's integers (at most 2^53) until the year 2242.
+    Equal numbers (a draw of 16 bits among many participants) fall back to the order id."""
+    def bits(text: str, count: int) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> (64 - count)
+
+    draw = bits(f"{slot.start}|{slot.end}|{participant_id}", 16) << 4 | bits(
+        f"{participant_id}|{client_order_id}", 4)
+    return round_start << LOTTERY_BITS | draw
 
 
 def accept(terms: OrderTerms, *, order_id: str, client_order_id: str, seq: int, submitted_at_ms: int) -> Order:

@@ -39,6 +39,8 @@ from shared.market import Slot
 _INTAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'start') ~= ARGV[1] then return {'moved'} end
+local floor = tonumber(ARGV[6])  -- the sequence counter stays at or above every number handed out
+if floor > 0 and (tonumber(redis.call('GET', KEYS[7])) or 0) < floor then redis.call('SET', KEYS[7], floor) end
 local now, out, woke = ARGV[2], {'ok'}, false
 local per_slot, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local function refused(pid, sender, need_member)
@@ -59,7 +61,7 @@ local function limited(pid)  -- a token bucket per participant: 'rate_limited' w
   redis.call('HSET', KEYS[6], pid, tostring(tokens - 1), pid .. '@', now)
   return nil
 end
-for i = 6, #ARGV, 9 do
+for i = 7, #ARGV, 9 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local k1, k2, k3 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])], KEYS[tonumber(ARGV[i + 5])]
   local a, b, c = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
@@ -545,16 +547,18 @@ class RegionState:
         return bool(found[0]), current, first
 
     async def apply_intake(self, ops: list[IntakeOp], *, round_start: int | None, now_ms: int,
-                           limits: IntakeLimits = NO_LIMITS) -> OpResults | None:
+                           limits: IntakeLimits = NO_LIMITS, seq_floor: int = 0) -> OpResults | None:
         """Every op in one atomic script; None (and nothing written) when the round is no
         longer ``round_start``. Raises ``RegionStateLost`` when the state has no generation.
         ``limits``: an order beyond a participant's orders per slot is ``too_many_orders``;
-        an order or cancel beyond its request rate is ``rate_limited``."""
+        an order or cancel beyond its request rate is ``rate_limited``. ``seq_floor``: the
+        sequence counter is raised to it (the numbers of a simulated round, which are not
+        drawn from the counter, stay below it: a lagging replica is still told by its counter)."""
         named = _KeyList(self.key("gen"), self.key("round"), self.key("members"), self.key("agents"),
-                         self.key("wake"), self.key("rates"))
+                         self.key("wake"), self.key("rates"), self.key("seq"))
 
         args: list[Any] = ["" if round_start is None else round_start, now_ms, limits.orders_per_slot,
-                           limits.requests_per_s, limits.burst]
+                           limits.requests_per_s, limits.burst, seq_floor]
         for op in ops:
             pid = op.participant_id
             if op.kind == "f":

@@ -313,3 +313,18 @@ async def test_a_participant_beyond_its_request_rate_is_refused_until_its_bucket
     cancel = IntakeOp("c", "p", slot, client_order_id="nope")
     assert await state.apply_intake([cancel], round_start=600, now_ms=20_000, limits=limits) == [
         ("rate_limited", b"")]  # cancels count as requests too
+
+
+async def test_the_sequence_counter_is_raised_to_the_floor_of_a_simulated_round_and_never_lowered(
+        state: RegionState) -> None:
+    """A simulated round's orders take numbers of their own (``simultaneous_seq``), not from
+    the counter: the intake raises the counter above them, so that the ledger-writer's check
+    for a lagging replica (a counter below the highest recorded number) still holds."""
+    await state.advance_round(600, 1, 0)
+    ops = [IntakeOp("o", "p1", Slot(720, 780), client_order_id="c1", order_id="o1", body=b"x")]
+    floor = (601 << 20) - 1
+    assert await state.apply_intake(ops, round_start=600, now_ms=0, seq_floor=floor) == [("ok", b"")]
+    assert await state.seq() == floor
+    await state.apply_intake([], round_start=600, now_ms=0, seq_floor=5)
+    assert await state.seq() == floor  # never lowered
+    assert (await state.intake_view(1))[2] == floor + 1  # a real-time number after it is higher still

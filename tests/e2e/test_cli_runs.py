@@ -212,32 +212,34 @@ async def test_each_shipped_scenario_runs_through_the_services_and_audits_clean(
         await purge_region(settings.amqp_url, settings.redis_url, region, ids)
 
 
-async def test_learning_traders_that_tie_on_price_replay_to_the_same_ledger(tmp_path: Path) -> None:
-    """The learning scenario twice: its bandits quote on one shared price grid, so many of
-    their orders tie on price; through one aggregator a round is one batch, accepted in
-    household order, so both runs rank the ties alike and record the same ledger."""
-    from services.participants.scenario import load
-
-    path = Path(__file__).resolve().parents[2] / "scenarios" / "learning-50.toml"
-    scenario = load(path)
-    assert scenario.community.get("aggregators", 1) == 1
-    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    regions = ["rep" + secrets.token_hex(4) for _ in range(2)]
-    for region in regions:
-        code, out, err = run("demo", str(path), "--rounds", "12", "--region", region, "--ledger", ledger, cwd=tmp_path,
-                             timeout=600)
+@pytest.mark.parametrize("how", [("scenarios/learning-50.toml", "--rounds", "12"),
+                                 ("--participants", "30", "--aggregators", "0", "--requests", "single", "--rounds", "8",
+                                  "--start", "2026-06-21T11:00")], ids=["bandits-one-aggregator", "on-their-own"])
+async def test_runs_with_price_ties_replay_to_the_same_ledger(tmp_path: Path, how: tuple[str, ...]) -> None:
+    """The same run twice, with many orders tied on price: the learning scenario's bandits
+    on their shared price grid, through one aggregator; and 30 households on their own, one
+    message per request, arriving in whatever order the machine makes, quoting plain
+    baseline and zic prices. A simulated round's orders rank by a lottery per slot, never by
+    arrival, so both runs rank the ties alike and record the same ledger."""
+    region = "rep" + secrets.token_hex(4)  # the same region, a ledger for each run
+    ledgers = [f"sqlite:///{tmp_path / f'ledger{n}.sqlite'}" for n in range(2)]
+    root = Path(__file__).resolve().parents[2]
+    args = [str(root / a) if a.endswith(".toml") else a for a in how]
+    orders, recorded = [], []
+    for ledger in ledgers:
+        code, out, err = run("demo", *args, "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
         assert code == 0 and "PASS" in out, (out + err)[-3000:]
-    store = open_ledger(ledger)
-    await store.open()
-    try:
-        orders = [await store.orders(r) for r in regions]
-        recorded = [(await store.settlements(r), await store.entries(r)) for r in regions]
-    finally:
-        await store.close()
+        store = open_ledger(ledger)
+        await store.open()
+        try:
+            orders.append(await store.orders(region))
+            recorded.append((await store.settlements(region), await store.entries(region)))
+        finally:
+            await store.close()
     prices = Counter((o.slot, o.side, o.price) for o in orders[0])
-    assert sum(n for n in prices.values() if n > 1) > 20, "the scenario has hardly any price ties to rank"
-    assert [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price) for o in orders[0]] == \
-           [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price) for o in orders[1]]
+    assert sum(n for n in prices.values() if n > 1) > 20, "the run has hardly any price ties to rank"
+    assert [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price, o.seq) for o in orders[0]] == \
+           [(o.participant_id, o.client_order_id, o.side, o.quantity_wh, o.price, o.seq) for o in orders[1]]
     (s1, e1), (s2, e2) = recorded
     assert s1, "nothing traded"
 
@@ -249,6 +251,8 @@ async def test_learning_traders_that_tie_on_price_replay_to_the_same_ledger(tmp_
 
     assert sorted(map(settled, s1)) == sorted(map(settled, s2))
     assert sorted(map(booked, e1), key=str) == sorted(map(booked, e2), key=str)
+    assert {s.settlement_id for s in s1} == {s.settlement_id for s in s2}  # the very same ids
+    assert {e.entry_id for e in e1} == {e.entry_id for e in e2}
 
 
 async def test_noon_to_evening_batteries_sell_and_cover_evs_charge_and_equal_price_trades(tmp_path: Path) -> None:

@@ -207,3 +207,24 @@ def test_accepting_terms_adds_the_server_facts_and_keeps_the_terms() -> None:
         "p1", Side.ASK, 1500, Decimal("0.12"), "wind", NEXT_SETTLE)
     assert order.pool is Pool.NON_DISPATCH
     assert order.price_ticks == 1200
+
+
+def test_a_simulated_rounds_orders_rank_by_round_then_by_a_lottery_no_arrival_changes() -> None:
+    from shared.market import simultaneous_seq
+
+    slot = Slot(1782151320, 1782151380)
+    later = Slot(1782151380, 1782151440)
+
+    def seq(pid: str, client: str = "c-1", round_start: int = 1782151200, s: Slot = slot) -> int:
+        return simultaneous_seq(s, pid, client, round_start)
+
+    assert seq("h1") == seq("h1")  # a function of the order alone: arrival plays no part
+    assert seq("h1", round_start=1782151200) < seq("h0", round_start=1782151260)  # an earlier round first
+    assert seq("h9") >> 20 == 1782151200
+    ranked = sorted(range(50), key=lambda i: seq(f"h{i:02d}"))
+    again = sorted(range(50), key=lambda i: seq(f"h{i:02d}", s=later))
+    assert ranked != list(range(50)) and ranked != again  # drawn afresh for each slot, not by name
+    assert len({seq(f"h{i:02d}") >> 4 for i in range(50)}) >= 49  # 16 bits: a tie among 50 is rare
+    own = [seq("h1", f"c-{i}") for i in range(5)]  # a participant's own orders: its lottery bits, then its own
+    assert len({o >> 4 for o in own}) == 1
+    assert max(seq(f"h{i}", round_start=2**33 - 1) for i in range(10)) <= 2**53  # the wire's integers, until 2242
