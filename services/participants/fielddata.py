@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterator
@@ -291,3 +292,63 @@ def heat_pump_per_kwh(site: Site) -> YearSeries:
     share = np.asarray(heat, dtype=float)
     share = share / share.sum()  # of the year's heat, each hour
     return YearSeries(share * 1000 / cop(w.temp_air), HOUR_S, _fixed_offset(w.utc_offset))
+
+
+class MeasuredError(ValueError):
+    """A measured series that cannot be read; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A household's own measured series (a CSV file): ``load`` and, if the file has it,
+    ``pv``, each as mean power over the file's steps, read as ``YearSeries`` do; a run
+    longer than the file replays it from its start again."""
+
+    load: YearSeries
+    pv: YearSeries | None
+
+
+@functools.cache
+def measured(path: str) -> Measured:
+    """Reads ``time,load_wh[,pv_wh]``: the start of each interval (ISO 8601 with its UTC
+    offset), and the energy used (and produced) in it, in Wh; intervals of one length."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+            columns = set(rows[0]) if rows else set()
+    except OSError as exc:
+        raise MeasuredError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not {"time", "load_wh"} <= columns:
+        raise MeasuredError(f"{path}: needs the columns time and load_wh (and pv_wh if it has PV), "
+                            f"found {', '.join(sorted(columns)) or 'none'}")
+    if len(rows) < 2:
+        raise MeasuredError(f"{path}: needs two rows or more")
+    starts, load, pv = [], [], []
+    for line, row in enumerate(rows, 2):
+        try:
+            at = datetime.fromisoformat(row["time"])
+            if at.tzinfo is None:
+                raise ValueError("no UTC offset")
+            starts.append(int(at.timestamp()))
+            load.append(float(row["load_wh"]))
+            if "pv_wh" in columns:
+                pv.append(float(row["pv_wh"]))
+        except (TypeError, ValueError) as exc:
+            raise MeasuredError(f"{path}:{line}: {exc}") from None
+        if min(load[-1], pv[-1] if pv else 0.0) < 0 or not all(np.isfinite([load[-1], *pv[-1:]])):
+            raise MeasuredError(f"{path}:{line}: energy must be a number of 0 or more")
+    step = starts[1] - starts[0]
+    for line, (a, b) in enumerate(itertools.pairwise(starts), 3):
+        if b - a != step or step <= 0:
+            raise MeasuredError(f"{path}:{line}: every interval must be {step} s long, in time order")
+    period, first = step * len(starts), starts[0]
+
+    def position(t: int) -> float:
+        return float((t - first) % period)
+
+    def series(wh: list[float]) -> YearSeries:
+        return YearSeries(np.array(wh) * HOUR_S / step, step, position)
+
+    return Measured(series(load), series(pv) if pv else None)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from services.participants.fielddata import Site, h25, heat_pump_per_kwh, pv_per_kw
+from services.participants.fielddata import Site, h25, heat_pump_per_kwh, measured, pv_per_kw
 from shared.market import Slot
 
 
@@ -49,6 +49,9 @@ class Household:
     # from the weather's temperature) over its COP at that temperature, at most ``heat_pump_w``.
     heat_annual_wh: int = 0
     heat_pump_w: int = 0
+    # Its own measured series (a CSV file, ``fielddata.measured``): its load, and its PV if
+    # the file has it, replayed as measured instead of a profile.
+    measured: str = ""
 
 
 def community(size: int, seed: int, battery_share: float = 0.3, solar_share: float = 0.6) -> list[Household]:
@@ -82,6 +85,8 @@ def _local_hour(slot: Slot, tz: ZoneInfo) -> float:
 
 
 def solar_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
+    if h.measured and (pv := measured(h.measured).pv) is not None:
+        return int(pv.wh(slot.start, slot.end))
     if not h.solar_peak_w:
         return 0
     if h.site is not None:
@@ -100,7 +105,9 @@ def load_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
 
 
 def base_load_wh(h: Household, slot: Slot, tz: ZoneInfo) -> int:
-    """Its appliances and lights: BDEW's H25, or the synthetic curve."""
+    """Its appliances and lights: as measured, BDEW's H25, or the synthetic curve."""
+    if h.measured:
+        return int(measured(h.measured).load.wh(slot.start, slot.end))
     if h.load == "bdew-h25":
         return _h25_wh(h, slot, tz)
     hour = _local_hour(slot, tz)

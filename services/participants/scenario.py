@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfoNotFoundError
 
-from services.participants.fielddata import LOADS, WEATHER, Site
+from services.participants.fielddata import LOADS, WEATHER, MeasuredError, Site, measured
 from services.participants.profiles import Household
 from services.participants.strategies import strategy_class
 from shared.runtime.settings import SettingsError, from_env
@@ -39,7 +39,7 @@ GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w
               "battery_kw": 1000, "battery_share": None, "strategy": None, "solar_tilt": 1, "solar_azimuth": 1,
               "load": None, "annual_kwh": 1000, "battery_efficiency": None, "battery_soc_min": None,
               "battery_soc_max": None, "ev_share": None, "ev_kwh_per_day": 1000, "ev_kw": 1000,
-              "heat_pump_share": None, "heat_kwh": 1000, "heat_pump_kw": 1000}
+              "heat_pump_share": None, "heat_kwh": 1000, "heat_pump_kw": 1000, "measured": None}
 TOP_KEYS = {"name", "description", "location", "market", "tariff", "community", "households"}
 LOCATION_KEYS = {"weather": str, "latitude": object, "longitude": object}
 MOST_W = 10_000_000  # a household's PV, battery or load beyond 10 MW (MWh) is a typing error
@@ -88,6 +88,7 @@ class Group:
     heat_pump_share: Decimal = Decimal(0)
     heat_annual_wh: Spread = Spread(0, 0)
     heat_pump_w: Spread = Spread(0, 0)
+    measured: str = ""  # a CSV file of the households' own measured series
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ class Scenario:
                     ev_daily_wh=group.ev_daily_wh.draw(more) if ev else 0,
                     ev_charger_w=group.ev_charger_w.draw(more) if ev else 0,
                     heat_annual_wh=group.heat_annual_wh.draw(more) if heat else 0,
-                    heat_pump_w=group.heat_pump_w.draw(more) if heat else 0))
+                    heat_pump_w=group.heat_pump_w.draw(more) if heat else 0, measured=group.measured))
         return homes
 
 
@@ -315,9 +316,20 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
         if device not in g and any(k in g for k in keys):
             raise ScenarioError(f"{where.at(place, next(k for k in keys if k in g))}: goes with {device}")
         devices.update({k: spread(k, 0) for k in keys})
+    series = g.get("measured", "")
+    if not isinstance(series, str):
+        raise ScenarioError(f"{where.at(place, 'measured')}: a CSV file's path, not {_shown(series)}")
+    if series:
+        series = str(where.path.parent / series)
+        if load != "synthetic" or "base_load_w" in g:
+            raise ScenarioError(f"{where.at(place, 'measured')}: the measured load replaces load and base_load_w")
+        try:
+            measured(series)
+        except MeasuredError as exc:
+            raise ScenarioError(f"{where.at(place, 'measured')}: {exc}") from None
     solar = spread("solar_kw", 0)
     battery = spread("battery_kwh", 0)
-    return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)),
+    return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)), measured=series,
                  battery_efficiency=efficiency, soc_min=soc_min, soc_max=soc_max,
                  ev_share=share("ev_share", Decimal(0)), ev_daily_wh=devices["ev_kwh_per_day"],
                  ev_charger_w=devices["ev_kw"], heat_pump_share=share("heat_pump_share", Decimal(0)),
@@ -374,7 +386,8 @@ def community_record(homes: list[Household], name: str = "", description: str = 
         "name": name, "description": description,
         "households": [{"id": h.participant_id, "pv_kw": kilo(h.solar_peak_w), "battery_kwh": kilo(h.battery_wh),
                         "battery_kw": kilo(h.battery_power_w), "base_load_w": h.base_load_w, "strategy": h.strategy,
-                        "load": h.load, "annual_kwh": kilo(h.annual_wh), "ev_kwh_per_day": kilo(h.ev_daily_wh),
+                        "load": "measured" if h.measured else h.load, "annual_kwh": kilo(h.annual_wh),
+                        "ev_kwh_per_day": kilo(h.ev_daily_wh),
                         "ev_kw": kilo(h.ev_charger_w), "heat_kwh": kilo(h.heat_annual_wh),
                         "heat_pump_kw": kilo(h.heat_pump_w),
                         **({"solar_tilt": h.solar_tilt, "solar_azimuth": h.solar_azimuth} if h.site else {})}

@@ -424,6 +424,43 @@ def test_a_time_of_use_tariff_prices_the_slots_it_names_and_the_audit_agrees(tmp
     assert list(slots["grid_sell_price"]) == ["0.2"] * 3 and list(slots["grid_buy_price"]) == ["0.42"] * 3
 
 
+async def test_a_household_replays_its_measured_series_through_the_services(tmp_path: Path) -> None:
+    """A metered home's CSV (15-minute intervals) in a scenario: its meter readings in the
+    ledger are the file's energy, shared out over 1-minute slots."""
+    from services.participants.fielddata import measured
+
+    rows = [f"2026-06-21T11:{m:02d}:00-07:00,{300 + 60 * m // 15},{0 if m < 15 else 120}" for m in (0, 15, 30, 45)]
+    (tmp_path / "h000.csv").write_text("time,load_wh,pv_wh\n" + "\n".join(rows) + "\n")
+    path = tmp_path / "metered.toml"
+    path.write_text("""
+[market]
+timezone = "America/Vancouver"
+start = "2026-06-21T11:10"
+rounds = 8
+[[households]]
+count = 1
+measured = "h000.csv"
+[[households]]
+count = 3
+solar_kw = 4
+""")
+    region, ledger = "csv" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
+    assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        readings = [r for r in await store.readings(region) if r.participant_id == "h000"]
+    finally:
+        await store.close()
+    series = measured(str(tmp_path / "h000.csv"))
+    assert len(readings) == 8
+    for r in readings:
+        assert r.import_wh + sum(r.self_consumed_wh.values()) == int(series.load.wh(r.slot.start, r.slot.end))
+        produced = sum(r.export_wh.values()) + sum(r.self_consumed_wh.values())
+        assert produced == (int(series.pv.wh(r.slot.start, r.slot.end)) if series.pv else 0)
+
+
 async def test_a_scenarios_time_of_use_reaches_every_service_in_local_time_across_a_dst_change(
         tmp_path: Path) -> None:
     """Hourly rounds from Friday 23 October 2026 06:00 to Monday 10:00 in Berlin, over the

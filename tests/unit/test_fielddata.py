@@ -79,3 +79,48 @@ def test_h25_is_a_year_of_one_kwh_and_each_home_uses_its_own_year() -> None:
     fortnight = series.wh(january[0].start, january[-1].end) * 3000
     for mine in used:  # each near its share of the year, whatever its shift and its jitter
         assert sum(mine) == pytest.approx(fortnight, rel=0.05)
+
+
+def write_series(path, rows: list[str], header: str = "time,load_wh,pv_wh") -> str:  # type: ignore[no-untyped-def]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return str(path)
+
+
+def test_a_households_measured_series_is_replayed_with_its_energy_per_interval(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.participants.fielddata import measured
+
+    rows = [f"2026-06-21T{h:02d}:{m:02d}:00-07:00,{100 + 10 * (4 * h + m // 15)},{50 * (m // 15)}"
+            for h in range(24) for m in (0, 15, 30, 45)]
+    path = write_series(tmp_path / "h1.csv", rows)
+    series = measured(path)
+    tz = zone("America/Vancouver")
+    start = int(datetime(2026, 6, 21, 10, tzinfo=tz).timestamp())
+    minutes = [series.load.wh(start + 60 * m, start + 60 * m + 60) for m in range(15)]
+    assert sum(minutes) == pytest.approx(100 + 10 * 40)  # 10:00-10:15, its interval's energy
+    assert minutes == sorted(minutes)  # rising towards the next interval, smoothly
+    assert series.pv is not None and series.pv.wh(start + 900, start + 1800) == pytest.approx(50)
+    home = Household("h", 1, 0, 0, 0, 0, "zic", measured=path)
+    quarter = Slot(start, start + 900)
+    assert load_wh(home, quarter, tz) == int(series.load.wh(start, start + 900))
+    assert solar_wh(home, quarter, tz) == 0  # 10:00-10:15 produced 0 Wh
+    day = 86400
+    assert series.load.wh(start + day, start + day + 900) == pytest.approx(series.load.wh(start, start + 900))
+
+
+@pytest.mark.parametrize(("rows", "header", "says"), [
+    (["2026-06-21T00:00:00-07:00,1"], "time,load_wh", "needs two rows or more"),
+    (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,1"], "time,energy", "needs the columns time and load_wh"),
+    (["2026-06-21T00:00:00,1", "2026-06-21T00:15:00,1"], "time,load_wh", ":2: no UTC offset"),
+    (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,-1"], "time,load_wh", ":3: energy must be"),
+    (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,1", "2026-06-21T00:45:00-07:00,1"], "time,load_wh",
+     ":4: every interval must be 900 s long"),
+    (["2026-06-21T00:00:00-07:00,x", "2026-06-21T00:15:00-07:00,1"], "time,load_wh", ":2: could not convert"),
+])
+def test_a_measured_series_that_cannot_be_read_says_where(tmp_path, rows: list[str], header: str,  # type: ignore[no-untyped-def]
+                                                         says: str) -> None:
+    from services.participants.fielddata import MeasuredError, measured
+
+    path = write_series(tmp_path / "bad.csv", rows, header)
+    with pytest.raises(MeasuredError) as error:
+        measured(path)
+    assert str(error.value).startswith(path) and says in str(error.value)

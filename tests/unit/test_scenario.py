@@ -89,6 +89,8 @@ battery_share = 0
     ("[[households]]\ncount = 2\nload = 'h0'", "households #1.load: one of synthetic, bdew-h25, not 'h0'"),
     ("[[households]]\ncount = 2\nload = 'bdew-h25'", "annual consumption is needed with load = 'bdew-h25'"),
     ("[[households]]\ncount = 2\nannual_kwh = 3000", "annual_kwh: goes with load = 'bdew-h25'"),
+    ("[[households]]\ncount = 1\nmeasured = 'none.csv'", "households #1.measured: "),
+    ("[[households]]\ncount = 1\nmeasured = 3", "households #1.measured: a CSV file's path, not 3"),
     ("[[households]]\ncount = 2\nload = 'bdew-h25'\nannual_kwh = 2e6", "beyond what one household has (1,000,000 kW"),
     ("[[households]]\ncount = 2\nbattery_efficiency = 1.2", "households #1.battery_efficiency: a share from 0 to 1"),
     ("[[households]]\ncount = 2\nbattery_efficiency = 0", "a battery that gives nothing back"),
@@ -226,3 +228,13 @@ def test_field_data_without_its_packages_is_one_line_that_says_what_to_install(
         load(path)
     assert str(error.value) == (f"scenario {path}: its field data needs pvlib, not installed here: "
                                 "pip install 'microte[profiles]' (make venv installs them)")
+
+
+def test_a_household_replays_its_measured_series_from_a_file_beside_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "pilot").mkdir()
+    (tmp_path / "pilot" / "h1.csv").write_text("time,load_wh\n2026-06-21T00:00:00-07:00,120\n"
+                                               "2026-06-21T00:15:00-07:00,80\n")
+    homes = load(write(tmp_path, "[[households]]\ncount = 1\nmeasured = 'pilot/h1.csv'\nsolar_kw = 0")).households(1)
+    assert homes[0].measured == str(tmp_path / "pilot" / "h1.csv")
+    with pytest.raises(ScenarioError, match="the measured load replaces load and base_load_w"):
+        load(write(tmp_path, "[[households]]\ncount = 1\nmeasured = 'pilot/h1.csv'\nbase_load_w = 300"))
