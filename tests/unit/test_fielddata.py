@@ -109,7 +109,8 @@ def test_a_households_measured_series_is_replayed_with_its_energy_per_interval(t
 
 @pytest.mark.parametrize(("rows", "header", "says"), [
     (["2026-06-21T00:00:00-07:00,1"], "time,load_wh", "needs two rows or more"),
-    (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,1"], "time,energy", "needs the columns time and load_wh"),
+    (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,1"], "time,energy",
+     "needs the columns time and load_wh"),
     (["2026-06-21T00:00:00,1", "2026-06-21T00:15:00,1"], "time,load_wh", ":2: no UTC offset"),
     (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,-1"], "time,load_wh", ":3: energy must be"),
     (["2026-06-21T00:00:00-07:00,1", "2026-06-21T00:15:00-07:00,1", "2026-06-21T00:45:00-07:00,1"], "time,load_wh",
