@@ -52,6 +52,8 @@ class Household:
     # Its own measured series (a CSV file, ``fielddata.measured``): its load, and its PV if
     # the file has it, replayed as measured instead of a profile.
     measured: str = ""
+    # Its strategy's parameters, (name, value as written), e.g. (("epsilon", "0.2"),).
+    strategy_params: tuple[tuple[str, str], ...] = ()
 
 
 def community(size: int, seed: int, battery_share: float = 0.3, solar_share: float = 0.6) -> list[Household]:

@@ -39,7 +39,8 @@ GROUP_KEYS = {"count": None, "solar_kw": 1000, "solar_share": None, "base_load_w
               "battery_kw": 1000, "battery_share": None, "strategy": None, "solar_tilt": 1, "solar_azimuth": 1,
               "load": None, "annual_kwh": 1000, "battery_efficiency": None, "battery_soc_min": None,
               "battery_soc_max": None, "ev_share": None, "ev_kwh_per_day": 1000, "ev_kw": 1000,
-              "heat_pump_share": None, "heat_kwh": 1000, "heat_pump_kw": 1000, "measured": None}
+              "heat_pump_share": None, "heat_kwh": 1000, "heat_pump_kw": 1000, "measured": None,
+              "strategy_params": None}
 TOP_KEYS = {"name", "description", "location", "market", "tariff", "community", "households"}
 LOCATION_KEYS = {"weather": str, "latitude": object, "longitude": object}
 MOST_W = 10_000_000  # a household's PV, battery or load beyond 10 MW (MWh) is a typing error
@@ -89,6 +90,7 @@ class Group:
     heat_annual_wh: Spread = Spread(0, 0)
     heat_pump_w: Spread = Spread(0, 0)
     measured: str = ""  # a CSV file of the households' own measured series
+    strategy_params: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ class Scenario:
                     ev_daily_wh=group.ev_daily_wh.draw(more) if ev else 0,
                     ev_charger_w=group.ev_charger_w.draw(more) if ev else 0,
                     heat_annual_wh=group.heat_annual_wh.draw(more) if heat else 0,
-                    heat_pump_w=group.heat_pump_w.draw(more) if heat else 0, measured=group.measured))
+                    heat_pump_w=group.heat_pump_w.draw(more) if heat else 0, measured=group.measured,
+                    strategy_params=group.strategy_params))
         return homes
 
 
@@ -275,6 +278,8 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
         except ValueError as exc:
             raise ScenarioError(f"{where.at(place, 'strategy')}: {exc}" + ("" if sep else ", or 'alternate'")) from None
 
+    params = _strategy_params(g.get("strategy_params", {}), strategy, where.at(place, "strategy_params"))
+
     def spread(key: str, default: Any) -> Spread:
         return _spread(g.get(key, default), GROUP_KEYS[key] or 1, where.at(place, key),
                        MOST_A_YEAR_WH if key in YEARLY else MOST_W)
@@ -330,6 +335,7 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
     solar = spread("solar_kw", 0)
     battery = spread("battery_kwh", 0)
     return Group(count=count, solar_w=solar, solar_share=share("solar_share", Decimal(1)), measured=series,
+                 strategy_params=params,
                  battery_efficiency=efficiency, soc_min=soc_min, soc_max=soc_max,
                  ev_share=share("ev_share", Decimal(0)), ev_daily_wh=devices["ev_kwh_per_day"],
                  ev_charger_w=devices["ev_kw"], heat_pump_share=share("heat_pump_share", Decimal(0)),
@@ -338,6 +344,33 @@ def _group(g: dict[str, Any], where: _Where, n: int) -> Group:
                  battery_power_w=spread("battery_kw", 5), battery_share=share("battery_share", Decimal(1)),
                  strategy=strategy, solar_tilt=degrees("solar_tilt", 30, 90),
                  solar_azimuth=degrees("solar_azimuth", 180, 360), load=load, annual_wh=annual)
+
+
+def _strategy_params(table: Any, strategy: str, where: str) -> tuple[tuple[str, str], ...]:
+    """``strategy_params = {name = value, ...}``: checked against what the strategy takes
+    (its ``PARAMETERS``; a plug-in without them takes any), kept as written."""
+    if not isinstance(table, dict):
+        raise ScenarioError(f"{where}: a table, {{name = value, ...}}, not {_shown(table)}")
+    if not table:
+        return ()
+    names = ALTERNATE if strategy == "alternate" else (strategy,)
+    for name in names:
+        known = strategy_class(name).PARAMETERS
+        if known is None:
+            continue
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ScenarioError(f"{where}: {name} takes no {', '.join(map(repr, unknown))} "
+                                f"(it takes: {', '.join(sorted(known)) or 'nothing'})")
+        for key, value in table.items():
+            try:
+                if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+                    raise ValueError
+                known[key](str(value))
+            except ValueError:
+                raise ScenarioError(f"{where}.{key}: {name} reads it as {known[key].__name__}, not "
+                                    f"{_shown(value)}") from None
+    return tuple(sorted((k, str(v)) for k, v in table.items()))
 
 
 def _spread(value: Any, unit: int, where: str, most: int = MOST_W) -> Spread:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import ClassVar
 from zoneinfo import ZoneInfo
 
 from services.participants.profiles import Household, load_wh, noise, solar_wh
@@ -84,10 +85,15 @@ def offers(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int) -> list[tuple[st
 
 
 class Strategy:
-    """A household's trader, one instance per household for the whole run."""
+    """A household's trader, one instance per household for the whole run. ``PARAMETERS``
+    names what a scenario may set (``strategy_params``) and how each is read; a plug-in
+    without it takes any, as text, in ``self.params``."""
+
+    PARAMETERS: ClassVar[dict[str, type] | None] = None
 
     def __init__(self, home: Household) -> None:
         self.home = home
+        self.params: dict[str, str] = dict(home.strategy_params)
 
     def quotes(self, slot: Slot, tz: ZoneInfo, grid: GridPrices, soc_wh: int) -> list[Quote]:
         """The orders for ``slot``, given the grid's prices for it and the battery's charge now."""
@@ -122,11 +128,15 @@ def _steps_in(side: str, grid: GridPrices, steps: int) -> Decimal:
 
 
 class Baseline(Strategy):
+    PARAMETERS: ClassVar[dict[str, type] | None] = {}
+
     def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
         return _steps_in(side, grid, 1)
 
 
 class Zic(Strategy):
+    PARAMETERS: ClassVar[dict[str, type] | None] = {}
+
     def price(self, slot: Slot, side: str, grid: GridPrices) -> Decimal:
         span = _bounds(grid)[2]
         return _steps_in(side, grid, noise(self.home.seed, slot, f"price-{side}").randint(1, max(span - 1, 1)))
@@ -142,9 +152,12 @@ class Bandit(Strategy):
 
     ARMS = 9
     EPSILON = 0.1
+    PARAMETERS: ClassVar[dict[str, type] | None] = {"epsilon": float, "arms": int}  # explores how often; levels
 
     def __init__(self, home: Household) -> None:
         super().__init__(home)
+        self.EPSILON = float(self.params.get("epsilon", self.EPSILON))
+        self.ARMS = int(self.params.get("arms", self.ARMS))
         self.value = {side: [0.0] * self.ARMS for side in ("bid", "ask")}
         self.pulls = {side: [0] * self.ARMS for side in ("bid", "ask")}
         self.chosen: dict[tuple[int, int], tuple[str, int, int, GridPrices]] = {}  # slot -> side, arm, Wh, grid
@@ -191,9 +204,12 @@ class Arbitrage(Strategy):
     grid; its own surplus and deficit it prices as ``baseline`` does."""
 
     DAY_S = 86400
+    PARAMETERS: ClassVar[dict[str, type] | None] = {"sell_from": int, "buy_from": int, "buy_until": int}  # hours
 
     def __init__(self, home: Household) -> None:
         super().__init__(home)
+        self.sell_from = int(self.params.get("sell_from", 17))
+        self.buy_hours = range(int(self.params.get("buy_from", 10)), int(self.params.get("buy_until", 15)))
         self.seen: list[tuple[int, Decimal]] = []  # (slot start, grid buy price) of the last day
         self.charge_from_grid: dict[tuple[int, int], int] = {}
 
@@ -213,14 +229,14 @@ class Arbitrage(Strategy):
         hour = datetime.fromtimestamp(slot.start, tz).hour
         if cheapest < dearest and grid.buy_price == cheapest:  # off-peak: charge from the grid
             self.charge_from_grid[slot.start, slot.end] = max(min(room, power), 0)
-        elif 10 <= hour < 15 and room > 0:  # its own surplus first, then its neighbours'
+        elif hour in self.buy_hours and room > 0:  # its own surplus first, then its neighbours'
             take, surplus = min(room, power), sum(q.quantity_wh for q in made if q.side == "ask")
             made = [q for q in made if q.side == "bid"]
             if surplus > take:
                 made.append(Quote("ask", surplus - take, _steps_in("ask", grid, 1), "solar"))
             elif take > surplus:
                 made.append(Quote("bid", take - surplus, _steps_in("bid", grid, max(span // 2, 1)), "solar"))
-        elif hour >= 17 or (cheapest < dearest and grid.buy_price == dearest):
+        elif hour >= self.sell_from or (cheapest < dearest and grid.buy_price == dearest):
             # Its battery covers its own load first: it buys nothing and sells the rest.
             need = sum(q.quantity_wh for q in made if q.side == "bid")
             sell = min(spare, power) - need

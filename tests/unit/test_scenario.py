@@ -91,6 +91,13 @@ battery_share = 0
     ("[[households]]\ncount = 2\nannual_kwh = 3000", "annual_kwh: goes with load = 'bdew-h25'"),
     ("[[households]]\ncount = 1\nmeasured = 'none.csv'", "households #1.measured: "),
     ("[[households]]\ncount = 1\nmeasured = 3", "households #1.measured: a CSV file's path, not 3"),
+    ("[[households]]\ncount = 2\nstrategy = 'bandit'\nstrategy_params = {greed = 1}",
+     "households #1.strategy_params: bandit takes no 'greed' (it takes: arms, epsilon)"),
+    ("[[households]]\ncount = 2\nstrategy = 'bandit'\nstrategy_params = {arms = 'many'}",
+     "households #1.strategy_params.arms: bandit reads it as int, not 'many'"),
+    ("[[households]]\ncount = 2\nstrategy_params = {epsilon = 0.2}",
+     "strategy_params: baseline takes no 'epsilon' (it takes: nothing)"),
+    ("[[households]]\ncount = 2\nstrategy = 'zic'\nstrategy_params = 3", "strategy_params: a table"),
     ("[[households]]\ncount = 2\nload = 'bdew-h25'\nannual_kwh = 2e6", "beyond what one household has (1,000,000 kW"),
     ("[[households]]\ncount = 2\nbattery_efficiency = 1.2", "households #1.battery_efficiency: a share from 0 to 1"),
     ("[[households]]\ncount = 2\nbattery_efficiency = 0", "a battery that gives nothing back"),
@@ -238,3 +245,17 @@ def test_a_household_replays_its_measured_series_from_a_file_beside_the_scenario
     assert homes[0].measured == str(tmp_path / "pilot" / "h1.csv")
     with pytest.raises(ScenarioError, match="the measured load replaces load and base_load_w"):
         load(write(tmp_path, "[[households]]\ncount = 1\nmeasured = 'pilot/h1.csv'\nbase_load_w = 300"))
+
+
+def test_a_groups_strategy_parameters_reach_each_households_trader(tmp_path: Path) -> None:
+    from services.participants.strategies import Arbitrage, Bandit, make_strategy
+
+    homes = load(write(tmp_path, "[[households]]\ncount = 2\nstrategy = 'bandit'\n"
+                                 "strategy_params = {epsilon = 0.25, arms = 5}\n"
+                                 "[[households]]\ncount = 1\nstrategy = 'arbitrage'\n"
+                                 "strategy_params = {sell_from = 19}")).households(1)
+    bandit, arbitrage = make_strategy(homes[0]), make_strategy(homes[2])
+    assert isinstance(bandit, Bandit) and (bandit.EPSILON, bandit.ARMS) == (0.25, 5)
+    assert len(bandit.value["bid"]) == 5
+    assert isinstance(arbitrage, Arbitrage) and arbitrage.sell_from == 19
+    assert Bandit(homes[0]).EPSILON == 0.25 and Bandit.EPSILON == 0.1  # the class keeps its default
