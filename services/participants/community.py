@@ -51,7 +51,9 @@ class Participant:
     def __init__(self, home: Household, community: Community) -> None:
         self.home = home
         self.c = community
-        self.soc_wh = home.battery_wh // 2
+        # half full, within its bounds
+        self.soc_wh = min(max(home.battery_wh // 2, home.battery_wh * home.soc_min // 1000),
+                          home.battery_wh * home.soc_max // 1000)
         self.sold: dict[tuple[int, int], dict[str, int]] = {}
         self.bought: dict[tuple[int, int], int] = {}  # Wh bought for a slot, from its settlements
         self.counted: dict[tuple[int, int], set[str]] = {}  # settlement ids in ``sold``: a notice may come twice

@@ -204,7 +204,8 @@ def deliver(h: Household, slot: Slot, tz: ZoneInfo, soc_wh: int, sold: dict[str,
         return given
 
     charge = take(max(surplus - sold_solar, 0), power_wh)
-    discharge = draw(max(deficit - bought_wh, 0), power_wh)
+    # Charging from the grid, it takes its load from the grid too (never both ways at once).
+    discharge = 0 if grid_charge_wh else draw(max(deficit - bought_wh, 0), power_wh)
     to_network = draw(sold_bess + max(sold_solar - surplus, 0), power_wh - discharge)
     from_import = take(max(bought_wh - deficit, 0) + grid_charge_wh, power_wh - charge)
     export = {k: v for k, v in (("solar", surplus - charge), ("bess", to_network)) if v}

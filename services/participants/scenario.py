@@ -185,7 +185,12 @@ def load(path: str | Path) -> Scenario:
     for key in ("name", "description"):
         if not isinstance(data.get(key, ""), str):
             raise ScenarioError(f"scenario {path}: {key} must be a string")
-    needs = ({"pvlib"} if site else set()) | ({"demandlib"} if any(g.load == "bdew-h25" for g in groups) else set())
+    needs = ({"pvlib"} if site else set()) | ({"demandlib"} if any(
+        g.load == "bdew-h25" or g.heat_pump_share for g in groups) or (site and site.weather.startswith("dwd-try-"))
+        else set())
+    if site and not groups:
+        raise ScenarioError(f"scenario {path}: [location] sets the PV of [[households]] groups; the default "
+                            "community of [community] participants has synthetic profiles: describe the households")
     missing = sorted(n for n in needs if importlib.util.find_spec(n) is None)
     if missing:
         raise ScenarioError(f"scenario {path}: its field data needs {' and '.join(missing)}, not installed here: "

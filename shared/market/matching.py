@@ -175,11 +175,13 @@ class Book:
         n = len(self.order_ids)
         if not n:
             return np.zeros(0, dtype=np.int64)
-        # One int64 key (group | price | sequence) sorts in one pass when the values fit;
-        # equal keys are exactly the ties that the order id must break.
-        if (int(self.seq.min()) >= 0 and int(self.seq.max()) < 1 << 40
-                and int(signed.min()) > -(1 << 19) and int(signed.max()) < 1 << 19):
-            key = (group << 60) | ((signed + (1 << 19)) << 40) | self.seq
+        # One int64 key (group | price | sequence) sorts in one pass when the values fit
+        # (the sequence counted from the book's lowest: a simulated round's numbers are
+        # large, their spread within a book is not); equal keys are exactly the ties that
+        # the order id must break.
+        low = int(self.seq.min())
+        if int(self.seq.max()) - low < 1 << 40 and int(signed.min()) > -(1 << 19) and int(signed.max()) < 1 << 19:
+            key = (group << 60) | ((signed + (1 << 19)) << 40) | (self.seq - low)
             rows = np.argsort(key, kind="stable")
             ordered = key[rows]
             if not bool((ordered[1:] == ordered[:-1]).any()):

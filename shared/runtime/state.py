@@ -30,9 +30,10 @@ from shared.market import Slot
 # batches alike), so that membership, the agent's entitlement, the duplicate check, the
 # round and the insertion are one atomic step. The round is checked once, first: if it
 # moved since the orders were validated, nothing is written and the caller validates again.
-# KEYS: gen, round, members, agents, wake, request rates, then the keys the ops name by index.
-# ARGV: round start ('' for no check: finishes only), now in ms, the orders a participant may
-# submit for one slot, its requests per second and burst (0: no rate limit), then ops of 9
+# KEYS: gen, round, members, agents, wake, request rates, the sequence counter, then the keys
+# the ops name by index. ARGV: round start ('' for no check: finishes only), now in ms, the
+# orders a participant may submit for one slot, its requests per second and burst (0: no
+# rate limit), the floor the sequence counter is raised to (0: none), then, from ARGV[7], ops of 9
 # fields: kind, participant, sender (the agent that sent its batch; '' for the participant
 # itself), key indexes 1, 2 and 3, and three arguments. Answers: 'ok', then a status and a
 # value per op.

@@ -91,6 +91,7 @@ battery_share = 0
     ("[[households]]\ncount = 2\nannual_kwh = 3000", "annual_kwh: goes with load = 'bdew-h25'"),
     ("[[households]]\ncount = 1\nmeasured = 'none.csv'", "households #1.measured: "),
     ("[[households]]\ncount = 1\nmeasured = 3", "households #1.measured: a CSV file's path, not 3"),
+    ("[location]\nweather = 'dwd-try-04'\n[community]\nparticipants = 5", "[location] sets the PV of [[households]]"),
     ("[[households]]\ncount = 2\nstrategy = 'bandit'\nstrategy_params = {greed = 1}",
      "households #1.strategy_params: bandit takes no 'greed' (it takes: arms, epsilon)"),
     ("[[households]]\ncount = 2\nstrategy = 'bandit'\nstrategy_params = {arms = 'many'}",
@@ -259,3 +260,13 @@ def test_a_groups_strategy_parameters_reach_each_households_trader(tmp_path: Pat
     assert len(bandit.value["bid"]) == 5
     assert isinstance(arbitrage, Arbitrage) and arbitrage.sell_from == 19
     assert Bandit(homes[0]).EPSILON == 0.25 and Bandit.EPSILON == 0.1  # the class keeps its default
+
+
+def test_german_weather_needs_demandlib_which_ships_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "demandlib" else found(name, *a))
+    path = write(tmp_path, "[location]\nweather = 'dwd-try-04'\n[[households]]\ncount = 2")
+    with pytest.raises(ScenarioError, match="its field data needs demandlib, not installed here"):
+        load(path)

@@ -197,13 +197,15 @@ def test_the_battery_trader_charges_off_peak_buys_at_midday_and_sells_in_the_eve
 
 
 def test_energy_the_trader_charges_from_the_grid_goes_through_the_meter_into_the_battery() -> None:
-    from services.participants.profiles import deliver
+    from services.participants.profiles import deliver, load_wh
 
     battery = Household("h001", seed=7, solar_peak_w=0, base_load_w=300, battery_wh=10_000, battery_power_w=4000,
                         strategy="arbitrage", battery_efficiency=810)
     night = Slot(1782032400, 1782033300)
     plain = deliver(battery, night, TZ, 2000, {}, 0)
     charged = deliver(battery, night, TZ, 2000, {}, 0, grid_charge_wh=1000)
-    assert charged.import_wh == plain.import_wh + 1000 - (plain.self_consumed_wh.get("bess", 0)
-                                                          - charged.self_consumed_wh.get("bess", 0))
-    assert charged.charged_from_import_wh == 1000 and charged.soc_wh == plain.soc_wh + 900  # 90 % each way
+    load = load_wh(battery, night, TZ)
+    assert plain.import_wh == 0 and plain.self_consumed_wh == {"bess": load}  # alone, its battery covers the night
+    # charging from the grid, it takes its load from the grid too: no loss both ways
+    assert charged.import_wh == load + 1000 and "bess" not in charged.self_consumed_wh
+    assert charged.charged_from_import_wh == 1000 and charged.soc_wh == 2000 + 900  # 90 % each way
