@@ -30,7 +30,7 @@ from services.ensemble import purge_region
 from services.participants.community import agent_ids
 from services.participants.profiles import community
 from shared.market import EntryKind, LedgerEntry, Settlement, bills
-from shared.runtime.ledger import open_ledger
+from shared.runtime.ledger import LedgerStore, open_ledger
 from shared.runtime.settings import from_env
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +74,21 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
     with killed_at_the_end(microte(*args, cwd=cwd, env=env)) as proc:
         out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+@contextlib.asynccontextmanager
+async def scenario_run(tmp_path: Path, path: Path, prefix: str) -> AsyncIterator[tuple[str, str, LedgerStore]]:
+    """``microte demo`` of a scenario file in a fresh region, audited clean; then its region,
+    its ledger's URL and the ledger, open."""
+    region, ledger = prefix + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
+    assert code == 0 and "PASS" in out, (out + err)[-3000:]
+    store = open_ledger(ledger)
+    await store.open()
+    try:
+        yield region, ledger, store
+    finally:
+        await store.close()
 
 
 async def ledger_totals(url: str, region: str) -> tuple[list[Settlement], list[LedgerEntry]]:
@@ -331,15 +346,8 @@ strategy = "zic"
 """)
     scenario = load(path)
     homes = {h.participant_id: h for h in scenario.households(4)}
-    region, ledger = "tou" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
-    assert code == 0 and "PASS" in out, (out + err)[-3000:]
-    store = open_ledger(ledger)
-    await store.open()
-    try:
+    async with scenario_run(tmp_path, path, "tou") as (region, _, store):
         settlements, readings = await store.settlements(region), await store.readings(region)
-    finally:
-        await store.close()
     tz = zone("America/Vancouver")
 
     def hour(at: int) -> int:
@@ -444,15 +452,8 @@ measured = "h000.csv"
 count = 3
 solar_kw = 4
 """)
-    region, ledger = "csv" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
-    assert code == 0 and "PASS" in out, (out + err)[-3000:]
-    store = open_ledger(ledger)
-    await store.open()
-    try:
+    async with scenario_run(tmp_path, path, "csv") as (region, _, store):
         readings = [r for r in await store.readings(region) if r.participant_id == "h000"]
-    finally:
-        await store.close()
     series = measured(str(tmp_path / "h000.csv"))
     assert len(readings) == 8
     for r in readings:
@@ -484,15 +485,8 @@ time_of_use = "10:7=0.3"
 participants = 4
 aggregators = 1
 """)
-    region, ledger = "dst" + secrets.token_hex(4), f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    code, out, err = run("demo", str(path), "--region", region, "--ledger", ledger, cwd=tmp_path, timeout=600)
-    assert code == 0 and "PASS" in out, (out + err)[-3000:]
-    store = open_ledger(ledger)
-    await store.open()
-    try:
+    async with scenario_run(tmp_path, path, "dst") as (region, ledger, store):
         entries, orders = await store.entries(region), await store.orders(region)
-    finally:
-        await store.close()
     friday, monday = 1792731600, 1792994400  # 2026-10-23 05:00 UTC (07:00 CEST), 2026-10-26 06:00 UTC (07:00 CET)
     peak = {friday, monday}
     imports = {e.slot.start: e.buy_price for e in entries if e.kind is EntryKind.GRID_IMPORT}
