@@ -176,9 +176,13 @@ class Client:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def join(self, agent: str | None = None) -> t.MemberJoined:
-        """Joins the market; ``agent``: the aggregator that may act for this household."""
-        m = t.JoinMarket(region=self.region, participant_id=self.participant_id, agent=agent)
+    async def join(self, agent: str | None = None, *, import_w: int | None = None,
+                   export_w: int | None = None) -> t.MemberJoined:
+        """Joins the market; ``agent``: the aggregator that may act for this household;
+        ``import_w`` / ``export_w``: its connection in W, which its orders and readings are held
+        to (the answer says what the region holds it to: the region may cap it)."""
+        m = t.JoinMarket(region=self.region, participant_id=self.participant_id, agent=agent, import_w=import_w,
+                         export_w=export_w)
         return await self._request(m, t.MemberJoined)
 
     async def leave(self) -> t.MemberLeft:

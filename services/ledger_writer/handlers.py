@@ -63,8 +63,11 @@ class LedgerWriter:
         if isinstance(m, t.RoundStarted):
             return RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)])
         if isinstance(m, t.MemberJoined):
+            held = m.import_w is not None or m.export_w is not None
             return RecordBatch(memberships=[(m.region, m.participant_id, "joined", m.joined_at_ms)],
-                               agents=[(m.region, m.participant_id, m.agent, m.joined_at_ms)] if m.agent else [])
+                               agents=[(m.region, m.participant_id, m.agent, m.joined_at_ms)] if m.agent else [],
+                               connections=[(m.region, m.participant_id, m.import_w, m.export_w, m.joined_at_ms)]
+                               if held else [])
         if isinstance(m, t.MemberLeft):
             return RecordBatch(memberships=[(m.region, m.participant_id, "left", m.left_at_ms)])
         if isinstance(m, t.SlotCleared):

@@ -69,7 +69,8 @@ class MeterCollector:
             answer = self._check(m, current, received)
             answers.append(answer)
             if isinstance(answer, t.ReadingAccepted):
-                ops.append(ReadingOp(m.participant_id, slot_from_wire(m.slot), encode(answer), sender=sender))
+                ops.append(ReadingOp(m.participant_id, slot_from_wire(m.slot), encode(answer), sender=sender,
+                                     import_wh=answer.import_wh, export_wh=sum(answer.export_wh.values())))
             else:  # the core's refusal stands, unless the participant is unknown
                 ops.append(ReadingOp(m.participant_id, sender=sender))
         members, results = await self.state.apply_readings(ops)
@@ -83,6 +84,9 @@ class MeterCollector:
             elif op.body and status == "reconciled":
                 answers[n] = self._rejection(m, RejectReason.ALREADY_RECONCILED, f"slot {m.slot.start}-{m.slot.end} "
                                              "was reconciled")
+            elif op.body and status == "beyond_connection":
+                answers[n] = self._rejection(m, RejectReason.BEYOND_CONNECTION, "the reading's import or export is "
+                                             "more than the member's connection carries in a slot")
             elif op.body and status == "duplicate":  # the first reading stands: answer with it
                 answers[n] = _as_duplicate(decode_as(value, t.ReadingAccepted))
                 svc.metrics.readings.labels(region, "duplicate").inc()

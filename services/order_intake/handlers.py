@@ -13,14 +13,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from shared.market import Rejection, RejectReason, Slot, accept, simultaneous_seq, validate_order
+from shared.market import Rejection, RejectReason, Side, Slot, accept, simultaneous_seq, validate_order
+from shared.market.numbers import MAX_CONNECTION_W, held_connection
 from shared.market.orders import LOTTERY_BITS
 from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.codec import encode
 from shared.messages.convert import order_from_wire, order_to_wire, slot_from_wire
 from shared.runtime.service import Service, now_ms
-from shared.runtime.state import IntakeLimits, IntakeOp, OpResults
+from shared.runtime.state import IntakeLimits, IntakeOp, Joined, OpResults
 from shared.runtime.topology import ANSWERED, BATCH, MEMBERSHIP, ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED
 
 _MAX_TRIES = 5  # a round that moves while orders are validated: validate again
@@ -67,17 +68,32 @@ class OrderIntake:
         self.state = service.state
         rate = self.market.max_requests_per_s
         self.limits = IntakeLimits(orders_per_slot=self.market.max_orders_per_slot, requests_per_s=float(rate),
-                                   burst=self.market.request_burst or max(1, int(2 * rate)))
+                                   burst=self.market.request_burst or max(1, int(2 * rate)),
+                                   slot_seconds=self.market.schedule.duration)
 
     # --- membership ------------------------------------------------------------------------
 
     async def on_joins(self, joins: list[t.JoinMarket]) -> None:
         joined = now_ms()
-        await self.state.join([(m.participant_id, m.agent) for m in joins], joined)
+        valid: list[t.JoinMarket] = []
+        for m in joins:
+            bad = [f"{name} {w}" for name, w in (("import_w", m.import_w), ("export_w", m.export_w))
+                   if w is not None and not 0 <= w <= MAX_CONNECTION_W]
+            if bad:  # nothing changes: not even a member's earlier join
+                await self._reject_single(m, RejectReason.INVALID_CONNECTION,
+                                          f"a connection is 0 to {MAX_CONNECTION_W} W: {', '.join(bad)}")
+            else:
+                valid.append(m)
+        members = [Joined(m.participant_id, m.agent, held_connection(m.import_w, self.market.max_import_w),
+                          held_connection(m.export_w, self.market.max_export_w)) for m in valid]
+        if not members:
+            return
+        await self.state.join(members, joined)
         await self.svc.publish_all([
-            (t.MemberJoined(region=m.region, participant_id=m.participant_id, joined_at_ms=joined, agent=m.agent),
-             self.svc.keys.to(m.participant_id, MEMBERSHIP))
-            for m in joins])
+            (t.MemberJoined(region=self.svc.region, participant_id=j.participant_id, joined_at_ms=joined,
+                            agent=j.agent, import_w=j.import_w, export_w=j.export_w),
+             self.svc.keys.to(j.participant_id, MEMBERSHIP))
+            for j in members])
 
     async def on_leave(self, m: t.LeaveMarket) -> None:
         if not await self.state.leave(m.participant_id):
@@ -90,7 +106,8 @@ class OrderIntake:
         if not await self.state.touch(m.participant_id, now_ms()):
             await self._reject_single(m, RejectReason.NOT_A_MEMBER, "participant never joined")
 
-    async def _reject_single(self, m: t.LeaveMarket | t.Heartbeat, reason: RejectReason, detail: str) -> None:
+    async def _reject_single(self, m: t.JoinMarket | t.LeaveMarket | t.Heartbeat, reason: RejectReason,
+                             detail: str) -> None:
         await self.svc.state_ready()  # a refusal read from a state lost meanwhile is no refusal: retry
         kind = type(m).__name__
         self.svc.log.info("request_rejected", request=kind, reason=str(reason), detail=detail)
@@ -207,7 +224,8 @@ class OrderIntake:
                                             submitted_at_ms=started), region=region)
             item.answer = accepted
             ops.append(IntakeOp("o", pid, slot, client_order_id=o.client_order_id, order_id=oid,
-                                body=encode(accepted), sender=item.sender))
+                                body=encode(accepted), sender=item.sender,
+                                share=f"{'b' if terms.side == Side.BID else 'a'}{terms.quantity_wh}"))
         return ops
 
     def _answer(self, items: list[_Item], ops: list[IntakeOp], results: OpResults) -> None:
@@ -225,6 +243,10 @@ class OrderIntake:
             elif status == "too_many_orders":
                 item.answer = self._rejection(item, RejectReason.TOO_MANY_ORDERS,
                                               f"at most {self.limits.orders_per_slot} orders for one slot")
+            elif status == "beyond_connection":
+                item.answer = self._rejection(item, RejectReason.BEYOND_CONNECTION,
+                                              "with this order the member's open offers (or bids) for the slot "
+                                              "would carry more energy than its connection does in a slot")
             elif op.kind in ("o", "d"):
                 if status == "duplicate":
                     original = order_from_wire(decode_as(value, t.OrderAccepted))

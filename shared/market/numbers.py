@@ -29,6 +29,11 @@ MAX_ORDER_WH = 10**9
 # same reasoning as an order; a meter that reports more is broken or lying.
 MAX_READING_WH = 10**9
 
+# A member's registered connection, in W: 1 GW, far beyond any household or community
+# connection; with a slot of at most a day it bounds energy at 8.64e13 Wh * 3600, still an
+# exact integer in a double (the Redis scripts check it in Lua numbers).
+MAX_CONNECTION_W = 10**9
+
 # Sources in one meter map: only the known sources (solar, wind, bess) make sense, and a
 # map cannot name one twice. ``shared.market.orders.SOURCES`` has exactly this many.
 MAX_READING_SOURCES = 3
@@ -111,3 +116,17 @@ def check_price_cap(cap: Decimal) -> Decimal:
     if cap < 0 or cap > MAX_PRICE:
         raise InvalidPrice(f"price cap {cap} must be within [0, {MAX_PRICE}] $/kWh")
     return cap
+
+
+def held_connection(declared: int | None, cap: int) -> int | None:
+    """The connection, in W, a member is held to: its own, capped by the region's ``cap``
+    (0: the region has none); None: no limit."""
+    if cap and (declared is None or declared > cap):
+        return cap
+    return declared
+
+
+def within_connection(energy_wh: int, watts: int, seconds: int) -> bool:
+    """Whether ``energy_wh`` fits through a connection of ``watts`` in ``seconds``: exactly,
+    ``energy_wh * 3600 <= watts * seconds`` (no rounding of a fractional watt-hour)."""
+    return energy_wh * 3600 <= watts * seconds

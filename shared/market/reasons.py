@@ -21,6 +21,9 @@ class RejectReason(StrEnum):
     NOT_ENTITLED = "not_entitled"  # a batch's sender is not the agent of the participant it names
     TOO_MANY_ORDERS = "too_many_orders"  # beyond the orders one participant may submit for one slot
     RATE_LIMITED = "rate_limited"  # beyond the requests per second one participant may send
+    # offers (or bids) for one slot, or a reading, beyond the member's connection times the slot's length
+    BEYOND_CONNECTION = "beyond_connection"
+    INVALID_CONNECTION = "invalid_connection"  # a join whose connection is negative or absurd
     UNKNOWN_ORDER = "unknown_order"
     INVALID_READING = "invalid_reading"
     READING_TOO_LARGE = "reading_too_large"  # a value above numbers.MAX_READING_WH

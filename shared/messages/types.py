@@ -57,6 +57,12 @@ class JoinMarket(Message, frozen=True):
     # An aggregator (a home-energy-management vendor, a fleet operator) that may submit
     # for this participant in its batches; empty: only the participant itself.
     agent: Id | None = None
+    # The household's connection to the network, in W: what it can draw (import) and feed
+    # in (export). Its offers, bids and readings for a slot are held to it times the slot's
+    # length; the region's MICROTE_MAX_IMPORT_W / MICROTE_MAX_EXPORT_W cap it. None: the
+    # region's cap alone, if it has one.
+    import_w: Int | None = None
+    export_w: Int | None = None
 
 
 class Heartbeat(Message, frozen=True):
@@ -153,6 +159,9 @@ class MemberJoined(Message, frozen=True):
     participant_id: Id
     joined_at_ms: Int
     agent: Id | None = None
+    # The connection the member is held to: its own, capped by the region's (None: no limit).
+    import_w: Int | None = None
+    export_w: Int | None = None
 
 
 class MemberLeft(Message, frozen=True):

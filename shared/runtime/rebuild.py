@@ -9,9 +9,10 @@ with ``RegionState.restore``, generation last. The services then go on where the
 
 - the current round, its fence (the clock takes the lease again above it), the first
   round, the reconciliation watermark and the acceptance sequence;
-- the members (each seen now, so that no one times out for the outage), and the agent each
-  named when it joined;
-- the book and the client order ids of every slot not yet reconciled;
+- the members (each seen now, so that no one times out for the outage), and the agent and
+  the connection each was registered with when it last joined;
+- the book and the client order ids of every slot not yet reconciled, and the energy its open
+  orders hold against their members' connections;
 - the readings of every slot not yet reconciled;
 - the clearing of every slot whose gate closed before the current round and which is not
   yet reconciled, cleared again from its book (deterministic: the same bytes); the slot
@@ -26,13 +27,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from shared.market import Order, Slot, clear
+from shared.market import Order, Side, Slot, clear
 from shared.messages import encode
 from shared.messages import types as t
 from shared.messages.convert import order_to_wire, reading_to_wire, settlement_to_wire, slot_to_wire
 from shared.runtime.ledger import LedgerStore
 from shared.runtime.settings import MarketSettings
-from shared.runtime.state import Snapshot
+from shared.runtime.state import Joined, Snapshot
 
 
 async def has_history(store: LedgerStore, region: str) -> bool:
@@ -45,7 +46,9 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
     rounds = await store.rounds(region)
     orders = await store.orders(region)
     cancelled = set(await store.cancelled_orders(region))
+    held = await store.connections(region)
     snap = Snapshot(members=await store.members(region), agents=await store.agents(region),
+                    connections={pid: Joined(pid, None, i, e).connection for pid, (i, e) in held.items()},
                     seq=max((o.seq for o in orders), default=0))
     if not rounds:
         return snap
@@ -63,6 +66,7 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
             snap.client_ids.setdefault(o.slot, {})[f"{o.participant_id}/{o.client_order_id}"] = o.order_id
             if o.order_id not in cancelled:
                 snap.books.setdefault(o.slot, []).append((o.order_id, encode(order_to_wire(o, region=region))))
+                _commit(snap.committed.setdefault(o.slot, {}), o, held.get(o.participant_id))
     for r in await store.readings(region):
         if r.slot.end > upto:
             accepted = reading_to_wire(r, region=region, received_at_ms=0)
@@ -78,6 +82,16 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
                                                                 if o.order_id not in cancelled]))
         slot = Slot(slot.end, slot.end + d)
     return snap
+
+
+def _commit(shares: dict[str, str], o: Order, connection: tuple[int | None, int | None] | None) -> None:
+    """Hold an open order's energy against its member's connection, as order-intake did."""
+    if connection is None or connection[0 if o.side == Side.BID else 1] is None:
+        return
+    side = "b" if o.side == Side.BID else "a"
+    total = int(shares.get(f"{o.participant_id}|{side}", "0")) + o.quantity_wh
+    shares[f"{o.participant_id}|{side}"] = str(total)
+    shares[f"#{o.order_id}"] = f"{side}{o.quantity_wh}"
 
 
 def _cleared(market: MarketSettings, slot: Slot, orders: list[Order]) -> t.SlotCleared:

@@ -38,6 +38,10 @@ class MarketSettings:
     max_orders_per_slot: int = 100
     max_requests_per_s: Decimal = Decimal(0)
     request_burst: int = 0  # 0: twice the rate per second, at least 1
+    # The largest connection a member may register, in W (0: no cap). A member that registers
+    # none is held to these; one that registers more is held to these too.
+    max_import_w: int = 0
+    max_export_w: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             max_orders_per_slot=_positive(e, "MAX_ORDERS_PER_SLOT", 100),
             max_requests_per_s=_not_negative(_decimal(e, "MAX_REQUESTS_PER_S", "0"), "MAX_REQUESTS_PER_S"),
             request_burst=_not_negative(int(_get(e, "REQUEST_BURST", "0")), "REQUEST_BURST"),
+            max_import_w=_not_negative(int(_get(e, "MAX_IMPORT_W", "0")), "MAX_IMPORT_W"),
+            max_export_w=_not_negative(int(_get(e, "MAX_EXPORT_W", "0")), "MAX_EXPORT_W"),
         )
         mode = _get(e, "CLOCK_MODE", "simulation")
         if mode not in ("simulation", "realtime"):

@@ -30,20 +30,24 @@ from shared.market import Slot
 # batches alike), so that membership, the agent's entitlement, the duplicate check, the
 # round and the insertion are one atomic step. The round is checked once, first: if it
 # moved since the orders were validated, nothing is written and the caller validates again.
-# KEYS: gen, round, members, agents, wake, request rates, the sequence counter, then the keys
-# the ops name by index. ARGV: round start ('' for no check: finishes only), now in ms, the
-# orders a participant may submit for one slot, its requests per second and burst (0: no
-# rate limit), the floor the sequence counter is raised to (0: none), then, from ARGV[7], ops of 9
-# fields: kind, participant, sender (the agent that sent its batch; '' for the participant
-# itself), key indexes 1, 2 and 3, and three arguments. Answers: 'ok', then a status and a
-# value per op.
+# KEYS: gen, round, members, agents, wake, request rates, the sequence counter, connections,
+# then the keys the ops name by index. ARGV: round start ('' for no check: finishes only), now
+# in ms, the orders a participant may submit for one slot, its requests per second and burst
+# (0: no rate limit), the floor the sequence counter is raised to (0: none), a slot's seconds,
+# then, from ARGV[8], ops of 10 fields: kind, participant, sender (the agent that sent its
+# batch; '' for the participant itself), key indexes 1, 2 and 3, and four arguments.
+# Answers: 'ok', then a status and a value per op.
+# A member with a connection (KEYS[8]: participant -> 'import_w:export_w', a part empty for
+# no limit) has its open offers' and bids' energy per slot summed in the slot's orders-of
+# hash ('<participant>|a', '<participant>|b'), with each order's share under '#<order id>',
+# which a cancel gives back.
 _INTAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'start') ~= ARGV[1] then return {'moved'} end
 local floor = tonumber(ARGV[6])  -- the sequence counter stays at or above every number handed out
 if floor > 0 and (tonumber(redis.call('GET', KEYS[7])) or 0) < floor then redis.call('SET', KEYS[7], floor) end
 local now, out, woke = ARGV[2], {'ok'}, false
-local per_slot, rate, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local per_slot, rate, burst, seconds = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
 local function refused(pid, sender, need_member)
   if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[4], pid) ~= sender then return 'not_entitled' end
   if need_member and redis.call('HEXISTS', KEYS[3], pid) == 0 then return 'not_a_member' end
@@ -62,16 +66,29 @@ local function limited(pid)  -- a token bucket per participant: 'rate_limited' w
   redis.call('HSET', KEYS[6], pid, tostring(tokens - 1), pid .. '@', now)
   return nil
 end
-for i = 7, #ARGV, 9 do
+local function committed(pid, share, counts)  -- the member's energy for the slot with this order,
+                                             -- or nil when its connection has no limit for the side
+  local held = redis.call('HGET', KEYS[8], pid)
+  if not held then return nil end
+  local import_w, export_w = string.match(held, '^(%d*):(%d*)$')
+  local side = string.sub(share, 1, 1)
+  local watts = side == 'b' and import_w or export_w
+  if watts == nil or watts == '' then return nil end
+  local total = tonumber(redis.call('HGET', counts, pid .. '|' .. side) or '0') + tonumber(string.sub(share, 2))
+  return total, total * 3600 > tonumber(watts) * seconds
+end
+for i = 8, #ARGV, 10 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local k1, k2, k3 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])], KEYS[tonumber(ARGV[i + 5])]
-  local a, b, c = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  local a, b, c, d = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
   local status, value = nil, ''
   if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book, k3 orders per participant;
-                                      -- a client id, b order id, c body)
+                                      -- a client id, b order id, c body, d side and Wh: 'a500')
     status = refused(pid, sender, true) or limited(pid)
     if not status then
       local existing = redis.call('HGET', k1, a)
+      local total, beyond = nil, false
+      if not existing and kind == 'o' and d ~= '' then total, beyond = committed(pid, d, k3) end
       if existing then
         local stored = redis.call('HGET', k2, existing)
         if stored then status, value = 'duplicate', stored else status = 'cancelled' end
@@ -79,20 +96,32 @@ for i = 7, #ARGV, 9 do
         status = 'none'  -- an order the market core refused, and no duplicate: the refusal stands
       elseif tonumber(redis.call('HGET', k3, pid) or '0') >= per_slot then
         status = 'too_many_orders'
+      elseif beyond then
+        status = 'beyond_connection'
       else
         redis.call('HSET', k1, a, b)
         redis.call('HSET', k2, b, c)
         redis.call('HINCRBY', k3, pid, 1)
+        if total then
+          redis.call('HSET', k3, pid .. '|' .. string.sub(d, 1, 1), string.format('%.0f', total), '#' .. b, d)
+        end
         status = 'ok'
       end
     end
-  elseif kind == 'c' then  -- a cancel (k1 client ids, k2 book; a client id, c '1' when its gate closed)
+  elseif kind == 'c' then  -- a cancel (k1 client ids, k2 book, k3 orders per participant;
+                           -- a client id, c '1' when its gate closed)
     status = refused(pid, sender, false) or limited(pid)
     if not status then
       local oid = redis.call('HGET', k1, a)
       if not oid then status = 'unknown'
       elseif c == '1' then status, value = 'closed', oid
-      elseif redis.call('HDEL', k2, oid) == 1 then status, value = 'ok', oid
+      elseif redis.call('HDEL', k2, oid) == 1 then
+        status, value = 'ok', oid
+        local share = redis.call('HGET', k3, '#' .. oid)  -- its energy, given back to the connection
+        if share then
+          redis.call('HINCRBY', k3, pid .. '|' .. string.sub(share, 1, 1), -tonumber(string.sub(share, 2)))
+          redis.call('HDEL', k3, '#' .. oid)
+        end
       else status, value = 'gone', oid end
     end
   elseif kind == 'm' then  -- membership and entitlement only (a request the core refused before)
@@ -146,17 +175,25 @@ return 0
 
 # Every reading drained together, in one call. A reading is refused once its slot's
 # reconciliation has begun, so no accepted reading is left out of the slot it belongs to.
-# KEYS: gen, members, agents, reconciled-up-to, then the keys the ops name by index.
-# ARGV: ops of 7 fields: kind ('r' a reading, 'm' membership only), participant, sender
-# (the agent that sent its batch; '' for the participant itself), readings key index,
-# claim key index, slot end, body.
+# KEYS: gen, members, agents, reconciled-up-to, connections, then the keys the ops name by
+# index. ARGV: ops of 10 fields: kind ('r' a reading, 'm' membership only), participant,
+# sender (the agent that sent its batch; '' for the participant itself), readings key
+# index, claim key index, slot end, body, import Wh, export Wh (all sources), the slot's
+# seconds (for the member's connection, KEYS[5]).
 # Answers: 'ok', the member count, then a status and a value per op (for 'ok' the slot's
 # reading count, for 'duplicate' the reading that stands).
 _READINGS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 local out = {'ok', tostring(redis.call('HLEN', KEYS[2]))}
 local upto = tonumber(redis.call('GET', KEYS[4]) or '-1')
-for i = 1, #ARGV, 7 do
+local function beyond(pid, import_wh, export_wh, seconds)  -- more than the member's connection carries
+  local held = redis.call('HGET', KEYS[5], pid)
+  if not held then return false end
+  local import_w, export_w = string.match(held, '^(%d*):(%d*)$')
+  if import_w ~= nil and import_w ~= '' and import_wh * 3600 > tonumber(import_w) * seconds then return true end
+  return export_w ~= nil and export_w ~= '' and export_wh * 3600 > tonumber(export_w) * seconds
+end
+for i = 1, #ARGV, 10 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local readings, claim = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
   local status, value = nil, ''
@@ -167,6 +204,8 @@ for i = 1, #ARGV, 7 do
     local stored = redis.call('HGET', readings, pid)
     if stored then status, value = 'duplicate', stored  -- accepted before: say so again
     elseif upto >= tonumber(ARGV[i + 5]) or redis.call('EXISTS', claim) == 1 then status = 'reconciled'
+    elseif beyond(pid, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])) then
+      status = 'beyond_connection'
     else
       redis.call('HSET', readings, pid, ARGV[i + 6])
       status, value = 'ok', tostring(redis.call('HLEN', readings))
@@ -226,6 +265,9 @@ class Snapshot:
     seq: int = 0
     members: list[str] = field(default_factory=list)
     agents: dict[str, str] = field(default_factory=dict)  # member -> the agent it named
+    connections: dict[str, str] = field(default_factory=dict)  # member -> 'import_w:export_w' (Joined.connection)
+    # per slot, the energy of open orders held against connections: '<member>|a' -> Wh, '#<order id>' -> 'a500'
+    committed: dict[Slot, dict[str, str]] = field(default_factory=dict)
     books: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)  # order id -> OrderAccepted
     client_ids: dict[Slot, dict[str, str]] = field(default_factory=dict)  # participant/client id -> order id
     readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)  # participant -> ReadingAccepted
@@ -253,6 +295,7 @@ class IntakeLimits:
     orders_per_slot: int = 1_000_000
     requests_per_s: float = 0.0  # 0: no rate limit
     burst: int = 1
+    slot_seconds: int = 0  # a slot's length, for the members' connections (0: none is checked)
 
 
 NO_LIMITS = IntakeLimits()
@@ -272,9 +315,27 @@ class IntakeOp:
     client_order_id: str = ""
     order_id: str = ""
     body: bytes = b""  # the encoded OrderAccepted of an order to insert
+    share: str = ""  # an order to insert: its side and Wh ('a500', 'b120'), for its member's connection
     gate_closed: bool = False  # a cancel whose slot's gate has closed
     round_start: int = 0  # a finish: the round it finishes
     sender: str = ""  # the agent that sent its batch; "" for the participant itself
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A member as ``RegionState.join`` stores it: its agent and the connection it is held to."""
+
+    participant_id: str
+    agent: str | None = None
+    import_w: int | None = None  # W; None: no limit
+    export_w: int | None = None
+
+    @property
+    def connection(self) -> str:
+        """As the scripts read it: 'import_w:export_w', a part empty for no limit; '' for none."""
+        if self.import_w is None and self.export_w is None:
+            return ""
+        return f"{'' if self.import_w is None else self.import_w}:{'' if self.export_w is None else self.export_w}"
 
 
 @dataclass(frozen=True)
@@ -285,6 +346,8 @@ class ReadingOp:
     slot: Slot | None = None
     body: bytes = b""
     sender: str = ""  # the agent that sent its batch; "" for the participant itself
+    import_wh: int = 0  # what the reading says, for the member's connection
+    export_wh: int = 0  # every source together
 
 
 # Per op: (status, value). Orders: ok, duplicate (value: the order that stands), cancelled
@@ -387,6 +450,8 @@ class RegionState:
             pipe.hset(k("members"), mapping={p: now_ms for p in snapshot.members})
         if snapshot.agents:
             pipe.hset(k("agents"), mapping=dict[Any, Any](snapshot.agents))
+        if snapshot.connections:
+            pipe.hset(k("connections"), mapping=dict[Any, Any](snapshot.connections))
         for slot, entries in snapshot.books.items():
             if entries:
                 pipe.hset(k("book", _s(slot)), mapping=dict(entries))
@@ -394,6 +459,9 @@ class RegionState:
             pipe.hset(k("coid", _s(slot)), mapping=dict[Any, Any](coids))
             counts = Counter(key.split("/", 1)[0] for key in coids)  # "<participant>/<client order id>"
             pipe.hset(k("orders-of", _s(slot)), mapping=dict[Any, Any](counts))
+        for slot, shares in snapshot.committed.items():
+            if shares:
+                pipe.hset(k("orders-of", _s(slot)), mapping=dict[Any, Any](shares))
         for slot, readings in snapshot.readings.items():
             pipe.hset(k("readings", _s(slot)), mapping=dict[Any, Any](readings))
         for slot, cleared in snapshot.cleared.items():
@@ -488,23 +556,26 @@ class RegionState:
 
     # --- membership --------------------------------------------------------------------
 
-    async def join(self, members: list[tuple[str, str | None]], now_ms: int) -> None:
-        """Members (participant, agent or None) joined at ``now_ms``: one round trip."""
+    async def join(self, members: list[Joined], now_ms: int) -> None:
+        """Members joined at ``now_ms``, each with its agent and connection: one round trip."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.key("members"), mapping={pid: now_ms for pid, _ in members})
-        agents = {pid: agent for pid, agent in members if agent}
-        if agents:
-            pipe.hset(self.key("agents"), mapping=dict[Any, Any](agents))
-        unagented = [pid for pid, agent in members if not agent]
-        if unagented:
-            pipe.hdel(self.key("agents"), *unagented)
+        pipe.hset(self.key("members"), mapping={m.participant_id: now_ms for m in members})
+        for name, values in (("agents", {m.participant_id: m.agent for m in members}),
+                             ("connections", {m.participant_id: m.connection for m in members})):
+            held = {pid: value for pid, value in values.items() if value}
+            if held:
+                pipe.hset(self.key(name), mapping=dict[Any, Any](held))
+            without = [pid for pid, value in values.items() if not value]
+            if without:
+                pipe.hdel(self.key(name), *without)
         await pipe.execute()
 
     async def leave(self, participant_id: str) -> bool:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hdel(self.key("members"), participant_id)
         pipe.hdel(self.key("agents"), participant_id)
-        left, _ = await pipe.execute()
+        pipe.hdel(self.key("connections"), participant_id)
+        left, _, _ = await pipe.execute()
         return bool(left)
 
     async def agents(self) -> dict[str, str]:
@@ -556,40 +627,44 @@ class RegionState:
         sequence counter is raised to it (the numbers of a simulated round, which are not
         drawn from the counter, stay below it: a lagging replica is still told by its counter)."""
         named = _KeyList(self.key("gen"), self.key("round"), self.key("members"), self.key("agents"),
-                         self.key("wake"), self.key("rates"), self.key("seq"))
+                         self.key("wake"), self.key("rates"), self.key("seq"), self.key("connections"))
 
         args: list[Any] = ["" if round_start is None else round_start, now_ms, limits.orders_per_slot,
-                           limits.requests_per_s, limits.burst, seq_floor]
+                           limits.requests_per_s, limits.burst, seq_floor, limits.slot_seconds]
         for op in ops:
             pid = op.participant_id
             if op.kind == "f":
                 done, target = named(self.key("finished", str(op.round_start))), named(self.key(
                     "finish-target", str(op.round_start)))
-                args += ["f", pid, op.sender, done, target, 1, "", "", ""]
+                args += ["f", pid, op.sender, done, target, 1, "", "", "", ""]
                 continue
             if op.kind == "m":
-                args += ["m", pid, op.sender, 1, 1, 1, "", "", ""]
+                args += ["m", pid, op.sender, 1, 1, 1, "", "", "", ""]
                 continue
             assert op.slot is not None
             coids, book = named(self.key("coid", _s(op.slot))), named(self.key("book", _s(op.slot)))
             counts = named(self.key("orders-of", _s(op.slot)))
             last = op.body if op.kind == "o" else ("1" if op.gate_closed else "0")
-            args += [op.kind, pid, op.sender, coids, book, counts, f"{pid}/{op.client_order_id}", op.order_id, last]
+            share = op.share if op.kind == "o" and limits.slot_seconds else ""
+            args += [op.kind, pid, op.sender, coids, book, counts, f"{pid}/{op.client_order_id}", op.order_id, last,
+                     share]
         found = await self._intake(keys=named.keys, args=args)
         return self._results(found)
 
     async def apply_readings(self, ops: list[ReadingOp]) -> tuple[int, OpResults]:
         """Every reading in one atomic script: the member count, and each op's result."""
-        named = _KeyList(self.key("gen"), self.key("members"), self.key("agents"), self.key("done", "reconcile"))
+        named = _KeyList(self.key("gen"), self.key("members"), self.key("agents"), self.key("done", "reconcile"),
+                         self.key("connections"))
 
         args: list[Any] = []
         for op in ops:
             if op.slot is None or not op.body:
-                args += ["m", op.participant_id, op.sender, 1, 1, 0, ""]
+                args += ["m", op.participant_id, op.sender, 1, 1, 0, "", 0, 0, 0]
                 continue
             readings = named(self.key("readings", _s(op.slot)))
             claim = named(self.key("claim", "reconcile", _s(op.slot)))
-            args += ["r", op.participant_id, op.sender, readings, claim, op.slot.end, op.body]
+            args += ["r", op.participant_id, op.sender, readings, claim, op.slot.end, op.body, op.import_wh,
+                     op.export_wh, op.slot.seconds]
         found = await self._readings(keys=named.keys, args=args)
         results = self._results([found[0], *found[2:]])
         assert results is not None

@@ -363,6 +363,28 @@ async def test_a_members_agent_is_the_one_it_named_at_its_last_join(store: Ledge
     assert await store.agents("south") == {"z": "agg9"}
 
 
+async def test_a_members_connection_is_the_one_it_was_held_to_from_its_last_join(store: LedgerStore) -> None:
+    events = [("north", "a", "joined", 10), ("north", "b", "joined", 10), ("north", "b", "left", 20),
+              ("north", "c", "joined", 10), ("north", "c", "joined", 30), ("north", "d", "joined", 10),
+              ("north", "d", "joined", 30), ("south", "a", "joined", 1)]
+    held = [("north", "a", 5000, None, 10), ("north", "b", 1, 1, 10), ("north", "c", 1000, 2000, 10),
+            ("north", "c", None, 0, 30), ("north", "d", 7, 7, 10), ("south", "a", 3, 4, 1)]
+
+    written = await store.write(RecordBatch(memberships=events, connections=held))
+    assert written.connections == len(held)
+    assert (await store.write(RecordBatch(connections=held))).connections == 0
+    # b left; c joined again, with no import limit and no export at all; d joined again with none
+    assert await store.connections("north") == {"a": (5000, None), "c": (None, 0)}
+    assert await store.connections("south") == {"a": (3, 4)}
+
+
+async def test_a_negative_connection_is_refused(store: LedgerStore) -> None:
+    with pytest.raises(ConstraintViolation):
+        await store.write(RecordBatch(memberships=[("north", "a", "joined", 1)],
+                                      connections=[("north", "a", -1, None, 1)]))
+    assert await store.connections("north") == {}
+
+
 async def test_a_membership_event_of_an_unknown_kind_is_refused(store: LedgerStore) -> None:
     with pytest.raises(ConstraintViolation):
         await store.write(RecordBatch(memberships=[("north", "a", "visited", 1)]))

@@ -19,7 +19,7 @@ from services.meter_collector.handlers import MeterCollector
 from shared.market import Slot
 from shared.runtime.service import now_ms
 from shared.runtime.settings import from_env
-from shared.runtime.state import ReadingOp, RegionState
+from shared.runtime.state import Joined, ReadingOp, RegionState
 
 REDIS_URL = os.environ.get("MICROTE_REDIS_URL", "redis://127.0.0.1:6379/0")
 SLOT = Slot(600, 660)
@@ -31,7 +31,7 @@ async def collector() -> AsyncIterator[MeterCollector]:
     region = "t" + secrets.token_hex(4)
     state = RegionState(redis, region)
     await state.create_generation("g0")
-    await state.join([(p, None) for p in ("p1", "p2", "p3")], now_ms())
+    await state.join([Joined(p) for p in ("p1", "p2", "p3")], now_ms())
     await state.advance_round(600, 1, 0)  # the round of slot 600-660: its readings come now
     service: Any = SimpleNamespace(settings=from_env({"MICROTE_REGION": region}), state=state)
     yield MeterCollector(service)

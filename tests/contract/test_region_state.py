@@ -11,7 +11,12 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.market import Slot
-from shared.runtime.state import IntakeLimits, IntakeOp, ReadingOp, RegionState, RegionStateLost
+from shared.runtime.ledger import RecordBatch
+from shared.runtime.ledger.memory import MemoryLedgerStore
+from shared.runtime.rebuild import snapshot
+from shared.runtime.settings import MarketSettings
+from shared.runtime.state import IntakeLimits, IntakeOp, Joined, ReadingOp, RegionState, RegionStateLost
+from tests.builders import order
 
 REDIS_URL = os.environ.get("MICROTE_REDIS_URL", "redis://127.0.0.1:6379/0")
 D = 60
@@ -27,7 +32,7 @@ async def state() -> AsyncIterator[RegionState]:
     region = "t" + secrets.token_hex(4)
     state = RegionState(redis, region)
     await state.create_generation("g0")
-    await state.join([(p, None) for p in ("p", "p1", "p2", "p3", "q")], 0)
+    await state.join([Joined(p) for p in ("p", "p1", "p2", "p3", "q")], 0)
     yield state
     keys = [k async for k in redis.scan_iter(match=f"mt:\\{{{region}\\}}:*")]
     if keys:
@@ -176,7 +181,7 @@ async def test_bad_input_is_counted_per_sender_and_day_worst_first(state: Region
 
 async def test_forgetting_everything_keeps_only_a_rebuild_in_progress(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
-    await state.join([("p", None)], 0)
+    await state.join([Joined("p")], 0)
     assert await state.lock_rebuild("me", 10_000)
     assert await state.forget_everything() >= 3
     assert await state.generation() is None and await state.current_round() is None
@@ -209,7 +214,7 @@ async def test_a_batch_is_written_whole_or_not_at_all_when_its_round_moved(state
 
 async def test_an_agent_acts_only_for_the_members_registered_to_it(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
-    await state.join([("h1", "agg1"), ("h2", "agg2")], 0)
+    await state.join([Joined("h1", "agg1"), Joined("h2", "agg2")], 0)
     slot = Slot(720, 780)
     ops = [IntakeOp("o", pid, slot, client_order_id="c1", order_id=f"o-{pid}", body=pid.encode(), sender="agg1")
            for pid in ("h1", "h2", "stranger")] + [IntakeOp("f", "h2", round_start=600, sender="agg1")]
@@ -219,7 +224,7 @@ async def test_an_agent_acts_only_for_the_members_registered_to_it(state: Region
     assert await add_reading(state, Slot(600, 660), "h2", b"r", sender="agg1") == "not_entitled"
     assert await add_reading(state, Slot(600, 660), "h1", b"r", sender="agg1") == "ok"
     await state.leave("h1")  # leaving ends the agent's right too
-    await state.join([("h1", None)], 0)
+    await state.join([Joined("h1")], 0)
     assert await add_reading(state, Slot(660, 720), "h1", b"r", sender="agg1") == "not_entitled"
 
 
@@ -328,3 +333,76 @@ async def test_the_sequence_counter_is_raised_to_the_floor_of_a_simulated_round_
     await state.apply_intake([], round_start=600, now_ms=0, seq_floor=5)
     assert await state.seq() == floor  # never lowered
     assert (await state.intake_view(1))[2] == floor + 1  # a real-time number after it is higher still
+
+
+async def test_a_members_offers_and_bids_for_a_slot_stay_within_its_connection(state: RegionState) -> None:
+    """3 kW of export is 50 Wh in a minute's slot, 1.2 kW of import 20 Wh; a cancel gives its energy back."""
+    await state.advance_round(600, 1, 0)
+    await state.join([Joined("h", import_w=1200, export_w=3000), Joined("free")], 0)
+    slot, later = Slot(720, 780), Slot(780, 840)
+    limits = IntakeLimits(slot_seconds=D)
+
+    def order(pid: str, coid: str, share: str, at: Slot = slot) -> IntakeOp:
+        return IntakeOp("o", pid, at, client_order_id=coid, order_id=f"{pid}-{coid}", body=coid.encode(), share=share)
+
+    found = await state.apply_intake([order("h", "a1", "a30"), order("h", "a2", "a21"), order("h", "a3", "a20"),
+                                      order("h", "b1", "b20"), order("h", "b2", "b1"), order("h", "a4", "a20", later),
+                                      order("free", "a1", "a1000000")], round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["ok", "beyond_connection", "ok", "ok", "beyond_connection",
+                                                     "ok", "ok"]
+    assert sorted(await state.book(slot)) == [b"a1", b"a1", b"a3", b"b1"]
+    # the same order again is its duplicate, not counted twice
+    found = await state.apply_intake([order("h", "a1", "a30")], round_start=600, now_ms=0, limits=limits)
+    assert found == [("duplicate", b"a1")]
+    cancel = IntakeOp("c", "h", slot, client_order_id="a1")
+    assert (await state.apply_intake([cancel], round_start=600, now_ms=0, limits=limits) or [])[0][0] == "ok"
+    found = await state.apply_intake([order("h", "a5", "a30"), order("h", "a6", "a1")], round_start=600, now_ms=0,
+                                     limits=limits)
+    assert [status for status, _ in found or []] == ["ok", "beyond_connection"]
+    # joined again without a connection: no limit
+    await state.join([Joined("h")], 0)
+    found = await state.apply_intake([order("h", "a7", "a999")], round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["ok"]
+
+
+async def test_a_reading_beyond_the_members_connection_is_refused_and_not_stored(state: RegionState) -> None:
+    await state.join([Joined("h", import_w=1200, export_w=3000), Joined("x", export_w=0)], 0)
+    slot = Slot(600, 660)
+
+    async def reading(pid: str, import_wh: int, export_wh: int) -> str:
+        _, found = await state.apply_readings([ReadingOp(pid, slot, f"{pid}{import_wh}".encode(), import_wh=import_wh,
+                                                         export_wh=export_wh)])
+        return found[0][0]
+
+    assert await reading("h", 21, 0) == "beyond_connection"
+    assert await reading("h", 0, 51) == "beyond_connection"
+    assert await reading("x", 10**9, 1) == "beyond_connection"
+    assert await state.readings(slot) == {}
+    assert await reading("h", 20, 50) == "ok"
+    assert await reading("x", 10**9, 0) == "ok"
+
+
+async def test_a_rebuilt_state_holds_members_to_their_connections_with_their_open_orders_counted(
+        state: RegionState) -> None:
+    """Redis lost: the connection and the energy of the open orders come back from the ledger."""
+    store = MemoryLedgerStore()
+    await store.open()
+    region, slot = state.region, Slot(720, 780)
+    orders = [order(oid, "h", side, wh, "0.1", seq=n, slot=slot)
+              for n, (oid, side, wh) in enumerate((("o1", "ask", 30), ("o2", "ask", 15), ("o3", "bid", 20)), 1)]
+    await store.write(RecordBatch(rounds=[(region, 600, 1, 0)], memberships=[(region, "h", "joined", 5)],
+                                  connections=[(region, "h", 1200, 3000, 5)], orders=[(region, o) for o in orders],
+                                  cancellations=[(region, "o2", slot)]))
+    await state.forget_everything()
+    await state.restore(await snapshot(store, MarketSettings(region=region)), "g1", 0)
+
+    limits = IntakeLimits(slot_seconds=D)
+    ops = [IntakeOp("o", "h", slot, client_order_id=c, order_id=c, body=b"x", share=share)
+           for c, share in (("n1", "a21"), ("n2", "a20"), ("n3", "b1"))]
+    found = await state.apply_intake(ops, round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["beyond_connection", "ok", "beyond_connection"]
+    cancel = IntakeOp("c", "h", slot, client_order_id=orders[0].client_order_id)
+    assert (await state.apply_intake([cancel], round_start=600, now_ms=0, limits=limits) or [])[0][0] == "ok"
+    found = await state.apply_intake([IntakeOp("o", "h", slot, client_order_id="n4", order_id="n4", body=b"x",
+                                               share="a30")], round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["ok"]

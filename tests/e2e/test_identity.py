@@ -19,7 +19,7 @@ from services.ensemble import Ensemble, purge_region
 from shared.messages import decode, encode
 from shared.messages import types as t
 from shared.runtime.settings import from_env
-from shared.runtime.state import RegionState
+from shared.runtime.state import Joined, RegionState
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -65,7 +65,7 @@ async def test_a_participant_can_only_act_as_the_broker_user_it_connected_as(
 
             redis = Redis.from_url(settings.redis_url)
             try:
-                await RegionState(redis, region).join([("dave", None)], 0)  # another member, as if it had joined
+                await RegionState(redis, region).join([Joined("dave")], 0)  # another member, as if it had joined
             finally:
                 await redis.aclose()
             await join(name, name)

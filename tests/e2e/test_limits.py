@@ -1,6 +1,6 @@
-"""Limits per household, end to end through order-intake: orders for one slot and orders
-and cancels per second, each refused with its machine-readable reason, counted in a metric,
-and nothing of it written."""
+"""Limits per household, end to end through order-intake and the meter-collector: orders
+for one slot, orders and cancels per second, and the household's connection, each refused
+with its machine-readable reason, counted in a metric, and nothing of it written."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from services.ensemble import Ensemble, purge_region
 from shared.market import Slot
 from shared.messages import decode_as
 from shared.messages import types as t
+from shared.runtime.ledger import LedgerStore, open_ledger
 from shared.runtime.settings import from_env
 from shared.runtime.state import RegionState
 from tests.e2e.conftest import sim_env
+from tests.faults.inject import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -58,3 +60,70 @@ async def test_a_household_beyond_its_limits_is_refused_and_counted(region: str,
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
+
+
+async def test_a_household_is_held_to_its_connection_capped_by_the_regions(region: str, tmp_path: Path) -> None:
+    """6 kW of import (the region's cap) is 100 Wh in a minute's slot, its own 3 kW of export 50 Wh:
+    its offers for a slot together, its bids together and its readings stay within them."""
+    ledger = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    env = sim_env(region, ledger, 5, MICROTE_MIN_MEMBERS="1", MICROTE_ROUND_TIMEOUT_S="300",
+                  MICROTE_MAX_IMPORT_W="6000")
+    settings = from_env(env)
+    ensemble = Ensemble(env, tmp_path / "logs")
+    try:
+        await ensemble.start_all(("ledger-writer", "order-intake", "matcher", "meter-collector"))
+        async with Client(settings.amqp_url, region, "h1") as me:
+            with pytest.raises(Refused) as bad:
+                await me.join(import_w=-1)
+            assert bad.value.reason == "invalid_connection"
+            joined = await me.join(import_w=9000, export_w=3000)
+            assert (joined.import_w, joined.export_w) == (6000, 3000)
+            await ensemble.start_all(("clock",))
+            r = await me.next_round()
+            slot = r.next_settle
+            offer = await me.order("ask", 30, "0.10", slot)
+            refused = []
+            for side, wh in (("ask", 21), ("bid", 101)):
+                with pytest.raises(Refused) as beyond:
+                    await me.order(side, wh, "0.10", slot)
+                refused.append(beyond.value.reason)
+            assert refused == ["beyond_connection"] * 2
+            await me.order("ask", 20, "0.10", slot)
+            await me.order("bid", 100, "0.10", slot)
+            await me.cancel(offer.client_order_id, slot)  # gives its 30 Wh back
+            await me.order("ask", 30, "0.10", slot)
+            with pytest.raises(Refused) as reading:
+                await me.reading(r.current_round, 101, {"solar": 1})
+            assert reading.value.reason == "beyond_connection"
+            accepted = await me.reading(r.current_round, 100, {"solar": 30, "bess": 20})
+            assert accepted.import_wh == 100
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            book = await RegionState(redis, region).book(Slot(slot.start, slot.end))
+        finally:
+            await redis.aclose()
+        kept = sorted((o.side, o.quantity_wh) for o in (decode_as(b, t.OrderAccepted) for b in book))
+        assert kept == [("ask", 20), ("ask", 30), ("bid", 100)]
+        counted = await asyncio.to_thread(lambda: {
+            name: urllib.request.urlopen(ensemble.url(name, "/metrics"), timeout=10).read().decode()
+            for name in ("order-intake", "meter-collector")})
+        for name, request, count in (("order-intake", "SubmitOrder", 2.0), ("meter-collector", "SubmitReading", 1.0),
+                                     ("order-intake", "JoinMarket", 1.0)):
+            reason = "invalid_connection" if request == "JoinMarket" else "beyond_connection"
+            line = next(x for x in counted[name].splitlines() if x.startswith("microte_rejected_requests_total{")
+                        and f'reason="{reason}"' in x and f'request="{request}"' in x)
+            assert float(line.rsplit(" ", 1)[1]) == count, line
+        store = open_ledger(ledger)  # the ledger keeps the connection the member is held to
+        await store.open()
+        try:
+            await wait_until(lambda: _connections(store, region), 30, "the join's connection in the ledger")
+            assert await store.connections(region) == {"h1": (6000, 3000)}
+        finally:
+            await store.close()
+    finally:
+        ensemble.stop_all()
+        await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
+
+
+async def _connections(store: LedgerStore, region: str) -> bool:
+    return bool(await store.connections(region))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from shared.market.ledger import EntryKind, LedgerEntry
 from shared.market.matching import Settlement
@@ -28,6 +28,7 @@ from shared.market.reconciliation import Reading
 from shared.market.timing import Slot
 
 SCHEMA_VERSION = 1
+_R = TypeVar("_R")
 ENTRY_KINDS: tuple[str, ...] = tuple(k.value for k in EntryKind)
 SIDES: tuple[str, ...] = tuple(s.value for s in Side)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -72,6 +73,9 @@ class RecordBatch:
     memberships: Sequence[tuple[str, str, str, int]] = ()  # (region, participant, "joined" | "left", at_ms)
     # (region, participant, agent, joined_at_ms): the aggregator named at that join
     agents: Sequence[tuple[str, str, str, int]] = ()
+    # (region, participant, import_w, export_w, joined_at_ms): the connection, in W (None: no
+    # limit), the member was held to from that join
+    connections: Sequence[tuple[str, str, int | None, int | None, int]] = ()
     # (region, settings): the market settings the region runs with, as a JSON object of
     # MICROTE_* values (shared.runtime.settings.market_record); the first stored stays.
     market_settings: Sequence[tuple[str, str]] = ()
@@ -92,6 +96,7 @@ class RecordBatch:
             | {r for r, _, _, _ in self.rounds}
             | {r for r, _, _, _ in self.memberships}
             | {r for r, _, _, _ in self.agents}
+            | {r for r, _, _, _, _ in self.connections}
             | {r for r, _ in self.market_settings}
         )
 
@@ -110,6 +115,7 @@ class WriteResult:
     rounds: int = 0
     memberships: int = 0
     agents: int = 0
+    connections: int = 0
 
 
 class LedgerStore(Protocol):
@@ -150,6 +156,10 @@ class LedgerStore(Protocol):
 
     async def agents(self, region: str) -> dict[str, str]:
         """The agent each current member named when it last joined (members without one are absent)."""
+
+    async def connections(self, region: str) -> dict[str, tuple[int | None, int | None]]:
+        """The connection (import W, export W; None: no limit) each current member was held to
+        from its last join (members held to none are absent)."""
 
     async def cancelled_orders(self, region: str) -> list[str]:
         """Ids of the orders cancelled before their gate closed, by slot, then order id."""
@@ -272,6 +282,14 @@ def check_types(batch: RecordBatch) -> None:
         for name, text in (("region", region), ("participant_id", pid), ("agent", agent)):
             _text(what, name, text)
         _whole(what, "joined_at_ms", at_ms)
+    for region, pid, import_w, export_w, at_ms in batch.connections:
+        what = f"connection of {pid!r}"
+        for name, text in (("region", region), ("participant_id", pid)):
+            _text(what, name, text)
+        for name, watts in (("import_w", import_w), ("export_w", export_w)):
+            if watts is not None:
+                _whole(what, name, watts)
+        _whole(what, "joined_at_ms", at_ms)
     for region, settings in batch.market_settings:
         _text("market settings", "region", region)
         _text("market settings", "settings", settings)
@@ -317,6 +335,9 @@ def check_constraints(batch: RecordBatch) -> None:
     for _, r, _ in batch.readings:
         if r.import_wh < 0:
             fail("meter_readings", "import_wh >= 0", r.participant_id)
+    for _, pid, import_w, export_w, _ in batch.connections:
+        if any(w is not None and w < 0 for w in (import_w, export_w)):
+            fail("connection_registrations", "import_w, export_w >= 0", pid)
     for _, slot, entry_count in batch.reconciled:
         if entry_count < 0:
             fail("reconciled_slots", "entry_count >= 0", str(slot))
@@ -328,10 +349,10 @@ def check_constraints(batch: RecordBatch) -> None:
             fail("membership_events", "event in (joined, left)", pid)
 
 
-def current_agents(events: Iterable[tuple[str, str, int]], registrations: Iterable[tuple[str, str, int]]
-                   ) -> dict[str, str]:
-    """The agent of each current member: the one registered with its last join.
-    ``events``: (participant, event, at_ms); ``registrations``: (participant, agent, joined_at_ms)."""
+def current_registrations(events: Iterable[tuple[str, str, int]], registrations: Iterable[tuple[str, _R, int]]
+                          ) -> dict[str, _R]:
+    """What each current member registered with its last join (its agent, its connection).
+    ``events``: (participant, event, at_ms); ``registrations``: (participant, value, joined_at_ms)."""
     last_join: dict[str, int] = {}
     events = list(events)
     for pid, event, at_ms in events:

@@ -23,8 +23,8 @@ from shared.runtime.ledger.base import (
     WriteResult,
     check_constraints,
     check_types,
-    current_agents,
     current_members,
+    current_registrations,
 )
 
 
@@ -44,6 +44,7 @@ class _Tables:
     rounds: dict[tuple[str, int, int], int] = field(default_factory=dict)
     memberships: set[tuple[str, str, str, int]] = field(default_factory=set)
     agents: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    connections: dict[tuple[str, str, int], tuple[int | None, int | None]] = field(default_factory=dict)
     market_settings: dict[str, str] = field(default_factory=dict)
     communities: dict[str, str] = field(default_factory=dict)
 
@@ -133,8 +134,13 @@ class MemoryLedgerStore:
             if (region, pid, at_ms) not in t.agents:
                 t.agents[region, pid, at_ms] = agent
                 agents += 1
+        connections = 0
+        for region, pid, import_w, export_w, at_ms in batch.connections:
+            if (region, pid, at_ms) not in t.connections:
+                t.connections[region, pid, at_ms] = (import_w, export_w)
+                connections += 1
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds,
-                           memberships, agents)
+                           memberships, agents, connections)
 
     async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
         rows = [
@@ -174,8 +180,15 @@ class MemoryLedgerStore:
 
     async def agents(self, region: str) -> dict[str, str]:
         t = self._ready()
-        return current_agents(((pid, event, at_ms) for r, pid, event, at_ms in t.memberships if r == region),
-                              ((pid, agent, at_ms) for (r, pid, at_ms), agent in t.agents.items() if r == region))
+        return current_registrations(((pid, event, at_ms) for r, pid, event, at_ms in t.memberships if r == region),
+                                     ((pid, agent, at_ms) for (r, pid, at_ms), agent in t.agents.items()
+                                      if r == region))
+
+    async def connections(self, region: str) -> dict[str, tuple[int | None, int | None]]:
+        t = self._ready()
+        return current_registrations(((pid, event, at_ms) for r, pid, event, at_ms in t.memberships if r == region),
+                                     ((pid, held, at_ms) for (r, pid, at_ms), held in t.connections.items()
+                                      if r == region))
 
     async def cancelled_orders(self, region: str) -> list[str]:
         found = [(slot.start, slot.end, oid) for (r, oid), slot in self._ready().cancellations.items() if r == region]

@@ -36,8 +36,8 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
-    current_agents,
     current_members,
+    current_registrations,
 )
 
 _KINDS = ", ".join(f"'{k}'" for k in ENTRY_KINDS)
@@ -171,6 +171,15 @@ CREATE TABLE IF NOT EXISTS agent_registrations (
     PRIMARY KEY (region, participant_id, joined_at_ms)
 );
 
+CREATE TABLE IF NOT EXISTS connection_registrations (
+    region          text    NOT NULL,
+    participant_id  text    NOT NULL,
+    import_w        bigint  CHECK (import_w >= 0),  -- the connection the member was held to from
+    export_w        bigint  CHECK (export_w >= 0),  -- this join, in W; NULL: no limit
+    joined_at_ms    bigint  NOT NULL,
+    PRIMARY KEY (region, participant_id, joined_at_ms)
+);
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       text   NOT NULL,
     order_id     text   NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -200,6 +209,8 @@ _TYPES = {
     "started_at_ms": "bigint",
     "at_ms": "bigint",
     "joined_at_ms": "bigint",
+    "import_w": "bigint",
+    "export_w": "bigint",
     "price": "numeric",
     "buy_price": "numeric",
     "sell_price": "numeric",
@@ -251,6 +262,7 @@ _HELD = _Table("held_slots", rows.HELD_COLUMNS)
 _ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
 _MEMBERSHIPS = _Table("membership_events", rows.MEMBERSHIP_COLUMNS)
 _AGENTS = _Table("agent_registrations", rows.AGENT_COLUMNS)
+_CONNECTIONS = _Table("connection_registrations", rows.CONNECTION_COLUMNS)
 _SETTINGS = _Table("region_settings", ("region", "settings"))
 _COMMUNITY = _Table("region_community", ("region", "community"))
 
@@ -320,6 +332,7 @@ class PostgresLedgerStore:
             (_ROUNDS, list(batch.rounds)),
             (_MEMBERSHIPS, list(batch.memberships)),
             (_AGENTS, list(batch.agents)),
+            (_CONNECTIONS, list(batch.connections)),
             (_SETTINGS, list(batch.market_settings)),
             (_COMMUNITY, list(batch.communities)),
         )
@@ -336,9 +349,9 @@ class PostgresLedgerStore:
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
         (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
-         *_) = counts
+         connections, *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
-                           agents)
+                           agents, connections)
 
     async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
         if not values:
@@ -424,8 +437,17 @@ class PostgresLedgerStore:
                                    region)
         named = await self._fetch("SELECT participant_id, agent, joined_at_ms FROM agent_registrations "
                                   "WHERE region = $1", region)
-        return current_agents(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
-                              ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
+        return current_registrations(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                                     ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
+
+    async def connections(self, region: str) -> dict[str, tuple[int | None, int | None]]:
+        events = await self._fetch("SELECT participant_id, event, at_ms FROM membership_events WHERE region = $1",
+                                    region)
+        held = await self._fetch("SELECT participant_id, import_w, export_w, joined_at_ms FROM "
+                                  "connection_registrations WHERE region = $1", region)
+        return current_registrations(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                                     ((str(r[0]), (rows.as_int_or_none(r[1]), rows.as_int_or_none(r[2])),
+                                       rows.as_int(r[3])) for r in held))
 
     async def regions(self) -> list[str]:
         return [str(row[0]) for row in await self._fetch('SELECT region FROM regions ORDER BY region COLLATE "C"')]

@@ -81,6 +81,7 @@ HELD_COLUMNS = ("region", "slot_start", "slot_end", "stage", "error")
 ROUND_COLUMNS = ("region", "round_start", "fence", "started_at_ms")
 MEMBERSHIP_COLUMNS = ("region", "participant_id", "event", "at_ms")
 AGENT_COLUMNS = ("region", "participant_id", "agent", "joined_at_ms")
+CONNECTION_COLUMNS = ("region", "participant_id", "import_w", "export_w", "joined_at_ms")
 
 # Column positions (in the *_COLUMNS order) holding a price; the rest are text or int.
 ENTRY_PRICES = (9, 10)
@@ -206,6 +207,10 @@ def as_int(value: object) -> int:
     if type(value) is not int:
         raise InvalidRecord(f"a stored integer came back as {type(value).__name__}")
     return value
+
+
+def as_int_or_none(value: object) -> int | None:
+    return None if value is None else as_int(value)
 
 
 def entry_from(row: Sequence[object]) -> LedgerEntry:

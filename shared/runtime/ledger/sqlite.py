@@ -33,8 +33,8 @@ from shared.runtime.ledger.base import (
     StoreNotOpen,
     WriteResult,
     check_types,
-    current_agents,
     current_members,
+    current_registrations,
 )
 
 T = TypeVar("T")
@@ -169,6 +169,15 @@ CREATE TABLE IF NOT EXISTS agent_registrations (
     PRIMARY KEY (region, participant_id, joined_at_ms)
 ) STRICT;
 
+CREATE TABLE IF NOT EXISTS connection_registrations (
+    region          TEXT    NOT NULL,
+    participant_id  TEXT    NOT NULL,
+    import_w        INTEGER CHECK (import_w >= 0),  -- the connection the member was held to from
+    export_w        INTEGER CHECK (export_w >= 0),  -- this join, in W; NULL: no limit
+    joined_at_ms    INTEGER NOT NULL,
+    PRIMARY KEY (region, participant_id, joined_at_ms)
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS order_cancellations (
     region       TEXT    NOT NULL,
     order_id     TEXT    NOT NULL,  -- an order cancelled before its slot's gate closed
@@ -199,6 +208,7 @@ _INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
 _INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
 _INSERT_MEMBERSHIP = _insert("membership_events", rows.MEMBERSHIP_COLUMNS)
 _INSERT_AGENT = _insert("agent_registrations", rows.AGENT_COLUMNS)
+_INSERT_CONNECTION = _insert("connection_registrations", rows.CONNECTION_COLUMNS)
 _INSERT_SETTINGS = _insert("region_settings", ("region", "settings"))
 _INSERT_COMMUNITY = _insert("region_community", ("region", "community"))
 
@@ -287,6 +297,7 @@ class SqliteLedgerStore:
             (_INSERT_ROUND, list(batch.rounds)),
             (_INSERT_MEMBERSHIP, list(batch.memberships)),
             (_INSERT_AGENT, list(batch.agents)),
+            (_INSERT_CONNECTION, list(batch.connections)),
             (_INSERT_SETTINGS, list(batch.market_settings)),
             (_INSERT_COMMUNITY, list(batch.communities)),
         )
@@ -312,9 +323,9 @@ class SqliteLedgerStore:
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
         (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
-         *_) = counts
+         connections, *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
-                           agents)
+                           agents, connections)
 
     async def _select(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -385,8 +396,17 @@ class SqliteLedgerStore:
                                     region)
         named = await self._select("SELECT participant_id, agent, joined_at_ms FROM agent_registrations "
                                    "WHERE region = ?", region)
-        return current_agents(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
-                              ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
+        return current_registrations(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                                     ((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in named))
+
+    async def connections(self, region: str) -> dict[str, tuple[int | None, int | None]]:
+        events = await self._select("SELECT participant_id, event, at_ms FROM membership_events WHERE region = ?",
+                                    region)
+        held = await self._select("SELECT participant_id, import_w, export_w, joined_at_ms FROM "
+                                  "connection_registrations WHERE region = ?", region)
+        return current_registrations(((str(r[0]), str(r[1]), rows.as_int(r[2])) for r in events),
+                                     ((str(r[0]), (rows.as_int_or_none(r[1]), rows.as_int_or_none(r[2])),
+                                       rows.as_int(r[3])) for r in held))
 
     async def regions(self) -> list[str]:
         return [str(r) for (r,) in await self._select("SELECT region FROM regions ORDER BY region")]
