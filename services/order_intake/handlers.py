@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 
 from shared.market import Rejection, RejectReason, Side, Slot, accept, simultaneous_seq, validate_order
-from shared.market.numbers import MAX_CONNECTION_W, held_connection
+from shared.market.numbers import MAX_CONNECTION_W, check_spend_limit, held_connection, spend_units
 from shared.market.orders import LOTTERY_BITS
+from shared.market.timezones import zone
 from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.codec import encode
@@ -69,7 +71,9 @@ class OrderIntake:
         rate = self.market.max_requests_per_s
         self.limits = IntakeLimits(orders_per_slot=self.market.max_orders_per_slot, requests_per_s=float(rate),
                                    burst=self.market.request_burst or max(1, int(2 * rate)),
-                                   slot_seconds=self.market.schedule.duration)
+                                   slot_seconds=self.market.schedule.duration,
+                                   spend_per_day=check_spend_limit(self.market.max_spend_per_day))
+        self.zone = zone(self.market.tariff.timezone)
 
     # --- membership ------------------------------------------------------------------------
 
@@ -199,7 +203,8 @@ class OrderIntake:
                     ops.append(IntakeOp("m", pid, sender=item.sender))
                 else:
                     ops.append(IntakeOp("c", pid, slot, client_order_id=item.cancel.client_order_id,
-                                        gate_closed=schedule.gate_closed(slot, current[0]), sender=item.sender))
+                                        gate_closed=schedule.gate_closed(slot, current[0]), sender=item.sender,
+                                        day=self._day(slot)))
                 continue
             o = item.order
             assert o is not None
@@ -225,8 +230,16 @@ class OrderIntake:
             item.answer = accepted
             ops.append(IntakeOp("o", pid, slot, client_order_id=o.client_order_id, order_id=oid,
                                 body=encode(accepted), sender=item.sender,
-                                share=f"{'b' if terms.side == Side.BID else 'a'}{terms.quantity_wh}"))
+                                share=f"{'b' if terms.side == Side.BID else 'a'}{terms.quantity_wh}",
+                                day=self._day(slot),
+                                worth=spend_units(terms.quantity_wh, terms.price) if terms.side == Side.BID else 0))
         return ops
+
+    def _day(self, slot: Slot) -> str:
+        """The local day a slot belongs to, for the spending limit ('' when there is none)."""
+        if not self.limits.spend_per_day:
+            return ""
+        return datetime.fromtimestamp(slot.start, self.zone).date().isoformat()
 
     def _answer(self, items: list[_Item], ops: list[IntakeOp], results: OpResults) -> None:
         region = self.svc.region
@@ -243,6 +256,10 @@ class OrderIntake:
             elif status == "too_many_orders":
                 item.answer = self._rejection(item, RejectReason.TOO_MANY_ORDERS,
                                               f"at most {self.limits.orders_per_slot} orders for one slot")
+            elif status == "beyond_spend_limit":
+                item.answer = self._rejection(item, RejectReason.BEYOND_SPEND_LIMIT,
+                                              f"with this bid the member's bids for the slots of one day would cost "
+                                              f"more than {self.market.max_spend_per_day} $ at their prices")
             elif status == "beyond_connection":
                 item.answer = self._rejection(item, RejectReason.BEYOND_CONNECTION,
                                               "with this order the member's open offers (or bids) for the slot "

@@ -126,7 +126,25 @@ def held_connection(declared: int | None, cap: int) -> int | None:
     return declared
 
 
-def within_connection(energy_wh: int, watts: int, seconds: int) -> bool:
-    """Whether ``energy_wh`` fits through a connection of ``watts`` in ``seconds``: exactly,
-    ``energy_wh * 3600 <= watts * seconds`` (no rounding of a fractional watt-hour)."""
-    return energy_wh * 3600 <= watts * seconds
+# A member's spending limit counts money in units of 10**-7 $: an order of q Wh at t ticks
+# (0.0001 $/kWh) is worth exactly q * t units. A limit is at most MAX_SPEND_LIMIT $, so
+# that a day's sum stays an exact integer in a double (2 * 10**15 < 2**53) in the Redis
+# scripts; an order worth more than the limit is refused before any sum is taken.
+SPEND_UNITS_PER_DOLLAR = 10**7
+MAX_SPEND_LIMIT = Decimal(10**8)
+
+
+def spend_units(quantity_wh: int, price: Decimal) -> int:
+    """What a bid of ``quantity_wh`` at ``price`` may cost, exactly, in 10**-7 $."""
+    return quantity_wh * price_to_ticks(price)
+
+
+def check_spend_limit(limit: Decimal) -> int:
+    """A spending limit in $ as units of 10**-7 $ (0: none); ValueError if it is negative,
+    above MAX_SPEND_LIMIT or finer than 10**-7 $."""
+    if not limit.is_finite() or limit < 0 or limit > MAX_SPEND_LIMIT:
+        raise ValueError(f"a spending limit is 0 to {MAX_SPEND_LIMIT} $, got {limit}")
+    units = limit * SPEND_UNITS_PER_DOLLAR
+    if units != units.to_integral_value():
+        raise ValueError(f"a spending limit has at most 7 decimals, got {limit}")
+    return int(units)

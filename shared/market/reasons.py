@@ -24,6 +24,7 @@ class RejectReason(StrEnum):
     # offers (or bids) for one slot, or a reading, beyond the member's connection times the slot's length
     BEYOND_CONNECTION = "beyond_connection"
     INVALID_CONNECTION = "invalid_connection"  # a join whose connection is negative or absurd
+    BEYOND_SPEND_LIMIT = "beyond_spend_limit"  # bids for one day worth more than the member may spend
     UNKNOWN_ORDER = "unknown_order"
     INVALID_READING = "invalid_reading"
     READING_TOO_LARGE = "reading_too_large"  # a value above numbers.MAX_READING_WH

@@ -13,6 +13,8 @@ with ``RegionState.restore``, generation last. The services then go on where the
   the connection each was registered with when it last joined;
 - the book and the client order ids of every slot not yet reconciled, and the energy its open
   orders hold against their members' connections;
+- with a spending limit, what each member's bids cost per local day, from the current
+  round's day on;
 - the readings of every slot not yet reconciled;
 - the clearing of every slot whose gate closed before the current round and which is not
   yet reconciled, cleared again from its book (deterministic: the same bytes); the slot
@@ -26,8 +28,11 @@ timeout instead) and claims in progress (redone, deterministically).
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 
 from shared.market import Order, Side, Slot, clear
+from shared.market.numbers import spend_units
+from shared.market.timezones import zone
 from shared.messages import encode
 from shared.messages import types as t
 from shared.messages.convert import order_to_wire, reading_to_wire, settlement_to_wire, slot_to_wire
@@ -53,6 +58,8 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
     if not rounds:
         return snap
     snap.round_start, snap.fence = rounds[-1]
+    if market.max_spend_per_day:
+        snap.spend = _spend(market, snap.round_start, [o for o in orders if o.order_id not in cancelled])
     snap.first_round = rounds[0][0]
     finished = await store.reconciled_slots(region) + [h.slot for h in await store.held_slots(region)]
     snap.reconciled_upto = upto = max((s.end for s in finished), default=snap.first_round)
@@ -92,6 +99,23 @@ def _commit(shares: dict[str, str], o: Order, connection: tuple[int | None, int 
     total = int(shares.get(f"{o.participant_id}|{side}", "0")) + o.quantity_wh
     shares[f"{o.participant_id}|{side}"] = str(total)
     shares[f"#{o.order_id}"] = f"{side}{o.quantity_wh}"
+
+
+def _spend(market: MarketSettings, round_start: int, orders: list[Order]) -> dict[str, dict[str, str]]:
+    """What each member's bids may cost per local day, from the current round's day on, as
+    order-intake summed it (units of 10**-7 $)."""
+    tz = zone(market.tariff.timezone)
+    today = datetime.fromtimestamp(round_start, tz).date().isoformat()
+    days: dict[str, dict[str, str]] = {}
+    for o in orders:
+        day = datetime.fromtimestamp(o.slot.start, tz).date().isoformat()
+        if o.side != Side.BID or day < today:
+            continue
+        worth = days.setdefault(day, {})
+        units = spend_units(o.quantity_wh, o.price)
+        worth[o.participant_id] = str(int(worth.get(o.participant_id, "0")) + units)
+        worth[f"#{o.order_id}"] = str(units)
+    return days
 
 
 def _cleared(market: MarketSettings, slot: Slot, orders: list[Order]) -> t.SlotCleared:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TypeVar
 
 from shared.market import PricingRule, Schedule, Tariff, check_price_cap, price_to_ticks
+from shared.market.numbers import check_spend_limit
 from shared.runtime.trust import service_users as parse_users
 
 _REGION = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -42,6 +43,9 @@ class MarketSettings:
     # none is held to these; one that registers more is held to these too.
     max_import_w: int = 0
     max_export_w: int = 0
+    # What a member's bids for the slots of one local day may cost together, at their limit
+    # prices, in $ (0: no limit); a cancel gives its part back.
+    max_spend_per_day: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,14 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _spend_limit(value: Decimal) -> Decimal:
+    try:
+        check_spend_limit(value)
+    except ValueError as exc:
+        raise SettingsError(f"MICROTE_MAX_SPEND_PER_DAY: {exc}") from exc
+    return value
+
+
 def _not_negative(value: _N, name: str) -> _N:
     if value < 0:
         raise SettingsError(f"MICROTE_{name} must not be negative, got {value}")
@@ -143,6 +155,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             request_burst=_not_negative(int(_get(e, "REQUEST_BURST", "0")), "REQUEST_BURST"),
             max_import_w=_not_negative(int(_get(e, "MAX_IMPORT_W", "0")), "MAX_IMPORT_W"),
             max_export_w=_not_negative(int(_get(e, "MAX_EXPORT_W", "0")), "MAX_EXPORT_W"),
+            max_spend_per_day=_spend_limit(_decimal(e, "MAX_SPEND_PER_DAY", "0")),
         )
         mode = _get(e, "CLOCK_MODE", "simulation")
         if mode not in ("simulation", "realtime"):

@@ -34,13 +34,15 @@ from shared.market import Slot
 # then the keys the ops name by index. ARGV: round start ('' for no check: finishes only), now
 # in ms, the orders a participant may submit for one slot, its requests per second and burst
 # (0: no rate limit), the floor the sequence counter is raised to (0: none), a slot's seconds,
-# then, from ARGV[8], ops of 10 fields: kind, participant, sender (the agent that sent its
-# batch; '' for the participant itself), key indexes 1, 2 and 3, and four arguments.
+# what a member's bids for one day may cost (units of 10**-7 $; 0: no limit), then, from
+# ARGV[9], ops of 12 fields: kind, participant, sender (the agent that sent its batch; '' for
+# the participant itself), key indexes 1 to 4, and five arguments.
 # Answers: 'ok', then a status and a value per op.
 # A member with a connection (KEYS[8]: participant -> 'import_w:export_w', a part empty for
 # no limit) has its open offers' and bids' energy per slot summed in the slot's orders-of
 # hash ('<participant>|a', '<participant>|b'), with each order's share under '#<order id>',
-# which a cancel gives back.
+# which a cancel gives back. With a spending limit, the bids' worth per local day is summed
+# the same way in the day's spend hash (k4: '<participant>' -> units, '#<order id>' -> units).
 _INTAKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[2], 'start') ~= ARGV[1] then return {'moved'} end
@@ -48,6 +50,7 @@ local floor = tonumber(ARGV[6])  -- the sequence counter stays at or above every
 if floor > 0 and (tonumber(redis.call('GET', KEYS[7])) or 0) < floor then redis.call('SET', KEYS[7], floor) end
 local now, out, woke = ARGV[2], {'ok'}, false
 local per_slot, rate, burst, seconds = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[7])
+local spend_limit = tonumber(ARGV[8])
 local function refused(pid, sender, need_member)
   if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[4], pid) ~= sender then return 'not_entitled' end
   if need_member and redis.call('HEXISTS', KEYS[3], pid) == 0 then return 'not_a_member' end
@@ -77,18 +80,22 @@ local function committed(pid, share, counts)  -- the member's energy for the slo
   local total = tonumber(redis.call('HGET', counts, pid .. '|' .. side) or '0') + tonumber(string.sub(share, 2))
   return total, total * 3600 > tonumber(watts) * seconds
 end
-for i = 8, #ARGV, 10 do
+for i = 9, #ARGV, 12 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local k1, k2, k3 = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])], KEYS[tonumber(ARGV[i + 5])]
-  local a, b, c, d = ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9]
+  local k4 = KEYS[tonumber(ARGV[i + 6])]
+  local a, b, c, d, e = ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], tonumber(ARGV[i + 11])
   local status, value = nil, ''
-  if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book, k3 orders per participant;
-                                      -- a client id, b order id, c body, d side and Wh: 'a500')
+  if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book, k3 orders per participant,
+                                      -- k4 the day's spend; a client id, b order id, c body,
+                                      -- d side and Wh: 'a500', e what a bid may cost)
     status = refused(pid, sender, true) or limited(pid)
     if not status then
       local existing = redis.call('HGET', k1, a)
       local total, beyond = nil, false
       if not existing and kind == 'o' and d ~= '' then total, beyond = committed(pid, d, k3) end
+      local spent = 0
+      if spend_limit > 0 and e > 0 then spent = tonumber(redis.call('HGET', k4, pid) or '0') + e end
       if existing then
         local stored = redis.call('HGET', k2, existing)
         if stored then status, value = 'duplicate', stored else status = 'cancelled' end
@@ -98,12 +105,18 @@ for i = 8, #ARGV, 10 do
         status = 'too_many_orders'
       elseif beyond then
         status = 'beyond_connection'
+      elseif spent > spend_limit then
+        status = 'beyond_spend_limit'
       else
         redis.call('HSET', k1, a, b)
         redis.call('HSET', k2, b, c)
         redis.call('HINCRBY', k3, pid, 1)
         if total then
           redis.call('HSET', k3, pid .. '|' .. string.sub(d, 1, 1), string.format('%.0f', total), '#' .. b, d)
+        end
+        if spent > 0 then
+          redis.call('HSET', k4, pid, string.format('%.0f', spent), '#' .. b, string.format('%.0f', e))
+          redis.call('EXPIRE', k4, 259200)  -- SPEND_KEEP_S
         end
         status = 'ok'
       end
@@ -121,6 +134,11 @@ for i = 8, #ARGV, 10 do
         if share then
           redis.call('HINCRBY', k3, pid .. '|' .. string.sub(share, 1, 1), -tonumber(string.sub(share, 2)))
           redis.call('HDEL', k3, '#' .. oid)
+        end
+        local worth = k4 ~= KEYS[1] and redis.call('HGET', k4, '#' .. oid)  -- and its worth, to the day's spending
+        if worth then
+          redis.call('HINCRBY', k4, pid, -tonumber(worth))
+          redis.call('HDEL', k4, '#' .. oid)
         end
       else status, value = 'gone', oid end
     end
@@ -268,6 +286,8 @@ class Snapshot:
     connections: dict[str, str] = field(default_factory=dict)  # member -> 'import_w:export_w' (Joined.connection)
     # per slot, the energy of open orders held against connections: '<member>|a' -> Wh, '#<order id>' -> 'a500'
     committed: dict[Slot, dict[str, str]] = field(default_factory=dict)
+    # per local day from the current round's on, what bids may cost: '<member>' -> units, '#<order id>' -> units
+    spend: dict[str, dict[str, str]] = field(default_factory=dict)
     books: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)  # order id -> OrderAccepted
     client_ids: dict[Slot, dict[str, str]] = field(default_factory=dict)  # participant/client id -> order id
     readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)  # participant -> ReadingAccepted
@@ -285,6 +305,7 @@ Claim = Literal["new", "again", "busy", "done"]
 CLAIM_LEASE_MS = 30_000
 BAD_INPUT_SENDERS = 1000
 BAD_INPUT_KEEP_S = 8 * 86400
+SPEND_KEEP_S = 3 * 86400  # a day's spending, kept after its last bid (as the intake script keeps it)
 
 
 @dataclass(frozen=True)
@@ -296,6 +317,7 @@ class IntakeLimits:
     requests_per_s: float = 0.0  # 0: no rate limit
     burst: int = 1
     slot_seconds: int = 0  # a slot's length, for the members' connections (0: none is checked)
+    spend_per_day: int = 0  # what a member's bids for one local day may cost, in 10**-7 $ (0: no limit)
 
 
 NO_LIMITS = IntakeLimits()
@@ -316,6 +338,8 @@ class IntakeOp:
     order_id: str = ""
     body: bytes = b""  # the encoded OrderAccepted of an order to insert
     share: str = ""  # an order to insert: its side and Wh ('a500', 'b120'), for its member's connection
+    day: str = ""  # orders and cancels: the local day of the slot ('2026-06-21'), for the spending limit
+    worth: int = 0  # a bid to insert: what it may cost, in 10**-7 $
     gate_closed: bool = False  # a cancel whose slot's gate has closed
     round_start: int = 0  # a finish: the round it finishes
     sender: str = ""  # the agent that sent its batch; "" for the participant itself
@@ -462,6 +486,10 @@ class RegionState:
         for slot, shares in snapshot.committed.items():
             if shares:
                 pipe.hset(k("orders-of", _s(slot)), mapping=dict[Any, Any](shares))
+        for day, worth in snapshot.spend.items():
+            if worth:
+                pipe.hset(k("spend", day), mapping=dict[Any, Any](worth))
+                pipe.expire(k("spend", day), SPEND_KEEP_S)
         for slot, readings in snapshot.readings.items():
             pipe.hset(k("readings", _s(slot)), mapping=dict[Any, Any](readings))
         for slot, cleared in snapshot.cleared.items():
@@ -630,24 +658,26 @@ class RegionState:
                          self.key("wake"), self.key("rates"), self.key("seq"), self.key("connections"))
 
         args: list[Any] = ["" if round_start is None else round_start, now_ms, limits.orders_per_slot,
-                           limits.requests_per_s, limits.burst, seq_floor, limits.slot_seconds]
+                           limits.requests_per_s, limits.burst, seq_floor, limits.slot_seconds, limits.spend_per_day]
         for op in ops:
             pid = op.participant_id
             if op.kind == "f":
                 done, target = named(self.key("finished", str(op.round_start))), named(self.key(
                     "finish-target", str(op.round_start)))
-                args += ["f", pid, op.sender, done, target, 1, "", "", "", ""]
+                args += ["f", pid, op.sender, done, target, 1, 1, "", "", "", "", 0]
                 continue
             if op.kind == "m":
-                args += ["m", pid, op.sender, 1, 1, 1, "", "", "", ""]
+                args += ["m", pid, op.sender, 1, 1, 1, 1, "", "", "", "", 0]
                 continue
             assert op.slot is not None
             coids, book = named(self.key("coid", _s(op.slot))), named(self.key("book", _s(op.slot)))
             counts = named(self.key("orders-of", _s(op.slot)))
+            spend = named(self.key("spend", op.day)) if op.day and limits.spend_per_day else 1
             last = op.body if op.kind == "o" else ("1" if op.gate_closed else "0")
             share = op.share if op.kind == "o" and limits.slot_seconds else ""
-            args += [op.kind, pid, op.sender, coids, book, counts, f"{pid}/{op.client_order_id}", op.order_id, last,
-                     share]
+            worth = op.worth if op.kind == "o" and spend != 1 else 0
+            args += [op.kind, pid, op.sender, coids, book, counts, spend, f"{pid}/{op.client_order_id}", op.order_id,
+                     last, share, worth]
         found = await self._intake(keys=named.keys, args=args)
         return self._results(found)
 

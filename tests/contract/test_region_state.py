@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
@@ -366,7 +367,8 @@ async def test_a_members_offers_and_bids_for_a_slot_stay_within_its_connection(s
 
 
 async def test_a_reading_beyond_the_members_connection_is_refused_and_not_stored(state: RegionState) -> None:
-    await state.join([Joined("h", import_w=1200, export_w=3000), Joined("x", export_w=0)], 0)
+    await state.join([Joined("h", import_w=1200, export_w=3000), Joined("x", export_w=0), Joined("y", import_w=5000)],
+                     0)
     slot = Slot(600, 660)
 
     async def reading(pid: str, import_wh: int, export_wh: int) -> str:
@@ -380,11 +382,14 @@ async def test_a_reading_beyond_the_members_connection_is_refused_and_not_stored
     assert await state.readings(slot) == {}
     assert await reading("h", 20, 50) == "ok"
     assert await reading("x", 10**9, 0) == "ok"
+    assert await reading("y", 84, 0) == "beyond_connection"  # 5 kW for 60 s is 83.33 Wh: no rounding up
+    assert await reading("y", 83, 0) == "ok"
 
 
-async def test_a_rebuilt_state_holds_members_to_their_connections_with_their_open_orders_counted(
+async def test_a_rebuilt_state_holds_members_to_their_connections_and_spending_with_their_orders_counted(
         state: RegionState) -> None:
-    """Redis lost: the connection and the energy of the open orders come back from the ledger."""
+    """Redis lost: the connection, the energy of the open orders and what the day's bids may
+    cost come back from the ledger."""
     store = MemoryLedgerStore()
     await store.open()
     region, slot = state.region, Slot(720, 780)
@@ -394,9 +399,17 @@ async def test_a_rebuilt_state_holds_members_to_their_connections_with_their_ope
                                   connections=[(region, "h", 1200, 3000, 5)], orders=[(region, o) for o in orders],
                                   cancellations=[(region, "o2", slot)]))
     await state.forget_everything()
-    await state.restore(await snapshot(store, MarketSettings(region=region)), "g1", 0)
+    # 0.0021 $ a day: the open bid (20 Wh at 0.1000) is 0.002 $ of it
+    market = MarketSettings(region=region, max_spend_per_day=Decimal("0.0021"))
+    await state.restore(await snapshot(store, market), "g1", 0)
 
-    limits = IntakeLimits(slot_seconds=D)
+    limits = IntakeLimits(slot_seconds=D, spend_per_day=21_000)
+    day = "1970-01-01"
+    found = await state.apply_intake([IntakeOp("o", "h", slot, client_order_id="s1", order_id="s1", body=b"x",
+                                               day=day, worth=1001),
+                                      IntakeOp("o", "h", slot, client_order_id="s2", order_id="s2", body=b"x",
+                                               day=day, worth=1000)], round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["beyond_spend_limit", "ok"]
     ops = [IntakeOp("o", "h", slot, client_order_id=c, order_id=c, body=b"x", share=share)
            for c, share in (("n1", "a21"), ("n2", "a20"), ("n3", "b1"))]
     found = await state.apply_intake(ops, round_start=600, now_ms=0, limits=limits)
@@ -406,3 +419,25 @@ async def test_a_rebuilt_state_holds_members_to_their_connections_with_their_ope
     found = await state.apply_intake([IntakeOp("o", "h", slot, client_order_id="n4", order_id="n4", body=b"x",
                                                share="a30")], round_start=600, now_ms=0, limits=limits)
     assert [status for status, _ in found or []] == ["ok"]
+
+
+async def test_a_members_bids_for_one_day_stay_within_its_spending_limit(state: RegionState) -> None:
+    """A limit of 0.02 $ is 200,000 units of 10**-7 $: 100 Wh at 0.1000 $/kWh (1000 ticks) is 100,000."""
+    await state.advance_round(600, 1, 0)
+    limits = IntakeLimits(spend_per_day=200_000)
+    slot, later = Slot(720, 780), Slot(780, 840)
+
+    def bid(coid: str, worth: int, day: str = "d1", at: Slot = slot) -> IntakeOp:
+        return IntakeOp("o", "p", at, client_order_id=coid, order_id=coid, body=coid.encode(), day=day, worth=worth)
+
+    found = await state.apply_intake([bid("b1", 100_000), bid("b2", 100_001, at=later), bid("b3", 100_000, at=later),
+                                      IntakeOp("o", "p", slot, client_order_id="a1", order_id="a1", body=b"a",
+                                               day="d1"),
+                                      bid("b4", 1), bid("o1", 200_000, day="d2"), bid("x1", 200_001, day="d3")],
+                                     round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["ok", "beyond_spend_limit", "ok", "ok", "beyond_spend_limit",
+                                                     "ok", "beyond_spend_limit"]
+    cancel = IntakeOp("c", "p", slot, client_order_id="b1", day="d1")
+    assert (await state.apply_intake([cancel], round_start=600, now_ms=0, limits=limits) or [])[0][0] == "ok"
+    found = await state.apply_intake([bid("b5", 100_000), bid("b6", 1)], round_start=600, now_ms=0, limits=limits)
+    assert [status for status, _ in found or []] == ["ok", "beyond_spend_limit"]

@@ -1,6 +1,7 @@
 """Limits per household, end to end through order-intake and the meter-collector: orders
-for one slot, orders and cancels per second, and the household's connection, each refused
-with its machine-readable reason, counted in a metric, and nothing of it written."""
+for one slot, orders and cancels per second, the household's connection and what its bids
+of one day may cost, each refused with its machine-readable reason, counted in a metric,
+and nothing of it written."""
 
 from __future__ import annotations
 
@@ -120,6 +121,38 @@ async def test_a_household_is_held_to_its_connection_capped_by_the_regions(regio
             assert await store.connections(region) == {"h1": (6000, 3000)}
         finally:
             await store.close()
+    finally:
+        ensemble.stop_all()
+        await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
+
+
+async def test_a_households_bids_for_one_day_stay_within_the_regions_spending_limit(region: str,
+                                                                                    tmp_path: Path) -> None:
+    """0.03 $ a day: 100 Wh at 0.1000 $/kWh is 0.01 $; a cancel gives its worth back; asks are free."""
+    env = sim_env(region, "memory://", 5, MICROTE_MIN_MEMBERS="1", MICROTE_ROUND_TIMEOUT_S="300",
+                  MICROTE_MAX_SPEND_PER_DAY="0.03")
+    settings = from_env(env)
+    ensemble = Ensemble(env, tmp_path / "logs")
+    try:
+        await ensemble.start_all(("ledger-writer", "order-intake", "matcher", "meter-collector"))
+        async with Client(settings.amqp_url, region, "h1") as me:
+            await me.join()
+            await ensemble.start_all(("clock",))
+            r = await me.next_round()
+            first = await me.order("bid", 100, "0.10", r.next_settle)
+            await me.order("bid", 200, "0.05", r.next_settle)
+            await me.order("ask", 10**6, "0.20", r.next_settle)
+            with pytest.raises(Refused) as beyond:  # 0.02 $ spent: 0.0101 more is too much
+                await me.order("bid", 101, "0.10", r.next_settle)
+            assert beyond.value.reason == "beyond_spend_limit"
+            await me.cancel(first.client_order_id, r.next_settle)
+            accepted = await me.order("bid", 200, "0.10", r.next_settle)
+            assert accepted.quantity_wh == 200
+        counted = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(ensemble.url("order-intake", "/metrics"), timeout=10).read().decode())
+        line = next(x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
+                    and 'reason="beyond_spend_limit"' in x and 'request="SubmitOrder"' in x)
+        assert float(line.rsplit(" ", 1)[1]) == 1.0, line
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])

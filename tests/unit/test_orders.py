@@ -21,7 +21,16 @@ from shared.market import (
     classify_source,
     validate_order,
 )
-from shared.market.numbers import InvalidPrice, amount, check_price_cap, price_to_ticks
+from shared.market.numbers import (
+    SPEND_UNITS_PER_DOLLAR,
+    InvalidPrice,
+    amount,
+    check_price_cap,
+    check_spend_limit,
+    held_connection,
+    price_to_ticks,
+    spend_units,
+)
 from shared.market.orders import DEFAULT_PRICE_CAP
 
 SCHEDULE = Schedule(duration=60, close_steps=2)
@@ -228,3 +237,32 @@ def test_a_simulated_rounds_orders_rank_by_round_then_by_a_lottery_no_arrival_ch
     own = [seq("h1", f"c-{i}") for i in range(5)]  # a participant's own orders: its lottery bits, then its own
     assert len({o >> 4 for o in own}) == 1
     assert max(seq(f"h{i}", round_start=2**33 - 1) for i in range(10)) <= 2**53  # the wire's integers, until 2242
+
+
+@pytest.mark.parametrize(("quantity_wh", "price"), [(1, "0.0001"), (1500, "0.1449"), (10**9, "1000"), (333, "0.10025")])
+def test_a_bids_worth_in_spend_units_is_its_exact_amount(quantity_wh: int, price: str) -> None:
+    if price == "0.10025":  # a settlement price, never an order's: off the tick
+        with pytest.raises(InvalidPrice):
+            spend_units(quantity_wh, Decimal(price))
+        return
+    units = spend_units(quantity_wh, Decimal(price))
+    assert Decimal(units) / SPEND_UNITS_PER_DOLLAR == amount(quantity_wh, Decimal(price))
+
+
+@pytest.mark.parametrize(("limit", "units"), [("0", 0), ("0.0000001", 1), ("12.5", 125_000_000),
+                                              ("100000000", 10**15)])
+def test_a_spending_limit_is_whole_units_of_a_ten_millionth_of_a_dollar(limit: str, units: int) -> None:
+    assert check_spend_limit(Decimal(limit)) == units
+
+
+@pytest.mark.parametrize("limit", ["-0.01", "0.00000001", "100000000.1", "NaN", "Infinity"])
+def test_a_spending_limit_that_is_negative_too_fine_too_large_or_not_finite_is_refused(limit: str) -> None:
+    with pytest.raises(ValueError):
+        check_spend_limit(Decimal(limit))
+
+
+@pytest.mark.parametrize(("declared", "cap", "held"), [(None, 0, None), (5000, 0, 5000), (None, 6000, 6000),
+                                                       (9000, 6000, 6000), (3000, 6000, 3000), (0, 6000, 0)])
+def test_a_members_connection_is_its_own_capped_by_the_regions(declared: int | None, cap: int,
+                                                                held: int | None) -> None:
+    assert held_connection(declared, cap) == held
