@@ -52,12 +52,8 @@ async def test_a_household_beyond_its_limits_is_refused_and_counted(region: str,
             finally:
                 await redis.aclose()
             assert sorted(decode_as(b, t.OrderAccepted).quantity_wh for b in book) == [100, 200]
-        counted = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(ensemble.url("order-intake", "/metrics"), timeout=10).read().decode())
         for reason, request in (("too_many_orders", "SubmitOrder"), ("rate_limited", "CancelOrder")):
-            line = next(x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
-                        and f'reason="{reason}"' in x and f'request="{request}"' in x)
-            assert float(line.rsplit(" ", 1)[1]) == 1.0, line
+            assert await rejected(ensemble, "order-intake", request, reason) == 1.0
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
@@ -105,15 +101,10 @@ async def test_a_household_is_held_to_its_connection_capped_by_the_regions(regio
             await redis.aclose()
         kept = sorted((o.side, o.quantity_wh) for o in (decode_as(b, t.OrderAccepted) for b in book))
         assert kept == [("ask", 20), ("ask", 30), ("bid", 100)]
-        counted = await asyncio.to_thread(lambda: {
-            name: urllib.request.urlopen(ensemble.url(name, "/metrics"), timeout=10).read().decode()
-            for name in ("order-intake", "meter-collector")})
         for name, request, count in (("order-intake", "SubmitOrder", 2.0), ("meter-collector", "SubmitReading", 1.0),
                                      ("order-intake", "JoinMarket", 1.0)):
             reason = "invalid_connection" if request == "JoinMarket" else "beyond_connection"
-            line = next(x for x in counted[name].splitlines() if x.startswith("microte_rejected_requests_total{")
-                        and f'reason="{reason}"' in x and f'request="{request}"' in x)
-            assert float(line.rsplit(" ", 1)[1]) == count, line
+            assert await rejected(ensemble, name, request, reason) == count
         store = open_ledger(ledger)  # the ledger keeps the connection the member is held to
         await store.open()
         try:
@@ -148,14 +139,19 @@ async def test_a_households_bids_for_one_day_stay_within_the_regions_spending_li
             await me.cancel(first.client_order_id, r.next_settle)
             accepted = await me.order("bid", 200, "0.10", r.next_settle)
             assert accepted.quantity_wh == 200
-        counted = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(ensemble.url("order-intake", "/metrics"), timeout=10).read().decode())
-        line = next(x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
-                    and 'reason="beyond_spend_limit"' in x and 'request="SubmitOrder"' in x)
-        assert float(line.rsplit(" ", 1)[1]) == 1.0, line
+        assert await rejected(ensemble, "order-intake", "SubmitOrder", "beyond_spend_limit") == 1.0
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
+
+
+async def rejected(ensemble: Ensemble, service: str, request: str, reason: str) -> float:
+    """The service's count of ``request``s it refused for ``reason`` (its metric)."""
+    counted = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(ensemble.url(service, "/metrics"), timeout=10).read().decode())
+    line = next(x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
+                and f'reason="{reason}"' in x and f'request="{request}"' in x)
+    return float(line.rsplit(" ", 1)[1])
 
 
 async def _connections(store: LedgerStore, region: str) -> bool:
