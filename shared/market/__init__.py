@@ -31,7 +31,7 @@ from shared.market.orders import (
     validate_order,
 )
 from shared.market.reasons import RejectReason
-from shared.market.reconciliation import Reading, check_reading, reconcile
+from shared.market.reconciliation import Reading, adjust, check_reading, in_true_up_window, reconcile, true_up
 from shared.market.tariff import GridPrices, Tariff
 from shared.market.timing import RoundWindows, Schedule, Slot
 
@@ -63,6 +63,7 @@ __all__ = [
     "Slot",
     "Tariff",
     "accept",
+    "adjust",
     "amount",
     "bills",
     "check_price_cap",
@@ -70,12 +71,14 @@ __all__ = [
     "classify_source",
     "clear",
     "entry_id",
+    "in_true_up_window",
     "match_book",
     "parse_price",
     "price_to_ticks",
     "reconcile",
     "settlement_id",
     "simultaneous_seq",
+    "true_up",
     "validate_order",
     "violations",
 ]

@@ -19,7 +19,9 @@ _CONSUMED = (EntryKind.P2P, EntryKind.BESS_COVER)
 def violations(
     settlements: Sequence[Settlement], readings: Iterable[Reading], entries: Sequence[LedgerEntry]
 ) -> list[str]:
-    """Every broken invariant for one slot, as readable text; empty when all hold."""
+    """Every broken invariant for one slot, as readable text; empty when all hold. With a
+    true-up's revisions among ``entries``, they hold for the net (reversals counted
+    negative) against every reading."""
     problems: list[str] = []
     by_settlement: dict[str, int] = defaultdict(int)
     supplied: dict[tuple[str, str], int] = defaultdict(int)
@@ -30,15 +32,15 @@ def violations(
         if e.quantity_wh <= 0 or e.buy_price < 0 or e.sell_price < 0:
             problems.append(f"entry {e.entry_id} has a non-positive quantity or a negative price")
         if e.kind in _SETTLED and e.settlement_id is not None:
-            by_settlement[e.settlement_id] += e.quantity_wh
+            by_settlement[e.settlement_id] += e.signed_wh
         if e.kind in _SUPPLIED:
-            supplied[(e.seller, e.source)] += e.quantity_wh
+            supplied[(e.seller, e.source)] += e.signed_wh
         if e.kind in _CONSUMED:
-            consumed[e.buyer] += e.quantity_wh
+            consumed[e.buyer] += e.signed_wh
         if e.kind is EntryKind.GRID_EXPORT:
-            grid_export[(e.seller, e.source)] += e.quantity_wh
+            grid_export[(e.seller, e.source)] += e.signed_wh
         if e.kind is EntryKind.GRID_IMPORT:
-            grid_import[e.buyer] += e.quantity_wh
+            grid_import[e.buyer] += e.signed_wh
     for s in settlements:
         if by_settlement.get(s.settlement_id, 0) != s.quantity_wh:
             problems.append(

@@ -5,6 +5,11 @@ Every entry is a transfer between two parties: ``seller`` delivers to ``buyer`` 
 ``quantity_wh/1000 * sell_price``, and the market operator keeps the difference, so
 money sums to zero over all parties. A *financial* entry (``shortfall``,
 ``shortfall_penalty``) moves money only; its ``quantity_wh`` is the energy it prices.
+
+A slot's first entries have revision 0. A true-up (docs/market.md section 7) appends the
+entries of a revision 1, 2, ...: more of an entry, as an entry like it, or less of it, as
+a *reversal* (``reverses``): the same transfer, counted negative, so that the buyer gets
+back what it paid and the seller gives back what it received. Nothing is ever edited.
 """
 
 from __future__ import annotations
@@ -53,14 +58,22 @@ class LedgerEntry:
     settlement_id: str | None
     matched_at_ms: int | None
     delivered_at: int
+    revision: int = 0  # 0: the slot's reconciliation; 1, 2, ...: its true-up adjustments
+    reverses: bool = False  # counted negative: takes back this much of the same transfer
+
+    @property
+    def signed_wh(self) -> int:
+        return -self.quantity_wh if self.reverses else self.quantity_wh
 
     @property
     def paid(self) -> Decimal:
-        return amount(self.quantity_wh, self.buy_price)
+        """What the buyer pays (negative for a reversal: it gets that back)."""
+        return amount(self.signed_wh, self.buy_price)
 
     @property
     def received(self) -> Decimal:
-        return amount(self.quantity_wh, self.sell_price)
+        """What the seller receives (negative for a reversal: it gives that back)."""
+        return amount(self.signed_wh, self.sell_price)
 
     @property
     def moves_energy(self) -> bool:
@@ -68,10 +81,13 @@ class LedgerEntry:
 
 
 def entry_id(
-    region: str, slot: Slot, kind: str, settlement_id: str | None, seller: str, buyer: str, source: str
+    region: str, slot: Slot, kind: str, settlement_id: str | None, seller: str, buyer: str, source: str,
+    revision: int = 0,
 ) -> str:
     """Deterministic: the same inputs always name the same entry, so a replay adds nothing."""
     key = f"{region}|{slot}|{kind}|{settlement_id or ''}|{seller}|{buyer}|{source}"
+    if revision:
+        key += f"|{revision}"
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
@@ -106,6 +122,6 @@ def bills(entries: Iterable[LedgerEntry]) -> dict[str, Bill]:
         if paid != received:
             result[MARKET].received += paid - received
         if e.moves_energy:
-            buyer.bought_wh += e.quantity_wh
-            seller.sold_wh += e.quantity_wh
+            buyer.bought_wh += e.signed_wh
+            seller.sold_wh += e.signed_wh
     return dict(result)

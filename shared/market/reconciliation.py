@@ -15,7 +15,7 @@ For every slot (checked by ``shared.market.invariants``):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from shared.market.ledger import GRID, EntryKind, LedgerEntry, entry_id
@@ -198,3 +198,67 @@ def reconcile(
         if wh:
             entries.append(ctx.entry(EntryKind.GRID_IMPORT, GRID, pid, "grid", wh, g.buy_price, g.buy_price))
     return entries
+
+
+def _transfer(e: LedgerEntry) -> tuple[str, str | None, str, str, str]:
+    return (e.kind, e.settlement_id, e.seller, e.buyer, e.source)
+
+
+def adjust(previous: Sequence[LedgerEntry], revised: Sequence[LedgerEntry], revision: int) -> list[LedgerEntry]:
+    """The entries of true-up revision ``revision`` (>= 1): what takes a slot's ledger from
+    ``previous`` to ``revised``, two reconciliations of the same settlements, the second with
+    one reading more. Per transfer (kind, settlement, seller, buyer, source): a reversal of
+    what it lost, or an entry for what it gained, at the same prices; reversals first, in
+    ``previous``'s order, then gains, in ``revised``'s. Unchanged transfers get nothing."""
+    if revision < 1:
+        raise ValueError("a true-up revision is 1 or more")
+    before = {_transfer(e): e for e in previous}
+    after = {_transfer(e): e for e in revised}
+    out: list[LedgerEntry] = []
+    for key, old in before.items():
+        lost = old.quantity_wh - (after[key].quantity_wh if key in after else 0)
+        if lost > 0:
+            out.append(_revised(old, lost, revision, reverses=True))
+    for key, new in after.items():
+        old_e = before.get(key)
+        if old_e is not None and (old_e.buy_price, old_e.sell_price) != (new.buy_price, new.sell_price):
+            raise ValueError(f"entry {new.entry_id} changed its prices between two reconciliations")
+        gained = new.quantity_wh - (old_e.quantity_wh if old_e is not None else 0)
+        if gained > 0:
+            out.append(_revised(new, gained, revision, reverses=False))
+    return out
+
+
+def _revised(e: LedgerEntry, quantity_wh: int, revision: int, *, reverses: bool) -> LedgerEntry:
+    return replace(e, entry_id=entry_id(e.region, e.slot, e.kind, e.settlement_id, e.seller, e.buyer, e.source,
+                                        revision),
+                   quantity_wh=quantity_wh, revision=revision, reverses=reverses)
+
+
+def true_up(
+    *,
+    region: str,
+    slot: Slot,
+    settlements: Sequence[Settlement],
+    readings: Iterable[Reading],
+    late: Sequence[Reading],
+    grid: GridPrices,
+) -> list[list[LedgerEntry]]:
+    """Every revision of a slot's entries: revision 0 reconciles ``readings`` (those in by
+    the reconciliation), revision k adjusts it for ``late[k - 1]``, the k-th reading to
+    arrive late. Their sum is ``reconcile`` with every reading."""
+    known = list(readings)
+    revisions = [reconcile(region=region, slot=slot, settlements=settlements, readings=known, grid=grid)]
+    previous = revisions[0]
+    for k, reading in enumerate(late, 1):
+        known.append(reading)
+        revised = reconcile(region=region, slot=slot, settlements=settlements, readings=known, grid=grid)
+        revisions.append(adjust(previous, revised, k))
+        previous = revised
+    return revisions
+
+
+def in_true_up_window(slot: Slot, market_now: int, true_up_s: int) -> bool:
+    """Whether a reading of ``slot`` that arrives after the slot was reconciled still counts
+    (a true-up): before ``slot.end + true_up_s`` in market time; never with no window."""
+    return true_up_s > 0 and market_now < slot.end + true_up_s

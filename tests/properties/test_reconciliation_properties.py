@@ -29,6 +29,7 @@ from shared.market import (
     bills,
     clear,
     reconcile,
+    true_up,
     violations,
 )
 
@@ -168,3 +169,32 @@ def test_a_replay_gives_identical_entries_with_unique_ids_whatever_order_the_rea
     assert first == second
     assert repr(first) == repr(second)
     assert len({e.entry_id for e in first}) == len(first)
+
+
+@given(case=cases(), late_count=st.integers(0, 4), seed=st.integers(0, 2**32))
+def test_a_true_up_appends_revisions_each_summing_to_zero_whose_net_is_the_reconciliation_with_every_reading(
+    case: Case, late_count: int, seed: int
+) -> None:
+    """Some readings arrive late, one by one: every revision balances on its own, nothing
+    is negative, ids never repeat, and the net is what every reading on time would give."""
+    shuffled = list(case.readings)
+    random.Random(seed).shuffle(shuffled)
+    late, on_time = shuffled[:late_count], shuffled[late_count:]
+    revisions = true_up(region=REGION, slot=SLOT, settlements=case.settlements, readings=on_time, late=late,
+                        grid=case.grid)
+    assert len(revisions) == 1 + len(late)
+    every = [e for revision in revisions for e in revision]
+    assert len({e.entry_id for e in every}) == len(every)
+    for k, revision in enumerate(revisions):
+        assert all(e.revision == k and e.quantity_wh > 0 for e in revision)
+        assert k > 0 or not any(e.reverses for e in revision)
+        money = bills(revision).values()
+        assert sum((b.received - b.paid for b in money), ZERO) == ZERO, k
+    net: dict[tuple[object, ...], int] = defaultdict(int)
+    for e in every:
+        net[(e.kind, e.settlement_id, e.seller, e.buyer, e.source, e.buy_price, e.sell_price)] += e.signed_wh
+    assert all(wh >= 0 for wh in net.values())
+    expected = {(e.kind, e.settlement_id, e.seller, e.buyer, e.source, e.buy_price, e.sell_price): e.quantity_wh
+                for e in run(case)}
+    assert {key: wh for key, wh in net.items() if wh} == expected
+    assert violations(case.settlements, case.readings, every) == []
