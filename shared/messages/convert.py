@@ -123,6 +123,8 @@ def entry_to_wire(e: LedgerEntry) -> t.EntryRecord:
         sell_price=str(e.sell_price),
         settlement_id=e.settlement_id,
         matched_at_ms=e.matched_at_ms,
+        revision=e.revision,
+        reverses=e.reverses,
     )
 
 
@@ -142,6 +144,8 @@ def entries_from_wire(region: str, slot: Slot, records: Iterable[t.EntryRecord])
             settlement_id=r.settlement_id,
             matched_at_ms=r.matched_at_ms,
             delivered_at=slot.end,
+            revision=r.revision,
+            reverses=r.reverses,
         )
         for r in records
     ]

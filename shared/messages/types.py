@@ -215,6 +215,7 @@ class ReadingAccepted(Message, frozen=True):
     self_consumed_wh: EnergyBySource
     received_at_ms: Int
     duplicate: bool = False
+    late: bool = False  # for a slot reconciled already, within its true-up window: an adjustment follows
 
 
 BatchAnswer = OrderAccepted | OrderCancelled | Rejected | ReadingAccepted | RoundFinished
@@ -258,12 +259,18 @@ class EntryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     sell_price: PriceText
     settlement_id: Id | None = None
     matched_at_ms: Int | None = None
+    revision: Int = 0  # 0: the slot's reconciliation; 1, 2, ...: its true-up adjustments
+    reverses: bool = False  # counted negative: takes back this much of the same transfer
 
 
 class Statement(Message, frozen=True):
     participant_id: Id
     slot: Slot
     entries: list[EntryRecord]
+    # "final": the slot's entries for good (at once when the region has no true-up window);
+    # "provisional": its reconciliation, open to true-up; "adjustment": a late reading's
+    # entries (one revision); "final" after the window: every entry of every revision.
+    stage: Annotated[str, Meta(max_length=16)] = "final"
 
 
 class AgentBundle(Message, frozen=True):
@@ -320,6 +327,24 @@ class SlotReconciled(Message, frozen=True):
     readings: list[ReadingAccepted] = []
 
 
+class SlotAdjusted(Message, frozen=True):
+    """A true-up: the entries of one revision of a reconciled slot, for one late reading
+    (published on the slot_reconciled fact key)."""
+
+    slot: Slot
+    revision: Int
+    reading: ReadingAccepted
+    entries: list[EntryRecord]
+
+
+class SlotFinalized(Message, frozen=True):
+    """The slot's true-up window has closed after ``revisions`` adjustments: its entries are
+    final (published on the slot_reconciled fact key)."""
+
+    slot: Slot
+    revisions: Int
+
+
 class SlotRecorded(Message, frozen=True):
     slot: Slot
     entry_count: Int
@@ -341,5 +366,5 @@ class RequestsAnswered(Message, frozen=True):
 REQUESTS = (JoinMarket, Heartbeat, LeaveMarket, SubmitOrder, CancelOrder, SubmitReading, FinishRound, SubmitBatch)
 ANSWERS = (MemberJoined, MemberLeft, OrderAccepted, OrderCancelled, Rejected, ReadingAccepted, RoundFinished,
            BatchAnswered, SettlementsNotice, Statement, AgentBundle)
-FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotRecorded, RequestsAnswered)
+FACTS = (RoundStarted, SlotCleared, SlotReconciled, SlotAdjusted, SlotFinalized, SlotRecorded, RequestsAnswered)
 ALL_MESSAGES = REQUESTS + ANSWERS + FACTS

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,8 @@ from shared.market import (
     clear,
     entry_id,
     reconcile,
+    true_up,
+    violations,
 )
 from shared.runtime.ledger import (
     ConstraintViolation,
@@ -48,6 +51,7 @@ from shared.runtime.ledger import (
     WriteResult,
     open_ledger,
 )
+from shared.runtime.ledger.rows import ENTRY_COLUMNS
 
 PG_ADMIN_URL = os.environ.get("MICROTE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = 1_700_000_040  # a round boundary for 60 s rounds
@@ -689,3 +693,78 @@ async def test_a_large_batch_goes_in_whole_and_in_order(store: LedgerStore) -> N
     assert (await store.write(RecordBatch(entries=entries))).entries == 5000
     assert (await store.write(RecordBatch(entries=entries))).entries == 0
     assert await store.entries("north") == entries
+
+
+# --- True-up -----------------------------------------------------------------------
+
+
+async def test_a_true_ups_revisions_reversals_and_final_slot_come_back_exactly(store: LedgerStore) -> None:
+    """alice's reading arrives after the slot was reconciled: revision 1 reverses part of
+    revision 0 and adds the rest; the window closes with one revision."""
+    base = market_batch()
+    readings = [r for _, r, _ in base.readings]
+    settlements = list(base.settlements)
+    provisional, adjustment = true_up(region="north", slot=SLOT, settlements=settlements, readings=readings[1:],
+                                      late=readings[:1], grid=Tariff().prices_at(SLOT.start))
+    assert any(e.reverses for e in adjustment) and any(not e.reverses for e in adjustment)
+    first = dataclasses.replace(base, entries=provisional, readings=base.readings[1:],
+                                reconciled=[("north", SLOT, len(provisional))])
+    late = RecordBatch(entries=adjustment, readings=base.readings[:1], adjusted=[("north", SLOT, 1, "alice",
+                                                                                   len(adjustment))])
+    final = RecordBatch(finalized=[("north", SLOT, 1)])
+    for batch in (first, late, final):
+        await store.write(batch)
+    again = await store.write(late)
+    assert (again.entries, again.adjusted) == (0, 0)
+    assert (await store.write(final)).finalized == 0
+
+    assert await store.entries("north") == provisional + adjustment
+    assert await store.adjustments("north") == [(SLOT, 1, "alice")]
+    assert await store.final_slots("north") == [(SLOT, 1)]
+    assert await store.adjustments("south") == [] and await store.final_slots("south") == []
+    assert violations(settlements, readings, await store.entries("north")) == []
+
+
+async def test_a_ledger_written_before_true_up_gets_its_columns_when_opened(ledger_url: str, tmp_path: Path,
+                                                                            request: pytest.FixtureRequest) -> None:
+    """Its entries read as revision 0, none a reversal, and a reversal can be written beside them."""
+    if ledger_url.startswith("memory://"):
+        return  # nothing is kept across processes: there is no older ledger to open
+    store = _store(ledger_url, request)
+    await store.open()
+    await store.write(market_batch())
+    before = await store.entries("north")
+    await store.close()
+    old = [c for c in ENTRY_COLUMNS if c not in ("revision", "reverses")]
+    if ledger_url.startswith("sqlite"):
+        conn = sqlite3.connect(ledger_url.removeprefix("sqlite:///"))
+        rest = [c for c in old if c != "entry_id"]
+        conn.executescript(f"CREATE TABLE old (inserted_seq INTEGER PRIMARY KEY AUTOINCREMENT, entry_id TEXT NOT NULL "
+                           f"UNIQUE, {', '.join(rest)}); INSERT INTO old SELECT inserted_seq, {', '.join(old)} FROM "
+                           "ledger_entries; DROP TABLE ledger_entries; ALTER TABLE old RENAME TO ledger_entries;")
+        conn.close()
+        assert "revision" not in ledger_columns_sqlite(ledger_url)
+    else:
+        pg = await asyncpg.connect(ledger_url)
+        try:
+            await pg.execute("ALTER TABLE ledger_entries DROP COLUMN revision, DROP COLUMN reverses")
+        finally:
+            await pg.close()
+    reopened = _store(ledger_url, request)
+    await reopened.open()
+    try:
+        assert await reopened.entries("north") == before
+        assert all(e.revision == 0 and not e.reverses for e in before)
+        taken_back = dataclasses.replace(before[0], entry_id="r1", revision=1, reverses=True)
+        assert (await reopened.write(RecordBatch(entries=[taken_back]))).entries == 1
+        assert (await reopened.entries("north"))[-1] == taken_back
+    finally:
+        await reopened.close()
+
+
+def ledger_columns_sqlite(url: str) -> set[str]:
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return {str(r[1]) for r in conn.execute("PRAGMA table_info(ledger_entries)")}
+    finally:
+        conn.close()

@@ -55,6 +55,10 @@ SAMPLES: dict[type[t.Message], t.Message] = {
                                  settlements=[SETTLEMENT]),
     t.SlotReconciled: t.SlotReconciled(region="r1", slot=SLOT, reconciled_at_ms=720_000, missing_readings=["p9"],
                                        entries=[ENTRY]),
+    t.SlotAdjusted: t.SlotAdjusted(region="r1", slot=SLOT, revision=1, reading=t.ReadingAccepted(
+        region="r1", participant_id="p9", slot=SLOT, import_wh=500, export_wh={}, self_consumed_wh={},
+        received_at_ms=900_000, late=True), entries=[msgspec.structs.replace(ENTRY, revision=1, reverses=True)]),
+    t.SlotFinalized: t.SlotFinalized(region="r1", slot=SLOT, revisions=1),
     t.SlotRecorded: t.SlotRecorded(region="r1", slot=SLOT, entry_count=1),
     t.SubmitBatch: t.SubmitBatch(region="r1", participant_id="agg1", batch_id="b1", items=[
         t.ParticipantRound(participant_id="p1", cancels=[t.CancelItem(client_order_id="c0", slot=SLOT)],

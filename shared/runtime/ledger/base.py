@@ -83,6 +83,9 @@ class RecordBatch:
     # JSON object (services.participants.scenario.community_record); the first stored stays.
     # A description, not a record of the market: it makes no region.
     communities: Sequence[tuple[str, str]] = ()
+    # (region, slot, revision, participant, entry_count): a true-up revision for that member's late reading
+    adjusted: Sequence[tuple[str, Slot, int, str, int]] = ()
+    finalized: Sequence[tuple[str, Slot, int]] = ()  # (region, slot, revisions): its true-up window closed
 
     def regions(self) -> set[str]:
         return (
@@ -91,6 +94,8 @@ class RecordBatch:
             | {s.region for s in self.settlements}
             | {r for r, _, _ in self.readings}
             | {r for r, _, _ in self.reconciled}
+            | {r for r, _, _, _, _ in self.adjusted}
+            | {r for r, _, _ in self.finalized}
             | {r for r, _, _ in self.cancellations}
             | {r for r, _, _, _ in self.held}
             | {r for r, _, _, _ in self.rounds}
@@ -116,6 +121,8 @@ class WriteResult:
     memberships: int = 0
     agents: int = 0
     connections: int = 0
+    adjusted: int = 0
+    finalized: int = 0
 
 
 class LedgerStore(Protocol):
@@ -143,6 +150,12 @@ class LedgerStore(Protocol):
         """By slot, then participant id."""
 
     async def reconciled_slots(self, region: str) -> list[Slot]: ...
+
+    async def adjustments(self, region: str) -> list[tuple[Slot, int, str]]:
+        """(slot, revision, participant whose late reading it adjusts for), by slot then revision."""
+
+    async def final_slots(self, region: str) -> list[tuple[Slot, int]]:
+        """(slot, revisions) of every slot whose true-up window closed, by slot."""
 
     async def held_slots(self, region: str) -> list[HeldSlot]:
         """Slots held because clearing or reconciliation failed, by slot (replayed ones too:
@@ -230,6 +243,9 @@ def check_types(batch: RecordBatch) -> None:
             _text(what, "settlement_id", e.settlement_id)
         if e.matched_at_ms is not None:
             _whole(what, "matched_at_ms", e.matched_at_ms)
+        _whole(what, "revision", e.revision)
+        if type(e.reverses) is not bool:
+            raise InvalidRecord(f"{what}: reverses must be a bool, got {type(e.reverses).__name__}")
     for region, o in batch.orders:
         what = f"order {o.order_id!r}"
         _text(what, "region", region)
@@ -262,6 +278,18 @@ def check_types(batch: RecordBatch) -> None:
         _text(what, "region", region)
         _slot(what, slot)
         _whole(what, "entry_count", entry_count)
+    for region, slot, revision, pid, entry_count in batch.adjusted:
+        what = f"adjustment {revision} of slot {slot}"
+        _text(what, "region", region)
+        _slot(what, slot)
+        _text(what, "participant_id", pid)
+        _whole(what, "revision", revision)
+        _whole(what, "entry_count", entry_count)
+    for region, slot, revisions in batch.finalized:
+        what = f"final slot {slot}"
+        _text(what, "region", region)
+        _slot(what, slot)
+        _whole(what, "revisions", revisions)
     for region, order_id, slot in batch.cancellations:
         what = f"cancellation of {order_id!r}"
         _text(what, "region", region)
@@ -341,6 +369,15 @@ def check_constraints(batch: RecordBatch) -> None:
     for _, slot, entry_count in batch.reconciled:
         if entry_count < 0:
             fail("reconciled_slots", "entry_count >= 0", str(slot))
+    for _, slot, revision, _, entry_count in batch.adjusted:
+        if revision < 1 or entry_count < 0:
+            fail("slot_adjustments", "revision >= 1, entry_count >= 0", str(slot))
+    for _, slot, revisions in batch.finalized:
+        if revisions < 0:
+            fail("final_slots", "revisions >= 0", str(slot))
+    for e in batch.entries:
+        if e.revision < 0:
+            fail("ledger_entries", "revision >= 0", e.entry_id)
     for _, slot, stage, _ in batch.held:
         if stage not in HELD_STAGES:
             fail("held_slots", "stage in (clearing, reconciliation)", str(slot))

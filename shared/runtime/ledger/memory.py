@@ -39,6 +39,8 @@ class _Tables:
     settlements: dict[tuple[str, str], tuple[int, Settlement]] = field(default_factory=dict)
     readings: dict[tuple[str, str, int, int], Reading] = field(default_factory=dict)
     reconciled: dict[tuple[str, int, int], int] = field(default_factory=dict)
+    adjusted: dict[tuple[str, int, int, int], tuple[str, int]] = field(default_factory=dict)
+    finalized: dict[tuple[str, int, int], int] = field(default_factory=dict)
     cancellations: dict[tuple[str, str], Slot] = field(default_factory=dict)
     held: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)
     rounds: dict[tuple[str, int, int], int] = field(default_factory=dict)
@@ -134,13 +136,23 @@ class MemoryLedgerStore:
             if (region, pid, at_ms) not in t.agents:
                 t.agents[region, pid, at_ms] = agent
                 agents += 1
+        adjusted = 0
+        for region, slot, revision, pid, entry_count in batch.adjusted:
+            if (region, slot.start, slot.end, revision) not in t.adjusted:
+                t.adjusted[region, slot.start, slot.end, revision] = (pid, entry_count)
+                adjusted += 1
+        finalized = 0
+        for region, slot, revisions in batch.finalized:
+            if (region, slot.start, slot.end) not in t.finalized:
+                t.finalized[region, slot.start, slot.end] = revisions
+                finalized += 1
         connections = 0
         for region, pid, import_w, export_w, at_ms in batch.connections:
             if (region, pid, at_ms) not in t.connections:
                 t.connections[region, pid, at_ms] = (import_w, export_w)
                 connections += 1
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds,
-                           memberships, agents, connections)
+                           memberships, agents, connections, adjusted, finalized)
 
     async def entries(self, region: str, start: int | None = None, end: int | None = None) -> list[LedgerEntry]:
         rows = [
@@ -166,6 +178,14 @@ class MemoryLedgerStore:
 
     async def reconciled_slots(self, region: str) -> list[Slot]:
         return sorted(Slot(start, end) for (r, start, end) in self._ready().reconciled if r == region)
+
+    async def adjustments(self, region: str) -> list[tuple[Slot, int, str]]:
+        return [(Slot(start, end), revision, pid)
+                for (r, start, end, revision), (pid, _) in sorted(self._ready().adjusted.items()) if r == region]
+
+    async def final_slots(self, region: str) -> list[tuple[Slot, int]]:
+        return [(Slot(start, end), revisions)
+                for (r, start, end), revisions in sorted(self._ready().finalized.items()) if r == region]
 
     async def held_slots(self, region: str) -> list[HeldSlot]:
         return [HeldSlot(Slot(start, end), stage, error)

@@ -81,6 +81,9 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     matched_at_ms bigint,
     delivered_at  bigint  NOT NULL
 );
+-- Added after the first ledgers were written: a ledger without them gets them here.
+ALTER TABLE ledger_entries ADD COLUMN IF NOT EXISTS revision integer NOT NULL DEFAULT 0 CHECK (revision >= 0);
+ALTER TABLE ledger_entries ADD COLUMN IF NOT EXISTS reverses boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS ledger_entries_by_slot ON ledger_entries (region, slot_start, slot_end, inserted_seq);
 
 CREATE TABLE IF NOT EXISTS orders (
@@ -135,6 +138,24 @@ CREATE TABLE IF NOT EXISTS reconciled_slots (
     slot_start   bigint  NOT NULL,
     slot_end     bigint  NOT NULL CHECK (slot_end > slot_start),
     entry_count  integer NOT NULL CHECK (entry_count >= 0),
+    PRIMARY KEY (region, slot_start, slot_end)
+);
+
+CREATE TABLE IF NOT EXISTS slot_adjustments (  -- a true-up revision of a reconciled slot
+    region          text    NOT NULL,
+    slot_start      bigint  NOT NULL,
+    slot_end        bigint  NOT NULL CHECK (slot_end > slot_start),
+    revision        integer NOT NULL CHECK (revision >= 1),
+    participant_id  text    NOT NULL,  -- whose late reading it adjusts for
+    entry_count     integer NOT NULL CHECK (entry_count >= 0),
+    PRIMARY KEY (region, slot_start, slot_end, revision)
+);
+
+CREATE TABLE IF NOT EXISTS final_slots (  -- a slot whose true-up window closed
+    region       text    NOT NULL,
+    slot_start   bigint  NOT NULL,
+    slot_end     bigint  NOT NULL CHECK (slot_end > slot_start),
+    revisions    integer NOT NULL CHECK (revisions >= 0),
     PRIMARY KEY (region, slot_start, slot_end)
 );
 
@@ -204,6 +225,9 @@ _TYPES = {
     "import_wh": "bigint",
     "received_at_ms": "bigint",
     "entry_count": "integer",
+    "revision": "integer",
+    "revisions": "integer",
+    "reverses": "boolean",
     "round_start": "bigint",
     "fence": "bigint",
     "started_at_ms": "bigint",
@@ -257,6 +281,8 @@ _SETTLEMENTS = _Table("settlements", rows.SETTLEMENT_COLUMNS)
 _READINGS = _Table("meter_readings", rows.READING_COLUMNS)
 _ENTRIES = _Table("ledger_entries", rows.ENTRY_COLUMNS)
 _RECONCILED = _Table("reconciled_slots", rows.RECONCILED_COLUMNS)
+_ADJUSTED = _Table("slot_adjustments", rows.ADJUSTED_COLUMNS)
+_FINALIZED = _Table("final_slots", rows.FINALIZED_COLUMNS)
 _CANCELLATIONS = _Table("order_cancellations", rows.CANCELLATION_COLUMNS)
 _HELD = _Table("held_slots", rows.HELD_COLUMNS)
 _ROUNDS = _Table("rounds", rows.ROUND_COLUMNS)
@@ -333,6 +359,8 @@ class PostgresLedgerStore:
             (_MEMBERSHIPS, list(batch.memberships)),
             (_AGENTS, list(batch.agents)),
             (_CONNECTIONS, list(batch.connections)),
+            (_ADJUSTED, [rows.adjusted_row(*a) for a in batch.adjusted]),
+            (_FINALIZED, [rows.finalized_row(*f) for f in batch.finalized]),
             (_SETTINGS, list(batch.market_settings)),
             (_COMMUNITY, list(batch.communities)),
         )
@@ -349,9 +377,9 @@ class PostgresLedgerStore:
             except asyncpg.DataError as exc:
                 raise InvalidRecord(f"postgresql refused the batch: {exc}") from exc
         (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
-         connections, *_) = counts
+         connections, adjusted, finalized, *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
-                           agents, connections)
+                           agents, connections, adjusted, finalized)
 
     async def _insert(self, conn: Any, table: _Table, values: Sequence[rows.Row]) -> int:
         if not values:
@@ -414,6 +442,16 @@ class PostgresLedgerStore:
             region,
         )
         return [Slot(rows.as_int(row[0]), rows.as_int(row[1])) for row in found]
+
+    async def adjustments(self, region: str) -> list[tuple[Slot, int, str]]:
+        found = await self._fetch("SELECT slot_start, slot_end, revision, participant_id FROM slot_adjustments "
+                                 "WHERE region = $1 ORDER BY slot_start, slot_end, revision", region)
+        return [(Slot(rows.as_int(r[0]), rows.as_int(r[1])), rows.as_int(r[2]), str(r[3])) for r in found]
+
+    async def final_slots(self, region: str) -> list[tuple[Slot, int]]:
+        found = await self._fetch("SELECT slot_start, slot_end, revisions FROM final_slots WHERE region = $1 "
+                                 "ORDER BY slot_start, slot_end", region)
+        return [(Slot(rows.as_int(r[0]), rows.as_int(r[1])), rows.as_int(r[2])) for r in found]
 
     async def held_slots(self, region: str) -> list[HeldSlot]:
         found = await self._fetch(

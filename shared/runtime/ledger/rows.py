@@ -35,6 +35,8 @@ ENTRY_COLUMNS = (
     "settlement_id",
     "matched_at_ms",
     "delivered_at",
+    "revision",
+    "reverses",
 )
 ORDER_COLUMNS = (
     "region",
@@ -76,6 +78,8 @@ READING_COLUMNS = (
     "received_at_ms",
 )
 RECONCILED_COLUMNS = ("region", "slot_start", "slot_end", "entry_count")
+ADJUSTED_COLUMNS = ("region", "slot_start", "slot_end", "revision", "participant_id", "entry_count")
+FINALIZED_COLUMNS = ("region", "slot_start", "slot_end", "revisions")
 CANCELLATION_COLUMNS = ("region", "order_id", "slot_start", "slot_end")
 HELD_COLUMNS = ("region", "slot_start", "slot_end", "stage", "error")
 ROUND_COLUMNS = ("region", "round_start", "fence", "started_at_ms")
@@ -110,6 +114,8 @@ def entry_row(e: LedgerEntry) -> Row:
         e.settlement_id,
         e.matched_at_ms,
         e.delivered_at,
+        e.revision,
+        e.reverses,
     )
 
 
@@ -173,6 +179,14 @@ def cancellation_row(region: str, order_id: str, slot: Slot) -> Row:
     return (region, order_id, slot.start, slot.end)
 
 
+def adjusted_row(region: str, slot: Slot, revision: int, participant_id: str, entry_count: int) -> Row:
+    return (region, slot.start, slot.end, revision, participant_id, entry_count)
+
+
+def finalized_row(region: str, slot: Slot, revisions: int) -> Row:
+    return (region, slot.start, slot.end, revisions)
+
+
 def held_row(region: str, slot: Slot, stage: str, error: str) -> Row:
     return (region, slot.start, slot.end, stage, error)
 
@@ -228,6 +242,8 @@ def entry_from(row: Sequence[object]) -> LedgerEntry:
         settlement_id=optional_text(row[11]),
         matched_at_ms=optional_int(row[12]),
         delivered_at=as_int(row[13]),
+        revision=as_int(row[14]),
+        reverses=bool(row[15]),
     )
 
 

@@ -40,6 +40,9 @@ from shared.runtime.ledger.base import (
 T = TypeVar("T")
 
 _KINDS = ", ".join(f"'{k}'" for k in ENTRY_KINDS)
+# Added after the first ledgers were written: a ledger without them gets them on opening.
+_ENTRY_TRUE_UP_COLUMNS = (("revision", "INTEGER NOT NULL DEFAULT 0 CHECK (revision >= 0)"),
+                          ("reverses", "INTEGER NOT NULL DEFAULT 0 CHECK (reverses IN (0, 1))"))
 
 # Keep in step with docs/ledger-schema.md and postgres.py.
 SCHEMA = f"""
@@ -77,7 +80,9 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     sell_price    TEXT    NOT NULL CHECK (substr(sell_price, 1, 1) <> '-'),
     settlement_id TEXT,
     matched_at_ms INTEGER,
-    delivered_at  INTEGER NOT NULL
+    delivered_at  INTEGER NOT NULL,
+    {_ENTRY_TRUE_UP_COLUMNS[0][0]} {_ENTRY_TRUE_UP_COLUMNS[0][1]},
+    {_ENTRY_TRUE_UP_COLUMNS[1][0]} {_ENTRY_TRUE_UP_COLUMNS[1][1]}
 ) STRICT;
 CREATE INDEX IF NOT EXISTS ledger_entries_by_slot ON ledger_entries (region, slot_start, slot_end, inserted_seq);
 
@@ -133,6 +138,24 @@ CREATE TABLE IF NOT EXISTS reconciled_slots (
     slot_start   INTEGER NOT NULL,
     slot_end     INTEGER NOT NULL CHECK (slot_end > slot_start),
     entry_count  INTEGER NOT NULL CHECK (entry_count >= 0),
+    PRIMARY KEY (region, slot_start, slot_end)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS slot_adjustments (  -- a true-up revision of a reconciled slot
+    region          TEXT    NOT NULL,
+    slot_start      INTEGER NOT NULL,
+    slot_end        INTEGER NOT NULL CHECK (slot_end > slot_start),
+    revision        INTEGER NOT NULL CHECK (revision >= 1),
+    participant_id  TEXT    NOT NULL,  -- whose late reading it adjusts for
+    entry_count     INTEGER NOT NULL CHECK (entry_count >= 0),
+    PRIMARY KEY (region, slot_start, slot_end, revision)
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS final_slots (  -- a slot whose true-up window closed
+    region       TEXT    NOT NULL,
+    slot_start   INTEGER NOT NULL,
+    slot_end     INTEGER NOT NULL CHECK (slot_end > slot_start),
+    revisions    INTEGER NOT NULL CHECK (revisions >= 0),
     PRIMARY KEY (region, slot_start, slot_end)
 ) STRICT;
 
@@ -203,6 +226,8 @@ _INSERT_SETTLEMENT = _insert("settlements", rows.SETTLEMENT_COLUMNS)
 _INSERT_READING = _insert("meter_readings", rows.READING_COLUMNS)
 _INSERT_ENTRY = _insert("ledger_entries", rows.ENTRY_COLUMNS)
 _INSERT_RECONCILED = _insert("reconciled_slots", rows.RECONCILED_COLUMNS)
+_INSERT_ADJUSTED = _insert("slot_adjustments", rows.ADJUSTED_COLUMNS)
+_INSERT_FINALIZED = _insert("final_slots", rows.FINALIZED_COLUMNS)
 _INSERT_CANCELLATION = _insert("order_cancellations", rows.CANCELLATION_COLUMNS)
 _INSERT_HELD = _insert("held_slots", rows.HELD_COLUMNS)
 _INSERT_ROUND = _insert("rounds", rows.ROUND_COLUMNS)
@@ -261,7 +286,16 @@ class SqliteLedgerStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}COMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE;{SCHEMA}")
+            try:
+                have = {str(r[1]) for r in conn.execute("PRAGMA table_info(ledger_entries)")}
+                for column, declared in _ENTRY_TRUE_UP_COLUMNS:
+                    if column not in have:
+                        conn.execute(f"ALTER TABLE ledger_entries ADD COLUMN {column} {declared}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
             (version,) = conn.execute("SELECT max(version) FROM schema_version").fetchone()
             if version != SCHEMA_VERSION:
                 raise RuntimeError(f"{self._path} has ledger schema {version}; this code knows {SCHEMA_VERSION}")
@@ -298,6 +332,8 @@ class SqliteLedgerStore:
             (_INSERT_MEMBERSHIP, list(batch.memberships)),
             (_INSERT_AGENT, list(batch.agents)),
             (_INSERT_CONNECTION, list(batch.connections)),
+            (_INSERT_ADJUSTED, [rows.adjusted_row(*a) for a in batch.adjusted]),
+            (_INSERT_FINALIZED, [rows.finalized_row(*f) for f in batch.finalized]),
             (_INSERT_SETTINGS, list(batch.market_settings)),
             (_INSERT_COMMUNITY, list(batch.communities)),
         )
@@ -323,9 +359,9 @@ class SqliteLedgerStore:
         except sqlite3.IntegrityError as exc:
             raise ConstraintViolation(f"sqlite refused the batch: {exc}") from exc
         (_, orders, settlements, readings, entries, reconciled, cancellations, held, rounds_, members, agents,
-         connections, *_) = counts
+         connections, adjusted, finalized, *_) = counts
         return WriteResult(entries, orders, settlements, readings, reconciled, cancellations, held, rounds_, members,
-                           agents, connections)
+                           agents, connections, adjusted, finalized)
 
     async def _select(self, sql: str, *params: object) -> list[tuple[object, ...]]:
         return await self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -373,6 +409,16 @@ class SqliteLedgerStore:
             region,
         )
         return [Slot(rows.as_int(start), rows.as_int(end)) for start, end in found]
+
+    async def adjustments(self, region: str) -> list[tuple[Slot, int, str]]:
+        found = await self._select("SELECT slot_start, slot_end, revision, participant_id FROM slot_adjustments "
+                                 "WHERE region = ? ORDER BY slot_start, slot_end, revision", region)
+        return [(Slot(rows.as_int(r[0]), rows.as_int(r[1])), rows.as_int(r[2]), str(r[3])) for r in found]
+
+    async def final_slots(self, region: str) -> list[tuple[Slot, int]]:
+        found = await self._select("SELECT slot_start, slot_end, revisions FROM final_slots WHERE region = ? "
+                                 "ORDER BY slot_start, slot_end", region)
+        return [(Slot(rows.as_int(r[0]), rows.as_int(r[1])), rows.as_int(r[2])) for r in found]
 
     async def held_slots(self, region: str) -> list[HeldSlot]:
         found = await self._select(
