@@ -77,16 +77,16 @@ def slot_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settlement
     paid: dict[Slot, Decimal] = defaultdict(Decimal)
     penalties: dict[Slot, Decimal] = defaultdict(Decimal)
     unconsumed: dict[Slot, Decimal] = defaultdict(Decimal)  # paid for, less what the grid paid back
-    for e in entries:
-        by_kind[e.slot][e.kind] += e.quantity_wh
-        exported[e.slot] += e.quantity_wh if _exported(e) else 0
-        paid[e.slot] += amount(e.quantity_wh, e.buy_price) if e.buyer not in (GRID, MARKET) else ZERO
+    for e in entries:  # a true-up's reversals count negative: the net of every revision
+        by_kind[e.slot][e.kind] += e.signed_wh
+        exported[e.slot] += e.signed_wh if _exported(e) else 0
+        paid[e.slot] += e.paid if e.buyer not in (GRID, MARKET) else ZERO
         if e.kind is EntryKind.SHORTFALL_PENALTY:
-            penalties[e.slot] += amount(e.quantity_wh, e.buy_price)
+            penalties[e.slot] += e.paid
         elif e.kind is EntryKind.UNCONSUMED:
-            unconsumed[e.slot] += amount(e.quantity_wh, e.buy_price)
+            unconsumed[e.slot] += e.paid
         elif e.kind is EntryKind.UNCONSUMED_EXPORT:
-            unconsumed[e.slot] -= amount(e.quantity_wh, e.sell_price)
+            unconsumed[e.slot] -= e.received
     traded: dict[Slot, list[Settlement]] = defaultdict(list)
     for s in settlements:
         traded[s.slot].append(s)
@@ -154,11 +154,11 @@ def household_rows(market: MarketSettings, entries: Iterable[LedgerEntry], settl
         energy[s.seller]["p2p_sold_wh"] += s.quantity_wh
     for e in entries:
         if e.kind is EntryKind.GRID_IMPORT:
-            energy[e.buyer]["grid_import_wh"] += e.quantity_wh
+            energy[e.buyer]["grid_import_wh"] += e.signed_wh
         elif _exported(e):
-            energy[e.seller]["grid_export_wh"] += e.quantity_wh
+            energy[e.seller]["grid_export_wh"] += e.signed_wh
         elif e.kind is EntryKind.SHORTFALL:
-            energy[e.seller]["shortfall_wh"] += e.quantity_wh
+            energy[e.seller]["shortfall_wh"] += e.signed_wh
     party_bills = bills(entries)
     rows = []
     for pid in sorted((set(energy) | set(party_bills)) - {GRID, MARKET}):

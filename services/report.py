@@ -29,7 +29,7 @@ async def report(store: LedgerStore, market: MarketSettings) -> tuple[str, bool]
     readings = await store.readings(region)
     total: dict[EntryKind, int] = defaultdict(int)
     for e in entries:
-        total[e.kind] += e.quantity_wh
+        total[e.kind] += e.signed_wh
     traded = sum(s.quantity_wh for s in settlements)
     paid = sum((amount(s.quantity_wh, s.buy_price) for s in settlements), ZERO)
     received = sum((amount(s.quantity_wh, s.sell_price) for s in settlements), ZERO)
@@ -70,6 +70,8 @@ async def report(store: LedgerStore, market: MarketSettings) -> tuple[str, bool]
     lines.append(f"  ledger invariants and re-derivation of {checked.slots} slots, "
                  f"{checked.entries} entries: {verdict}")
     lines += [f"    {p}" for p in checked.problems[:20]]
+    if checked.adjustments or checked.final:
+        lines.append(f"  true-up: {checked.adjustments} late readings adjusted for, {checked.final} slots final")
     if checked.held:
         lines.append(f"  held slots awaiting `microte replay-slot` (nobody is billed for them yet): "
                      f"{len(checked.held)}")

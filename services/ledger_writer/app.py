@@ -28,7 +28,9 @@ def create(settings: Settings) -> Service:
             # (not the answers themselves: that would be a delivery per participant).
             keys.fact(k.ANSWERED): {t.RequestsAnswered: records},
             keys.fact(k.SLOT_CLEARED): {t.SlotCleared: records},
-            keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: records},
+            # A slot's reconciliation, and with a true-up window its adjustments and its end:
+            keys.fact(k.SLOT_RECONCILED): {t.SlotReconciled: records, t.SlotAdjusted: records,
+                                           t.SlotFinalized: records},
             # The round state's record, for a rebuild of Redis (shared.runtime.rebuild):
             keys.fact(k.ROUND_STARTED): {t.RoundStarted: records},
             keys.all_to(k.MEMBERSHIP): {t.MemberJoined: records, t.MemberLeft: records},

@@ -74,6 +74,14 @@ class LedgerWriter:
             # A held slot (m.failure) has no settlements; it is recorded as held once the
             # meter-collector reaches it, so that its readings are all in first.
             return RecordBatch(settlements=settlements_from_wire(m))
+        if isinstance(m, t.SlotAdjusted):  # a true-up: the late reading with the entries it caused
+            slot = slot_from_wire(m.slot)
+            entries = entries_from_wire(m.region, slot, m.entries)
+            return RecordBatch(entries=entries, readings=[(m.region, reading_from_wire(m.reading),
+                                                           m.reading.received_at_ms)],
+                               adjusted=[(m.region, slot, m.revision, m.reading.participant_id, len(entries))])
+        if isinstance(m, t.SlotFinalized):
+            return RecordBatch(finalized=[(m.region, slot_from_wire(m.slot), m.revisions)])
         if isinstance(m, t.SlotReconciled):
             slot = slot_from_wire(m.slot)
             if m.held:
@@ -92,7 +100,7 @@ class LedgerWriter:
         for table in ("entries", "orders", "settlements", "readings", "reconciled"):
             metrics.ledger_rows.labels(region, table).inc(getattr(result, table))
         for slot_region, slot, _count in batch.reconciled:
-            entries = [e for e in batch.entries if e.slot == slot and e.region == slot_region]
+            entries = [e for e in batch.entries if e.slot == slot and e.region == slot_region and not e.revision]
             money = sum((b.received - b.paid for b in bills(entries).values()), ZERO)
             settled = self._settled_wh.pop((slot_region, slot.start, slot.end), 0)
             energy = settled - sum(e.quantity_wh for e in entries if e.kind in _SETTLED)
@@ -103,6 +111,14 @@ class LedgerWriter:
             metrics.slots_recorded.labels(region).inc()
             await self.svc.publish(t.SlotRecorded(region=slot_region, slot=slot_to_wire(slot),
                                                   entry_count=len(entries)), self.svc.keys.fact(SLOT_RECORDED))
+        for slot_region, slot, revision, pid, _ in batch.adjusted:  # every revision balances on its own
+            money = sum((b.received - b.paid for b in bills(
+                e for e in batch.entries if e.slot == slot and e.region == slot_region and e.revision == revision
+            ).values()), ZERO)
+            metrics.ledger_money_imbalance.labels(region).set(float(money))
+            if money:
+                self.svc.log.error("ledger_imbalance", slot=str(slot), revision=revision, money=str(money))
+            self.svc.log.info("slot_adjustment_recorded", slot=str(slot), revision=revision, participant_id=pid)
         for slot_region, slot, stage, _error in batch.held:  # recorded as held: the region goes on
             self.svc.log.error("slot_recorded_as_held", slot=str(slot), stage=stage)
             await self.svc.publish(t.SlotRecorded(region=slot_region, slot=slot_to_wire(slot), entry_count=0),

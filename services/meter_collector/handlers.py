@@ -1,4 +1,9 @@
-"""meter-collector: takes meter readings and reconciles each delivered slot, in order, once."""
+"""meter-collector: takes meter readings and reconciles each delivered slot, in order, once.
+
+With a true-up window (``MICROTE_TRUE_UP_S``) a slot's reconciliation is provisional: a
+reading that arrives later, within the window, is kept and answered only once the
+adjustment it causes is published (``SlotAdjusted``, one revision); when the window has
+closed, every party gets its final statement (``SlotFinalized``)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,16 @@ from collections import Counter, defaultdict
 
 import msgspec
 
-from shared.market import EntryKind, RejectReason, Slot, check_reading, reconcile
+from shared.market import (
+    EntryKind,
+    LedgerEntry,
+    RejectReason,
+    Slot,
+    check_reading,
+    in_true_up_window,
+    reconcile,
+    true_up,
+)
 from shared.messages import decode_as
 from shared.messages import types as t
 from shared.messages.codec import encode
@@ -41,6 +55,12 @@ class MeterCollector:
         self._reconciling = asyncio.Lock()
         self._active: set[str] = set()  # active members, as last read (see _next_ready)
         self._active_at = -1e9
+        self.true_up_s = self.market.true_up_s
+
+    def market_now(self, current: tuple[int, int] | None) -> int:
+        """Market time: the current round's start in simulation; in real time the wall clock too."""
+        start = current[0] if current is not None else 0
+        return max(start, int(time.time())) if self.realtime else start
 
     async def on_readings(self, messages: list[t.SubmitReading | t.SubmitBatch]) -> None:
         """Every reading drained together, single requests and batches alike: checked by the
@@ -63,18 +83,23 @@ class MeterCollector:
         exists, current, _ = await self.state.intake_view(0)
         svc.state_seen(exists, None if current is None else current[0])
         received = now_ms()
+        market_now = self.market_now(current)
         ops: list[ReadingOp] = []
         answers: list[t.ReadingAccepted | t.Rejected] = []
         for m, sender, _ in items:
             answer = self._check(m, current, received)
             answers.append(answer)
             if isinstance(answer, t.ReadingAccepted):
-                ops.append(ReadingOp(m.participant_id, slot_from_wire(m.slot), encode(answer), sender=sender,
-                                     import_wh=answer.import_wh, export_wh=sum(answer.export_wh.values())))
+                slot = slot_from_wire(m.slot)
+                late_ok = in_true_up_window(slot, market_now, self.true_up_s)
+                body = encode(msgspec.structs.replace(answer, late=True) if late_ok else answer)
+                ops.append(ReadingOp(m.participant_id, slot, body, sender=sender, import_wh=answer.import_wh,
+                                     export_wh=sum(answer.export_wh.values()), late_ok=late_ok))
             else:  # the core's refusal stands, unless the participant is unknown
                 ops.append(ReadingOp(m.participant_id, sender=sender))
         members, results = await self.state.apply_readings(ops)
         ready = False
+        adjust: set[Slot] = set()
         for n, ((m, sender, _), op, (status, value)) in enumerate(zip(items, ops, results, strict=True)):
             if status == "not_a_member":
                 answers[n] = self._rejection(m, RejectReason.NOT_A_MEMBER, "join the market first")
@@ -90,11 +115,18 @@ class MeterCollector:
             elif op.body and status == "duplicate":  # the first reading stands: answer with it
                 answers[n] = _as_duplicate(decode_as(value, t.ReadingAccepted))
                 svc.metrics.readings.labels(region, "duplicate").inc()
+            elif op.body and status == "late":  # kept for a true-up: answered once its adjustment is out
+                assert op.slot is not None
+                answers[n] = decode_as(op.body, t.ReadingAccepted)
+                adjust.add(op.slot)
+                svc.metrics.readings.labels(region, "true_up").inc()
             elif op.body and status == "ok":
                 assert current is not None and op.slot is not None
                 late = op.slot.end + self.deadline_s < current[0] + schedule.duration
                 svc.metrics.readings.labels(region, "late" if late else "on_time").inc()
                 ready = ready or int(value) >= members  # cheap test first: the full check once all may be in
+        for slot in sorted(adjust):
+            await self.adjust(slot)
         await self._publish(items, batches, answers)
         if ready:
             await self.reconcile_ready()
@@ -141,7 +173,8 @@ class MeterCollector:
                                                        batch_id=b.batch_id, service=svc.name, answers=mine))
                     for b, mine in zip(batches, per_batch, strict=True)
                     if mine]  # a batch with no readings: nothing to answer here
-        recordable: list[t.Recordable] = [a for a in answers if isinstance(a, t.ReadingAccepted)]
+        # A late reading goes into the ledger with its adjustment (SlotAdjusted), in one transaction.
+        recordable: list[t.Recordable] = [a for a in answers if isinstance(a, t.ReadingAccepted) and not a.late]
         await svc.publish_all([
             *((a, keys.to(p, REJECTED) if isinstance(a, t.Rejected) else keys.to(p, READING_ACCEPTED))
               for p, a in singles),
@@ -162,7 +195,7 @@ class MeterCollector:
         await self.reconcile_ready()
 
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
-        await self.state.drop_delivery(slot_from_wire(m.slot))
+        await self.state.drop_delivery(slot_from_wire(m.slot), keep_inputs=bool(self.true_up_s))
 
     async def tick(self) -> None:
         """Look again every second: a deadline passes, or a member times out, without a message."""
@@ -171,6 +204,8 @@ class MeterCollector:
             await asyncio.sleep(1.0)
             await self.svc.state_ready()
             await self.reconcile_ready()  # a failure restarts the loop (Service._supervise)
+            if self.true_up_s:
+                await self.true_up_due()
 
     async def reconcile_ready(self) -> None:
         """Reconcile every delivered slot that is ready, oldest first, stopping at the first that is not."""
@@ -243,21 +278,11 @@ class MeterCollector:
                                       missing_readings=missing, entries=records,
                                       settled_wh=sum(s.quantity_wh for s in settlements),
                                       readings=[_as_original(a) for a in accepted])
-        by_party: dict[str, list[t.EntryRecord]] = defaultdict(list)
-        for r in records:  # one pass: each party's entries, in the slot's order
-            for p in {r.seller, r.buyer} - {"grid", "market"}:
-                by_party[p].append(r)
-        statements = [t.Statement(region=region, participant_id=p, slot=wire_slot, entries=by_party[p])
-                      for p in sorted(by_party)]
-        direct, bundled = by_agent(statements, await self.state.agents())
-        keys = self.svc.keys
+        stage = "provisional" if self.true_up_s else "final"
         # One batch of confirms: the broker syncs them to disk together.
-        await self.svc.publish_all([
-            (reconciled, keys.fact(SLOT_RECONCILED)),
-            *((s, keys.to(s.participant_id, STATEMENT)) for s in direct),
-            *((t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, statements=mine),
-               keys.to(agent, STATEMENT)) for agent, mine in bundled)])
-        await self.state.finish_reconciling(slot)
+        await self.svc.publish_all([(reconciled, self.svc.keys.fact(SLOT_RECONCILED)),
+                                    *await self._statements(slot, records, stage)])
+        await self.state.finish_reconciling(slot, slot.end + self.true_up_s if self.true_up_s else 0)
         for e in entries:
             if e.kind is EntryKind.GRID_IMPORT:
                 metrics.grid_energy.labels(region, "import").inc(e.quantity_wh * JOULES_PER_WH)
@@ -266,6 +291,85 @@ class MeterCollector:
         self.svc.log.info("slot_reconciled", slot=str(slot), entries=len(entries), missing=len(missing))
         return True
 
+
+    async def _statements(self, slot: Slot, records: list[t.EntryRecord], stage: str
+                          ) -> list[tuple[t.Message, str]]:
+        """Each party's statement of ``records`` (its agent's bundle where it acts through one)."""
+        region, keys, wire_slot = self.svc.region, self.svc.keys, slot_to_wire(slot)
+        by_party: dict[str, list[t.EntryRecord]] = defaultdict(list)
+        for r in records:  # one pass: each party's entries, in the slot's order
+            for p in {r.seller, r.buyer} - {"grid", "market"}:
+                by_party[p].append(r)
+        statements = [t.Statement(region=region, participant_id=p, slot=wire_slot, entries=by_party[p], stage=stage)
+                      for p in sorted(by_party)]
+        direct, bundled = by_agent(statements, await self.state.agents())
+        return [*((s, keys.to(s.participant_id, STATEMENT)) for s in direct),
+                *((t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, statements=mine),
+                   keys.to(agent, STATEMENT)) for agent, mine in bundled)]
+
+    # --- true-up -------------------------------------------------------------------------
+
+    async def _revisions(self, slot: Slot, late: list[t.ReadingAccepted]) -> list[list[LedgerEntry]]:
+        """Every revision of a provisional slot from what it kept: its settlements, the readings
+        of its reconciliation and ``late``, its late readings in the order they came."""
+        raw, stored = await self.state.settlements(slot), await self.state.readings(slot)
+        cleared = decode_as(raw, t.SlotCleared) if raw else None
+        settlements = settlements_from_wire(cleared) if cleared else []
+        readings = [reading_from_wire(decode_as(b, t.ReadingAccepted)) for _, b in sorted(stored.items())]
+        return true_up(region=self.svc.region, slot=slot, settlements=settlements, readings=readings,
+                       late=[reading_from_wire(r) for r in late], grid=self.market.tariff.prices_at(slot.start))
+
+    async def adjust(self, slot: Slot) -> None:
+        """Publish the adjustment of each late reading of ``slot`` that has none yet, in order."""
+        holder = self.svc.instance
+        if not await self.state.lock(f"true-up:{_name(slot)}", holder):
+            return  # another replica is on it; whatever it leaves, the tick finds
+        try:
+            late = [decode_as(b, t.ReadingAccepted) for b in await self.state.late_readings(slot)]
+            done = await self.state.revised(slot)
+            if done < len(late):
+                revisions = await self._revisions(slot, late)
+                for k in range(done + 1, len(late) + 1):
+                    records = [entry_to_wire(e) for e in revisions[k]]
+                    reading = _as_original(late[k - 1])
+                    await self.svc.publish_all([
+                        (t.SlotAdjusted(region=self.svc.region, slot=slot_to_wire(slot), revision=k, reading=reading,
+                                        entries=records), self.svc.keys.fact(SLOT_RECONCILED)),
+                        *await self._statements(slot, records, "adjustment")])
+                    await self.state.set_revised(slot, k)
+                    self.svc.log.info("slot_adjusted", slot=str(slot), revision=k,
+                                      participant_id=reading.participant_id, entries=len(records))
+            await self.state.done_adjusting(slot)
+        finally:
+            await self.state.unlock(f"true-up:{_name(slot)}", holder)
+
+    async def true_up_due(self) -> None:
+        """Adjust for late readings left waiting (a crash), then give the slots whose window
+        has closed their final statements."""
+        for slot in await self.state.to_adjust():
+            await self.adjust(slot)
+        current = await self.state.current_round()
+        for slot in await self.state.due_final(self.market_now(current)):
+            await self.finalize(slot)
+
+    async def finalize(self, slot: Slot) -> None:
+        holder = self.svc.instance
+        if not await self.state.lock(f"true-up:{_name(slot)}", holder):
+            return
+        try:
+            if not await self.state.is_finalizing(slot) and not await self.state.begin_final(slot):
+                return  # a late reading still waits for its adjustment: the next tick
+            late = [decode_as(b, t.ReadingAccepted) for b in await self.state.late_readings(slot)]
+            revisions = await self._revisions(slot, late)
+            records = [entry_to_wire(e) for revision in revisions for e in revision]
+            await self.svc.publish_all([
+                (t.SlotFinalized(region=self.svc.region, slot=slot_to_wire(slot), revisions=len(late)),
+                 self.svc.keys.fact(SLOT_RECONCILED)),
+                *await self._statements(slot, records, "final")])
+            await self.state.end_final(slot)
+            self.svc.log.info("slot_final", slot=str(slot), revisions=len(late))
+        finally:
+            await self.state.unlock(f"true-up:{_name(slot)}", holder)
 
     async def hold(self, slot: Slot, stage: str, error: str) -> None:
         """No entries for the slot until an operator replays it; the readings it has are in
@@ -281,12 +385,13 @@ class MeterCollector:
         await self.state.finish_reconciling(slot)
 
 
+def _name(slot: Slot) -> str:
+    return f"{slot.start}:{slot.end}"
+
+
 def _as_original(stored: t.ReadingAccepted) -> t.ReadingAccepted:
     return msgspec.structs.replace(stored, duplicate=False)
 
 
 def _as_duplicate(stored: t.ReadingAccepted) -> t.ReadingAccepted:
-    return t.ReadingAccepted(region=stored.region, participant_id=stored.participant_id, slot=stored.slot,
-                             import_wh=stored.import_wh, export_wh=stored.export_wh,
-                             self_consumed_wh=stored.self_consumed_wh, received_at_ms=stored.received_at_ms,
-                             duplicate=True)
+    return msgspec.structs.replace(stored, duplicate=True)

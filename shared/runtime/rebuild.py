@@ -15,6 +15,9 @@ with ``RegionState.restore``, generation last. The services then go on where the
   orders hold against their members' connections;
 - with a spending limit, what each member's bids cost per local day, from the current
   round's day on;
+- with a true-up window, every reconciled slot not yet final (whose window ended at most a
+  day before the current round): its clearing, the readings of its reconciliation, its late
+  readings in their order, each adjusted for already, and the end of its window;
 - the readings of every slot not yet reconciled;
 - the clearing of every slot whose gate closed before the current round and which is not
   yet reconciled, cleared again from its book (deterministic: the same bytes); the slot
@@ -30,7 +33,9 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from shared.market import Order, Side, Slot, clear
+import msgspec
+
+from shared.market import Order, Reading, Side, Slot, clear
 from shared.market.numbers import spend_units
 from shared.market.timezones import zone
 from shared.messages import encode
@@ -79,6 +84,9 @@ async def snapshot(store: LedgerStore, market: MarketSettings) -> Snapshot:
             accepted = reading_to_wire(r, region=region, received_at_ms=0)
             snap.readings.setdefault(r.slot, {})[r.participant_id] = encode(accepted)
 
+    if market.true_up_s:
+        await _provisional(store, market, snap, orders, cancelled)
+
     # Slots cleared in an earlier round and not yet reconciled: the meter-collector needs
     # their clearing. Each is cleared again from its book, exactly as the matcher did.
     d = schedule.duration
@@ -99,6 +107,35 @@ def _commit(shares: dict[str, str], o: Order, connection: tuple[int | None, int 
     total = int(shares.get(f"{o.participant_id}|{side}", "0")) + o.quantity_wh
     shares[f"{o.participant_id}|{side}"] = str(total)
     shares[f"#{o.order_id}"] = f"{side}{o.quantity_wh}"
+
+
+async def _provisional(store: LedgerStore, market: MarketSettings, snap: Snapshot, orders: list[Order],
+                       cancelled: set[str]) -> None:
+    """The reconciled slots still open to true-up, as the meter-collector keeps them."""
+    region, window = market.region, market.true_up_s
+    assert snap.round_start is not None
+    final = {slot for slot, _ in await store.final_slots(region)}
+    held = {h.slot for h in await store.held_slots(region)}
+    kept = [s for s in await store.reconciled_slots(region)
+            if s not in final and s not in held and s.end + window >= snap.round_start - 86400]
+    if not kept:
+        return
+    late_ids: dict[Slot, list[str]] = defaultdict(list)
+    for slot, _, pid in await store.adjustments(region):
+        late_ids[slot].append(pid)
+    readings: dict[Slot, dict[str, Reading]] = defaultdict(dict)
+    for r in await store.readings(region):
+        readings[r.slot][r.participant_id] = r
+    for slot in kept:
+        snap.provisional[slot] = slot.end + window
+        snap.kept_cleared[slot] = encode(_cleared(market, slot, [o for o in orders if o.slot == slot
+                                                                 and o.order_id not in cancelled]))
+        late = late_ids.get(slot, [])
+        mine = readings.get(slot, {})
+        snap.kept_readings[slot] = {pid: encode(reading_to_wire(r, region=region, received_at_ms=0))
+                                    for pid, r in mine.items() if pid not in late}
+        snap.late[slot] = [(pid, encode(msgspec.structs.replace(
+            reading_to_wire(mine[pid], region=region, received_at_ms=0), late=True))) for pid in late if pid in mine]
 
 
 def _spend(market: MarketSettings, round_start: int, orders: list[Order]) -> dict[str, dict[str, str]]:

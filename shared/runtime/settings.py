@@ -33,6 +33,10 @@ class MarketSettings:
     rule: PricingRule = PricingRule.MIDPOINT
     price_cap: Decimal = Decimal("10")
     reading_deadline_s: int = 120
+    # A reading that arrives after its slot was reconciled, within this many seconds of the
+    # slot's end (market time), is a true-up: its adjustment is appended. 0: none; a slot's
+    # reconciliation is final at once.
+    true_up_s: int = 0
     member_timeout_s: int = 300
     # What one participant may send (order-intake): orders per slot (cancelled ones count),
     # and orders and cancels per second with a burst (0 per second: no rate limit).
@@ -149,6 +153,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             rule=PricingRule(_get(e, "PRICING_RULE", "midpoint")),
             price_cap=check_price_cap(_decimal(e, "PRICE_CAP", "10")),
             reading_deadline_s=int(_get(e, "READING_DEADLINE_S", "120")),
+            true_up_s=_not_negative(int(_get(e, "TRUE_UP_S", "0")), "TRUE_UP_S"),
             member_timeout_s=int(_get(e, "MEMBER_TIMEOUT_S", "300")),
             max_orders_per_slot=_positive(e, "MAX_ORDERS_PER_SLOT", 100),
             max_requests_per_s=_not_negative(_decimal(e, "MAX_REQUESTS_PER_S", "0"), "MAX_REQUESTS_PER_S"),

@@ -193,13 +193,16 @@ return 0
 
 # Every reading drained together, in one call. A reading is refused once its slot's
 # reconciliation has begun, so no accepted reading is left out of the slot it belongs to.
-# KEYS: gen, members, agents, reconciled-up-to, connections, then the keys the ops name by
-# index. ARGV: ops of 10 fields: kind ('r' a reading, 'm' membership only), participant,
-# sender (the agent that sent its batch; '' for the participant itself), readings key
-# index, claim key index, slot end, body, import Wh, export Wh (all sources), the slot's
-# seconds (for the member's connection, KEYS[5]).
+# KEYS: gen, members, agents, reconciled-up-to, connections, the provisional slots (a sorted
+# set: slot -> end of its true-up window), the slots with late readings to adjust for, then
+# the keys the ops name by index. ARGV: ops of 14 fields: kind ('r' a reading, 'm'
+# membership only), participant, sender (the agent that sent its batch; '' for the
+# participant itself), readings key index, claim key index, slot end, body, import Wh,
+# export Wh (all sources), the slot's seconds (for the member's connection, KEYS[5]), late
+# readings key index, their order's key index, '1' when a reading of a reconciled slot may
+# still come as a true-up, the slot ('start:end').
 # Answers: 'ok', the member count, then a status and a value per op (for 'ok' the slot's
-# reading count, for 'duplicate' the reading that stands).
+# reading count, for 'duplicate' the reading that stands; 'late': kept for a true-up).
 _READINGS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 local out = {'ok', tostring(redis.call('HLEN', KEYS[2]))}
@@ -211,19 +214,29 @@ local function beyond(pid, import_wh, export_wh, seconds)  -- more than the memb
   if import_w ~= nil and import_w ~= '' and import_wh * 3600 > tonumber(import_w) * seconds then return true end
   return export_w ~= nil and export_w ~= '' and export_wh * 3600 > tonumber(export_w) * seconds
 end
-for i = 1, #ARGV, 10 do
+for i = 1, #ARGV, 14 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local readings, claim = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
+  local late, late_order = KEYS[tonumber(ARGV[i + 10])], KEYS[tonumber(ARGV[i + 11])]
   local status, value = nil, ''
   if sender ~= '' and pid ~= sender and redis.call('HGET', KEYS[3], pid) ~= sender then status = 'not_entitled'
   elseif redis.call('HEXISTS', KEYS[2], pid) == 0 then status = 'not_a_member'
   elseif kind == 'm' then status = 'ok'
   else
-    local stored = redis.call('HGET', readings, pid)
+    local stored = redis.call('HGET', readings, pid) or redis.call('HGET', late, pid)
     if stored then status, value = 'duplicate', stored  -- accepted before: say so again
-    elseif upto >= tonumber(ARGV[i + 5]) or redis.call('EXISTS', claim) == 1 then status = 'reconciled'
     elseif beyond(pid, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])) then
       status = 'beyond_connection'
+    elseif upto >= tonumber(ARGV[i + 5]) or redis.call('EXISTS', claim) == 1 then
+      -- reconciled, or being reconciled: a true-up while the slot's window is open, else too late
+      if ARGV[i + 12] == '1' and redis.call('ZSCORE', KEYS[6], ARGV[i + 13]) then
+        redis.call('HSET', late, pid, ARGV[i + 6])
+        redis.call('RPUSH', late_order, pid)
+        redis.call('SADD', KEYS[7], ARGV[i + 13])
+        status = 'late'
+      else
+        status = 'reconciled'
+      end
     else
       redis.call('HSET', readings, pid, ARGV[i + 6])
       status, value = 'ok', tostring(redis.call('HLEN', readings))
@@ -251,23 +264,46 @@ redis.call('SET', KEYS[1], 'claimed')
 return 'new'
 """
 
-# "done" only while the claim exists: the slot may be recorded and cleaned up already.
+# "done" only while the claim exists: the slot may be recorded and cleaned up already. With
+# a true-up window (ARGV[2], its end; 0: none), the slot becomes provisional (KEYS[4]).
 _FINISH_RECONCILE = """
 redis.call('SET', KEYS[1], 'done', 'XX')
 redis.call('DEL', KEYS[3])
 local wm = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[2], ARGV[1]) end
+if tonumber(ARGV[2]) > 0 then redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[3]) end
 return 1
+"""
+
+# A provisional slot's window closed: it is final once every late reading it kept has its
+# adjustment (its revision count equals its late readings). Then no reading comes late any
+# more (it leaves the provisional set) and its final statements are due (it is finalizing).
+_BEGIN_FINAL = """
+if redis.call('LLEN', KEYS[1]) ~= tonumber(redis.call('GET', KEYS[2]) or '0') then return 0 end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SREM', KEYS[5], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1
+"""
+
+# Every late reading kept for the slot has its adjustment: nothing more to adjust.
+_DONE_ADJUSTING = """
+if redis.call('LLEN', KEYS[1]) == tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
 """
 
 # The ledger recorded the slot (SlotRecorded): drop what reconciling it needed, and count it
 # reconciled. A meter-collector that published the slot's SlotReconciled but lost Redis
 # before finish_reconciling would otherwise come back to a slot whose inputs are gone, and
 # wait for its clearing for ever.
+# KEYS: what to delete, then the watermark.
 _DROP_DELIVERY = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-local wm = tonumber(redis.call('GET', KEYS[5]) or '-1')
-if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[5], ARGV[1]) end
+redis.call('DEL', unpack(KEYS, 1, #KEYS - 1))
+local wm = tonumber(redis.call('GET', KEYS[#KEYS]) or '-1')
+if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[#KEYS], ARGV[1]) end
 return 1
 """
 
@@ -288,6 +324,12 @@ class Snapshot:
     committed: dict[Slot, dict[str, str]] = field(default_factory=dict)
     # per local day from the current round's on, what bids may cost: '<member>' -> units, '#<order id>' -> units
     spend: dict[str, dict[str, str]] = field(default_factory=dict)
+    # provisional slots (reconciled, true-up window open or not yet final): the end of the
+    # window, the SlotCleared and the readings of the reconciliation, and the late readings in order
+    provisional: dict[Slot, int] = field(default_factory=dict)
+    kept_cleared: dict[Slot, bytes] = field(default_factory=dict)
+    kept_readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)
+    late: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)
     books: dict[Slot, list[tuple[str, bytes]]] = field(default_factory=dict)  # order id -> OrderAccepted
     client_ids: dict[Slot, dict[str, str]] = field(default_factory=dict)  # participant/client id -> order id
     readings: dict[Slot, dict[str, bytes]] = field(default_factory=dict)  # participant -> ReadingAccepted
@@ -372,6 +414,7 @@ class ReadingOp:
     sender: str = ""  # the agent that sent its batch; "" for the participant itself
     import_wh: int = 0  # what the reading says, for the member's connection
     export_wh: int = 0  # every source together
+    late_ok: bool = False  # its slot's true-up window is open: kept as a late reading if reconciled
 
 
 # Per op: (status, value). Orders: ok, duplicate (value: the order that stands), cancelled
@@ -401,6 +444,11 @@ def _s(slot: Slot) -> str:
     return f"{slot.start}:{slot.end}"
 
 
+def _slot(name: bytes | str) -> Slot:
+    start, end = (name.decode() if isinstance(name, bytes) else name).split(":")
+    return Slot(int(start), int(end))
+
+
 class RegionState:
     def __init__(self, redis: Redis, region: str) -> None:
         self.redis = redis
@@ -413,6 +461,8 @@ class RegionState:
         self._readings = redis.register_script(_READINGS)
         self._claim = redis.register_script(_CLAIM)
         self._finish_reconcile = redis.register_script(_FINISH_RECONCILE)
+        self._begin_final = redis.register_script(_BEGIN_FINAL)
+        self._done_adjusting = redis.register_script(_DONE_ADJUSTING)
         self._drop_delivery = redis.register_script(_DROP_DELIVERY)
 
     def key(self, *parts: str) -> str:
@@ -497,6 +547,18 @@ class RegionState:
             pipe.set(k("claim", "clear", _s(slot)), "done")
         for slot in snapshot.recorded:
             pipe.set(k("recorded", _s(slot)), 1, ex=86400)
+        for slot, window_end in snapshot.provisional.items():
+            s = _s(slot)
+            pipe.zadd(k("provisional"), {s: window_end})
+            if slot in snapshot.kept_cleared:
+                pipe.set(k("settled", s), snapshot.kept_cleared[slot])
+            if snapshot.kept_readings.get(slot):
+                pipe.hset(k("readings", s), mapping=dict[Any, Any](snapshot.kept_readings[slot]))
+            late = snapshot.late.get(slot, [])
+            if late:
+                pipe.hset(k("late", s), mapping=dict[Any, Any](dict(late)))
+                pipe.rpush(k("late-order", s), *[pid for pid, _ in late])
+                pipe.set(k("revised", s), len(late))
         pipe.set(k("gen"), token)
         await pipe.execute()
 
@@ -684,17 +746,18 @@ class RegionState:
     async def apply_readings(self, ops: list[ReadingOp]) -> tuple[int, OpResults]:
         """Every reading in one atomic script: the member count, and each op's result."""
         named = _KeyList(self.key("gen"), self.key("members"), self.key("agents"), self.key("done", "reconcile"),
-                         self.key("connections"))
+                         self.key("connections"), self.key("provisional"), self.key("to-adjust"))
 
         args: list[Any] = []
         for op in ops:
             if op.slot is None or not op.body:
-                args += ["m", op.participant_id, op.sender, 1, 1, 0, "", 0, 0, 0]
+                args += ["m", op.participant_id, op.sender, 1, 1, 0, "", 0, 0, 0, 1, 1, "0", ""]
                 continue
-            readings = named(self.key("readings", _s(op.slot)))
-            claim = named(self.key("claim", "reconcile", _s(op.slot)))
+            s = _s(op.slot)
+            readings, claim = named(self.key("readings", s)), named(self.key("claim", "reconcile", s))
+            late, order = named(self.key("late", s)), named(self.key("late-order", s))
             args += ["r", op.participant_id, op.sender, readings, claim, op.slot.end, op.body, op.import_wh,
-                     op.export_wh, op.slot.seconds]
+                     op.export_wh, op.slot.seconds, late, order, "1" if op.late_ok else "0", s]
         found = await self._readings(keys=named.keys, args=args)
         results = self._results([found[0], *found[2:]])
         assert results is not None
@@ -729,10 +792,12 @@ class RegionState:
         await self.redis.set(self.key("claim", "clear", _s(slot)), "done", xx=True)
         await self.redis.delete(self.key("holder", "clear", _s(slot)))
 
-    async def finish_reconciling(self, slot: Slot) -> None:
+    async def finish_reconciling(self, slot: Slot, window_end: int = 0) -> None:
+        """The slot is reconciled; with ``window_end`` (> 0) it is provisional until then."""
         await self._finish_reconcile(
             keys=[self.key("claim", "reconcile", _s(slot)), self.key("done", "reconcile"),
-                  self.key("holder", "reconcile", _s(slot))], args=[slot.end]
+                  self.key("holder", "reconcile", _s(slot)), self.key("provisional")],
+            args=[slot.end, window_end, _s(slot)]
         )
 
     async def reconciled_upto(self) -> int | None:
@@ -764,13 +829,79 @@ class RegionState:
     async def settlements(self, slot: Slot) -> bytes | None:
         return cast(bytes | None, await self.redis.get(self.key("settled", _s(slot))))
 
-    async def drop_delivery(self, slot: Slot) -> None:
+    async def drop_delivery(self, slot: Slot, *, keep_inputs: bool = False) -> None:
         """The ledger recorded ``slot``: its readings, settlements and claim go, and the
-        slot counts as reconciled (``reconciled_upto`` never moves back)."""
+        slot counts as reconciled (``reconciled_upto`` never moves back). ``keep_inputs``:
+        its readings and settlements stay for a true-up (``end_final`` drops them)."""
         s = _s(slot)
+        inputs = [] if keep_inputs else [self.key("readings", s), self.key("settled", s)]
         await self._drop_delivery(
-            keys=[self.key("readings", s), self.key("settled", s), self.key("claim", "reconcile", s),
-                  self.key("holder", "reconcile", s), self.key("done", "reconcile")], args=[slot.end])
+            keys=[*inputs, self.key("claim", "reconcile", s), self.key("holder", "reconcile", s),
+                  self.key("done", "reconcile")], args=[slot.end])
+
+    # --- true-up ---------------------------------------------------------------------------
+    # A provisional slot keeps its readings and settlements, and its late readings in the
+    # order they came ('late' and 'late-order'), and how many of them have their adjustment
+    # ('revised'), until its window closes and its final statements are out.
+
+    async def late_readings(self, slot: Slot) -> list[bytes]:
+        """The slot's late readings, in the order they came."""
+        s = _s(slot)
+        order = await cast(Awaitable[list[bytes]], self.redis.lrange(self.key("late-order", s), 0, -1))
+        if not order:
+            return []
+        found = await cast(Awaitable[list[bytes | None]], self.redis.hmget(self.key("late", s), order))
+        return [body for body in found if body is not None]
+
+    async def revised(self, slot: Slot) -> int:
+        """How many of the slot's late readings have their adjustment published."""
+        value = await self.redis.get(self.key("revised", _s(slot)))
+        return 0 if value is None else int(value)
+
+    async def set_revised(self, slot: Slot, revision: int) -> None:
+        await self.redis.set(self.key("revised", _s(slot)), revision)
+
+    async def to_adjust(self) -> list[Slot]:
+        """Slots with late readings whose adjustments are not all published."""
+        return sorted(_slot(s) for s in await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("to-adjust"))))
+
+    async def done_adjusting(self, slot: Slot) -> bool:
+        s = _s(slot)
+        return bool(await self._done_adjusting(
+            keys=[self.key("late-order", s), self.key("revised", s), self.key("to-adjust")], args=[s]))
+
+    async def due_final(self, market_now: int) -> list[Slot]:
+        """Provisional slots whose window has closed by ``market_now``, and those whose final
+        statements were begun and not yet ended (a crash), oldest first."""
+        closed = await cast(Awaitable[list[bytes]], self.redis.zrangebyscore(self.key("provisional"), "-inf",
+                                                                             market_now))
+        begun = await cast(Awaitable[set[bytes]], self.redis.smembers(self.key("finalizing")))
+        return sorted({_slot(s) for s in [*closed, *begun]})
+
+    async def is_finalizing(self, slot: Slot) -> bool:
+        return bool(await self.redis.sismember(self.key("finalizing"), _s(slot)))
+
+    async def begin_final(self, slot: Slot) -> bool:
+        """Close the slot to late readings; False while one still waits for its adjustment."""
+        s = _s(slot)
+        return bool(await self._begin_final(
+            keys=[self.key("late-order", s), self.key("revised", s), self.key("provisional"), self.key("finalizing"),
+                  self.key("to-adjust")], args=[s]))
+
+    async def end_final(self, slot: Slot) -> None:
+        """The final statements are out: whatever the slot kept for its true-up goes."""
+        s = _s(slot)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key("readings", s), self.key("settled", s), self.key("late", s), self.key("late-order", s),
+                    self.key("revised", s))
+        pipe.srem(self.key("finalizing"), s)
+        await pipe.execute()
+
+    async def lock(self, name: str, holder: str, ttl_ms: int = CLAIM_LEASE_MS) -> bool:
+        return bool(await self.redis.set(self.key("lock", name), holder, nx=True, px=ttl_ms))
+
+    async def unlock(self, name: str, holder: str) -> None:
+        await self._release(keys=[self.key("lock", name)], args=[holder])
 
     async def key_count(self) -> int:
         count = 0

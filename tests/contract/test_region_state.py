@@ -11,7 +11,9 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import Redis
 
-from shared.market import Slot
+from shared.market import Reading, Slot
+from shared.messages import decode_as
+from shared.messages import types as t
 from shared.runtime.ledger import RecordBatch
 from shared.runtime.ledger.memory import MemoryLedgerStore
 from shared.runtime.rebuild import snapshot
@@ -441,3 +443,33 @@ async def test_a_members_bids_for_one_day_stay_within_its_spending_limit(state: 
     assert (await state.apply_intake([cancel], round_start=600, now_ms=0, limits=limits) or [])[0][0] == "ok"
     found = await state.apply_intake([bid("b5", 100_000), bid("b6", 1)], round_start=600, now_ms=0, limits=limits)
     assert [status for status, _ in found or []] == ["ok", "beyond_spend_limit"]
+
+
+async def test_a_rebuilt_state_keeps_provisional_slots_open_to_true_up_with_their_late_readings(
+        state: RegionState) -> None:
+    """Redis lost during a true-up window: the slot's inputs, its late reading (adjusted for
+    already) and its window come back; another late reading is kept; the slot is due final
+    when the window ends, and a slot final already is not kept."""
+    store = MemoryLedgerStore()
+    await store.open()
+    region, slot, done = state.region, Slot(600, 660), Slot(540, 600)
+    readings = [(region, Reading("b", slot, import_wh=10), 1), (region, Reading("s", slot, export_wh={"solar": 5}), 2)]
+    await store.write(RecordBatch(rounds=[(region, 660, 1, 0)], memberships=[(region, p, "joined", 1) for p in "bsxq"],
+                                  readings=readings, reconciled=[(region, slot, 1), (region, done, 0)],
+                                  adjusted=[(region, slot, 1, "s", 0)], finalized=[(region, done, 0)]))
+    await state.forget_everything()
+    await state.restore(await snapshot(store, MarketSettings(region=region, true_up_s=3600)), "g1", 0)
+
+    assert list(await state.readings(slot)) == ["b"]
+    assert [decode_as(b, t.ReadingAccepted).participant_id for b in await state.late_readings(slot)] == ["s"]
+    assert await state.revised(slot) == 1 and await state.settlements(slot) is not None
+    assert await state.due_final(slot.end + 3599) == [] and await state.due_final(slot.end + 3600) == [slot]
+    _, found = await state.apply_readings([ReadingOp("x", slot, b"late-x", late_ok=True)])
+    assert found[0][0] == "late" and await state.to_adjust() == [slot]
+    assert not await state.begin_final(slot)  # x's adjustment is not out yet
+    await state.set_revised(slot, 2)
+    assert await state.done_adjusting(slot) and await state.begin_final(slot)
+    _, found = await state.apply_readings([ReadingOp("q", slot, b"too-late", late_ok=True)])
+    assert found[0][0] == "reconciled"  # closed to late readings
+    await state.end_final(slot)
+    assert await state.late_readings(slot) == [] and await state.due_final(10**10) == []

@@ -38,6 +38,7 @@ from shared.market import (
     SOURCES,
     Bill,
     EntryKind,
+    GridPrices,
     LedgerEntry,
     Order,
     OrderTerms,
@@ -59,6 +60,7 @@ from shared.market import (
     parse_price,
     price_to_ticks,
     reconcile,
+    true_up,
     validate_order,
     violations,
 )
@@ -1096,7 +1098,7 @@ def test_reading_bounds_of_section_6() -> None:
 
 def test_every_example_marker_is_tested() -> None:
     known = {"timeline", "order-ids", "matching-book", "reconciliation-setup", "tariff-defaults",
-             "tariff-time-of-use", "matching-uniform-limits"}
+             "tariff-time-of-use", "matching-uniform-limits", "true-up"}
     known |= {f"matching-{rule.value}" for rule in PricingRule}
     known |= {f"reconciliation-{label}" for label in RECONCILIATION_LABELS}
     assert sorted(m.group(1) for m in MARKER.finditer(DOC)) == sorted(known)
@@ -1104,3 +1106,30 @@ def test_every_example_marker_is_tested() -> None:
     headings = re.findall(r"^### `(\w+)`$", section(5), re.M)
     assert sorted(headings) == sorted(rule.value for rule in PricingRule)
     assert set(CLAIMS) <= set(RECONCILIATION_LABELS)
+
+
+# --- section 7: true-up --------------------------------------------------------------------
+
+
+def test_true_up_example() -> None:
+    block = example("true-up")
+    text = prose(block)
+    assert "alice sold bob 1000 Wh of solar at 0.1000 in slot [600, 660)" in text
+    slot, grid = Slot(600, 660), GridPrices(buy_price=Decimal("0.1449"), sell_price=Decimal("0.069"))
+    sold = Settlement(settlement_id="s", region="r1", slot=slot, source="solar", buyer="bob", seller="alice",
+                      bid_id="b", ask_id="a", quantity_wh=1000, buy_price=Decimal("0.1000"),
+                      sell_price=Decimal("0.1000"), matched_at_ms=0)
+    revisions = true_up(region="r1", slot=slot, settlements=[sold], readings=[Reading("bob", slot, import_wh=1000)],
+                        late=[Reading("alice", slot, export_wh={"solar": 1000})], grid=grid)
+    built = [(str(e.revision), e.kind.value, f"{e.seller} → {e.buyer}", str(e.quantity_wh), e.buy_price,
+              "yes" if e.reverses else "") for revision in revisions for e in revision]
+    shown = [(r["revision"], r["kind"], r["seller → buyer"], r["Wh"], Decimal(r["price"]), r["reverses"])
+             for r in table(block, "revision")]
+    assert shown == built
+    for k, revision in enumerate(revisions):
+        stated = re.search(rf"Revision {k}: (.*?\$)\.", text)
+        assert stated, f"the money of revision {k}"
+        money = {party: Decimal(value.replace("−", "-").replace("+", ""))
+                 for party, value in re.findall(r"(\w+) ([−+]?[\d.]+) \$", stated.group(1))}
+        net = {p: b.received - b.paid for p, b in bills(revision).items()}
+        assert money == {p: net.get(p, Decimal(0)) for p in money} and set(money) >= {p for p, v in net.items() if v}
