@@ -37,6 +37,7 @@ from shared.messages.convert import (
     slot_to_wire,
 )
 from shared.runtime.metrics import JOULES_PER_WH
+from shared.runtime.outages import HeldElsewhere, is_outage
 from shared.runtime.service import Service, now_ms
 from shared.runtime.state import ReadingOp
 from shared.runtime.topology import ANSWERED, BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
@@ -91,10 +92,9 @@ class MeterCollector:
             answers.append(answer)
             if isinstance(answer, t.ReadingAccepted):
                 slot = slot_from_wire(m.slot)
-                late_ok = in_true_up_window(slot, market_now, self.true_up_s)
-                body = encode(msgspec.structs.replace(answer, late=True) if late_ok else answer)
-                ops.append(ReadingOp(m.participant_id, slot, body, sender=sender, import_wh=answer.import_wh,
-                                     export_wh=sum(answer.export_wh.values()), late_ok=late_ok))
+                ops.append(ReadingOp(m.participant_id, slot, encode(answer), sender=sender,
+                                     import_wh=answer.import_wh, export_wh=sum(answer.export_wh.values()),
+                                     late_ok=in_true_up_window(slot, market_now, self.true_up_s)))
             else:  # the core's refusal stands, unless the participant is unknown
                 ops.append(ReadingOp(m.participant_id, sender=sender))
         members, results = await self.state.apply_readings(ops)
@@ -115,18 +115,20 @@ class MeterCollector:
             elif op.body and status == "duplicate":  # the first reading stands: answer with it
                 answers[n] = _as_duplicate(decode_as(value, t.ReadingAccepted))
                 svc.metrics.readings.labels(region, "duplicate").inc()
-            elif op.body and status == "late":  # kept for a true-up: answered once its adjustment is out
-                assert op.slot is not None
-                answers[n] = decode_as(op.body, t.ReadingAccepted)
+            elif op.body and status in ("late", "late_duplicate"):  # kept for a true-up: answered (late) once
+                assert op.slot is not None                              # its adjustment is published
+                kept = decode_as(value if status == "late_duplicate" else op.body, t.ReadingAccepted)
+                answers[n] = msgspec.structs.replace(kept, late=True, duplicate=status == "late_duplicate")
                 adjust.add(op.slot)
-                svc.metrics.readings.labels(region, "true_up").inc()
+                svc.metrics.readings.labels(region, "true_up" if status == "late" else "duplicate").inc()
             elif op.body and status == "ok":
                 assert current is not None and op.slot is not None
                 late = op.slot.end + self.deadline_s < current[0] + schedule.duration
                 svc.metrics.readings.labels(region, "late" if late else "on_time").inc()
                 ready = ready or int(value) >= members  # cheap test first: the full check once all may be in
         for slot in sorted(adjust):
-            await self.adjust(slot)
+            if not await self.adjust(slot):  # a late reading is answered only once its adjustment is out
+                raise HeldElsewhere(f"another meter-collector is truing up slot {slot}")
         await self._publish(items, batches, answers)
         if ready:
             await self.reconcile_ready()
@@ -195,7 +197,8 @@ class MeterCollector:
         await self.reconcile_ready()
 
     async def on_slot_recorded(self, m: t.SlotRecorded) -> None:
-        await self.state.drop_delivery(slot_from_wire(m.slot), keep_inputs=bool(self.true_up_s))
+        slot = slot_from_wire(m.slot)
+        await self.state.drop_delivery(slot, window_end=slot.end + self.true_up_s if self.true_up_s else 0)
 
     async def tick(self) -> None:
         """Look again every second: a deadline passes, or a member times out, without a message."""
@@ -319,11 +322,12 @@ class MeterCollector:
         return true_up(region=self.svc.region, slot=slot, settlements=settlements, readings=readings,
                        late=[reading_from_wire(r) for r in late], grid=self.market.tariff.prices_at(slot.start))
 
-    async def adjust(self, slot: Slot) -> None:
-        """Publish the adjustment of each late reading of ``slot`` that has none yet, in order."""
+    async def adjust(self, slot: Slot) -> bool:
+        """Publish the adjustment of each late reading of ``slot`` that has none yet, in order;
+        False when another replica holds the slot (it publishes them; the tick looks again)."""
         holder = self.svc.instance
         if not await self.state.lock(f"true-up:{_name(slot)}", holder):
-            return  # another replica is on it; whatever it leaves, the tick finds
+            return False
         try:
             late = [decode_as(b, t.ReadingAccepted) for b in await self.state.late_readings(slot)]
             done = await self.state.revised(slot)
@@ -331,7 +335,7 @@ class MeterCollector:
                 revisions = await self._revisions(slot, late)
                 for k in range(done + 1, len(late) + 1):
                     records = [entry_to_wire(e) for e in revisions[k]]
-                    reading = _as_original(late[k - 1])
+                    reading = msgspec.structs.replace(late[k - 1], duplicate=False, late=True)
                     await self.svc.publish_all([
                         (t.SlotAdjusted(region=self.svc.region, slot=slot_to_wire(slot), revision=k, reading=reading,
                                         entries=records), self.svc.keys.fact(SLOT_RECONCILED)),
@@ -340,25 +344,32 @@ class MeterCollector:
                     self.svc.log.info("slot_adjusted", slot=str(slot), revision=k,
                                       participant_id=reading.participant_id, entries=len(records))
             await self.state.done_adjusting(slot)
+            return True
         finally:
             await self.state.unlock(f"true-up:{_name(slot)}", holder)
 
     async def true_up_due(self) -> None:
         """Adjust for late readings left waiting (a crash), then give the slots whose window
-        has closed their final statements."""
-        for slot in await self.state.to_adjust():
-            await self.adjust(slot)
+        has closed their final statements. A slot that fails is logged and counted, and
+        the others go on (it is tried again at the next tick)."""
         current = await self.state.current_round()
-        for slot in await self.state.due_final(self.market_now(current)):
-            await self.finalize(slot)
+        for slot, work in [*((s, self.adjust) for s in await self.state.to_adjust()),
+                           *((s, self.finalize) for s in await self.state.due_final(self.market_now(current)))]:
+            try:
+                await work(slot)
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                self.svc.metrics.handler_failures.labels(self.svc.region, self.svc.name).inc()
+                self.svc.log.exception("true_up_failed", slot=str(slot), step=work.__name__)
 
-    async def finalize(self, slot: Slot) -> None:
+    async def finalize(self, slot: Slot) -> bool:
         holder = self.svc.instance
         if not await self.state.lock(f"true-up:{_name(slot)}", holder):
-            return
+            return False
         try:
             if not await self.state.is_finalizing(slot) and not await self.state.begin_final(slot):
-                return  # a late reading still waits for its adjustment: the next tick
+                return False  # a late reading still waits for its adjustment: the next tick
             late = [decode_as(b, t.ReadingAccepted) for b in await self.state.late_readings(slot)]
             revisions = await self._revisions(slot, late)
             records = [entry_to_wire(e) for revision in revisions for e in revision]
@@ -368,6 +379,7 @@ class MeterCollector:
                 *await self._statements(slot, records, "final")])
             await self.state.end_final(slot)
             self.svc.log.info("slot_final", slot=str(slot), revisions=len(late))
+            return True
         finally:
             await self.state.unlock(f"true-up:{_name(slot)}", holder)
 
@@ -378,6 +390,8 @@ class MeterCollector:
         log("slot_held", slot=str(slot), stage=stage, error=error[:500])
         if stage == "reconciliation":
             self.svc.metrics.slots_held.labels(self.svc.region, stage).inc()
+        if self.true_up_s:  # no entries: nothing to true up
+            await self.state.mark_held(slot)
         await self.svc.publish(t.SlotReconciled(region=self.svc.region, slot=slot_to_wire(slot),
                                                 reconciled_at_ms=slot.end * 1000, missing_readings=[], entries=[],
                                                 held=stage, failure=error[:1000]),

@@ -82,7 +82,8 @@ async def audit(store: LedgerStore, market: MarketSettings) -> Audit:
                             late=[by_id[p] for p in late_ids], grid=market.tariff.prices_at(slot.start))
         entries = [e for revision in revisions for e in revision]
         result.adjustments += len(late_ids)
-        stored = by_slot_entries.get(slot, [])
+        # revision by revision (two ledger-writers may commit a slot's revisions in any order)
+        stored = sorted(by_slot_entries.get(slot, []), key=lambda e: e.revision)
         if [_entry_key(e) for e in entries] != [_entry_key(e) for e in stored]:
             result.problems.append(f"slot {slot}: ledger entries differ from a re-derivation "
                                    f"({len(stored)} stored, {len(entries)} re-derived)")

@@ -33,8 +33,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-import msgspec
-
 from shared.market import Order, Reading, Side, Slot, clear
 from shared.market.numbers import spend_units
 from shared.market.timezones import zone
@@ -134,8 +132,8 @@ async def _provisional(store: LedgerStore, market: MarketSettings, snap: Snapsho
         mine = readings.get(slot, {})
         snap.kept_readings[slot] = {pid: encode(reading_to_wire(r, region=region, received_at_ms=0))
                                     for pid, r in mine.items() if pid not in late}
-        snap.late[slot] = [(pid, encode(msgspec.structs.replace(
-            reading_to_wire(mine[pid], region=region, received_at_ms=0), late=True))) for pid in late if pid in mine]
+        snap.late[slot] = [(pid, encode(reading_to_wire(mine[pid], region=region, received_at_ms=0)))
+                           for pid in late if pid in mine]
 
 
 def _spend(market: MarketSettings, round_start: int, orders: list[Order]) -> dict[str, dict[str, str]]:

@@ -132,12 +132,12 @@ for i = 9, #ARGV, 12 do
         status, value = 'ok', oid
         local share = redis.call('HGET', k3, '#' .. oid)  -- its energy, given back to the connection
         if share then
-          redis.call('HINCRBY', k3, pid .. '|' .. string.sub(share, 1, 1), -tonumber(string.sub(share, 2)))
+          redis.call('HINCRBY', k3, pid .. '|' .. string.sub(share, 1, 1), '-' .. string.sub(share, 2))
           redis.call('HDEL', k3, '#' .. oid)
         end
         local worth = k4 ~= KEYS[1] and redis.call('HGET', k4, '#' .. oid)  -- and its worth, to the day's spending
         if worth then
-          redis.call('HINCRBY', k4, pid, -tonumber(worth))
+          redis.call('HINCRBY', k4, pid, '-' .. worth)
           redis.call('HDEL', k4, '#' .. oid)
         end
       else status, value = 'gone', oid end
@@ -202,7 +202,8 @@ return 0
 # readings key index, their order's key index, '1' when a reading of a reconciled slot may
 # still come as a true-up, the slot ('start:end').
 # Answers: 'ok', the member count, then a status and a value per op (for 'ok' the slot's
-# reading count, for 'duplicate' the reading that stands; 'late': kept for a true-up).
+# reading count, for 'duplicate' the reading that stands; 'late': kept for a true-up;
+# 'late_duplicate': kept for a true-up before, value the reading that stands).
 _READINGS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 local out = {'ok', tostring(redis.call('HLEN', KEYS[2]))}
@@ -223,8 +224,9 @@ for i = 1, #ARGV, 14 do
   elseif redis.call('HEXISTS', KEYS[2], pid) == 0 then status = 'not_a_member'
   elseif kind == 'm' then status = 'ok'
   else
-    local stored = redis.call('HGET', readings, pid) or redis.call('HGET', late, pid)
+    local stored, late_stored = redis.call('HGET', readings, pid), redis.call('HGET', late, pid)
     if stored then status, value = 'duplicate', stored  -- accepted before: say so again
+    elseif late_stored then status, value = 'late_duplicate', late_stored
     elseif beyond(pid, tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), tonumber(ARGV[i + 9])) then
       status = 'beyond_connection'
     elseif upto >= tonumber(ARGV[i + 5]) or redis.call('EXISTS', claim) == 1 then
@@ -299,11 +301,21 @@ return 0
 # reconciled. A meter-collector that published the slot's SlotReconciled but lost Redis
 # before finish_reconciling would otherwise come back to a slot whose inputs are gone, and
 # wait for its clearing for ever.
-# KEYS: what to delete, then the watermark.
+# KEYS: what to delete, then the watermark. With a true-up window (ARGV[2], its end; 0:
+# none): KEYS are the claim, its holder, the held marker, the provisional set and the
+# slot's readings and settlements, then the watermark; the slot is provisional (it may not
+# be yet, if its reconciler stopped before finishing), unless it was held: then its inputs go.
 _DROP_DELIVERY = """
-redis.call('DEL', unpack(KEYS, 1, #KEYS - 1))
-local wm = tonumber(redis.call('GET', KEYS[#KEYS]) or '-1')
-if tonumber(ARGV[1]) > wm then redis.call('SET', KEYS[#KEYS], ARGV[1]) end
+local wm_key = KEYS[#KEYS]
+if tonumber(ARGV[2]) > 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  if redis.call('DEL', KEYS[3]) == 1 then redis.call('DEL', KEYS[5], KEYS[6])
+  else redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[3]) end
+else
+  redis.call('DEL', unpack(KEYS, 1, #KEYS - 1))
+end
+local wm = tonumber(redis.call('GET', wm_key) or '-1')
+if tonumber(ARGV[1]) > wm then redis.call('SET', wm_key, ARGV[1]) end
 return 1
 """
 
@@ -829,15 +841,23 @@ class RegionState:
     async def settlements(self, slot: Slot) -> bytes | None:
         return cast(bytes | None, await self.redis.get(self.key("settled", _s(slot))))
 
-    async def drop_delivery(self, slot: Slot, *, keep_inputs: bool = False) -> None:
+    async def drop_delivery(self, slot: Slot, *, window_end: int = 0) -> None:
         """The ledger recorded ``slot``: its readings, settlements and claim go, and the
-        slot counts as reconciled (``reconciled_upto`` never moves back). ``keep_inputs``:
-        its readings and settlements stay for a true-up (``end_final`` drops them)."""
+        slot counts as reconciled (``reconciled_upto`` never moves back). With ``window_end``
+        (a true-up window's end) its readings and settlements stay, and it is provisional
+        (``end_final`` drops them), unless it was held (``mark_held``)."""
         s = _s(slot)
-        inputs = [] if keep_inputs else [self.key("readings", s), self.key("settled", s)]
-        await self._drop_delivery(
-            keys=[*inputs, self.key("claim", "reconcile", s), self.key("holder", "reconcile", s),
-                  self.key("done", "reconcile")], args=[slot.end])
+        if window_end:
+            keys = [self.key("claim", "reconcile", s), self.key("holder", "reconcile", s), self.key("held", s),
+                    self.key("provisional"), self.key("readings", s), self.key("settled", s)]
+        else:
+            keys = [self.key("readings", s), self.key("settled", s), self.key("claim", "reconcile", s),
+                    self.key("holder", "reconcile", s)]
+        await self._drop_delivery(keys=[*keys, self.key("done", "reconcile")], args=[slot.end, window_end, s])
+
+    async def mark_held(self, slot: Slot) -> None:
+        """The slot is held (no entries): nothing to true up; its inputs go when it is recorded."""
+        await self.redis.set(self.key("held", _s(slot)), 1, ex=7 * 86400)
 
     # --- true-up ---------------------------------------------------------------------------
     # A provisional slot keeps its readings and settlements, and its late readings in the

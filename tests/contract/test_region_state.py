@@ -473,3 +473,26 @@ async def test_a_rebuilt_state_keeps_provisional_slots_open_to_true_up_with_thei
     assert found[0][0] == "reconciled"  # closed to late readings
     await state.end_final(slot)
     assert await state.late_readings(slot) == [] and await state.due_final(10**10) == []
+
+
+async def test_a_recorded_slot_becomes_provisional_even_if_its_reconciler_stopped_before_finishing(
+        state: RegionState) -> None:
+    """SlotRecorded can come before finish_reconciling (a crash between them): the slot must
+    still be open to late readings; a held slot has nothing to true up and drops its inputs."""
+    slot, held = Slot(600, 660), Slot(660, 720)
+    await state.join([Joined("late")], 0)
+    for s in (slot, held):
+        assert await add_reading(state, s, "p", b"r") == "ok"
+        await state.store_settlements(s, b"cleared")
+        assert await state.claim("reconcile", s, "a") == "new"
+    await state.mark_held(held)
+    await state.drop_delivery(slot, window_end=slot.end + 3600)
+    await state.drop_delivery(held, window_end=held.end + 3600)
+    assert await state.settlements(slot) == b"cleared" and await state.readings(slot) == {"p": b"r"}
+    assert await state.settlements(held) is None and await state.readings(held) == {}
+    assert await state.due_final(slot.end + 3600) == [slot]
+    _, found = await state.apply_readings([ReadingOp("late", slot, b"l1", late_ok=True),
+                                           ReadingOp("late", held, b"l2", late_ok=True)])
+    assert [status for status, _ in found] == ["late", "reconciled"]
+    _, found = await state.apply_readings([ReadingOp("late", slot, b"l1-again", late_ok=True)])
+    assert found == [("late_duplicate", b"l1")]

@@ -89,6 +89,9 @@ async def test_late_readings_within_the_window_are_trued_up_and_one_past_it_is_r
                         answers[pid] = await seller[pid].reading(slot, 0, {"solar": 1000})
                     except Refused as refused:
                         answers[pid] = refused.reason
+                    if pid == "s1":  # sent again (a lost answer): the same late reading, no second adjustment
+                        again = await seller[pid].reading(slot, 0, {"solar": 999})
+                        assert (again.duplicate, again.late, again.export_wh) == (True, True, {"solar": 1000})
                 await buyer.reading(r.current_round, 4000 if r.current_round == slot else 0)
                 await buyer.finish(r.current_round.start)
                 r = await buyer.next_round()

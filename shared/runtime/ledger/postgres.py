@@ -79,11 +79,10 @@ CREATE TABLE IF NOT EXISTS ledger_entries (
     sell_price    numeric NOT NULL CHECK (sell_price >= 0),
     settlement_id text,
     matched_at_ms bigint,
-    delivered_at  bigint  NOT NULL
+    delivered_at  bigint  NOT NULL,
+    revision      integer NOT NULL DEFAULT 0 CHECK (revision >= 0),
+    reverses      boolean NOT NULL DEFAULT false
 );
--- Added after the first ledgers were written: a ledger without them gets them here.
-ALTER TABLE ledger_entries ADD COLUMN IF NOT EXISTS revision integer NOT NULL DEFAULT 0 CHECK (revision >= 0);
-ALTER TABLE ledger_entries ADD COLUMN IF NOT EXISTS reverses boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS ledger_entries_by_slot ON ledger_entries (region, slot_start, slot_end, inserted_seq);
 
 CREATE TABLE IF NOT EXISTS orders (
@@ -214,6 +213,9 @@ VALUES ({SCHEMA_VERSION}, 'ledger_entries, orders, order_cancellations, settleme
 ON CONFLICT DO NOTHING;
 """
 
+_ENTRY_TRUE_UP_COLUMNS = (("revision", "integer NOT NULL DEFAULT 0 CHECK (revision >= 0)"),
+                          ("reverses", "boolean NOT NULL DEFAULT false"))
+
 _TYPES = {
     "slot_start": "bigint",
     "slot_end": "bigint",
@@ -321,6 +323,14 @@ class PostgresLedgerStore:
                 # Two processes starting at once must not race on CREATE TABLE IF NOT EXISTS.
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
                 await conn.execute(SCHEMA)
+                # Added after the first ledgers were written: a ledger without them gets them
+                # (only then: ALTER TABLE locks the table even when the column exists).
+                have = {r[0] for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = 'ledger_entries'")}
+                for column, declared in _ENTRY_TRUE_UP_COLUMNS:
+                    if column not in have:
+                        await conn.execute(f"ALTER TABLE ledger_entries ADD COLUMN {column} {declared}")
                 version = await conn.fetchval("SELECT max(version) FROM schema_version")
             if version != SCHEMA_VERSION:
                 raise RuntimeError(f"the database has ledger schema {version}; this code knows {SCHEMA_VERSION}")
