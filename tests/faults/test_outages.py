@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
+from shared.runtime.ledger import open_ledger
 from tests.faults.harness import ROUNDS, Simulator
 from tests.faults.inject import FaultContext
 from tests.faults.servers import PrivateRedis
@@ -94,6 +95,31 @@ async def test_redis_lost_mid_run_keeps_the_aggregators_of_households_acting_in_
     got = await sim.check_against_baseline(fault, servers=sim.servers.with_redis(volatile_redis),
                                            name="redis-lost-batched", aggregators=3)
     assert got.tally is not None and not got.tally.rejections, got.tally.rejections
+
+
+@pytest.mark.timeout(1800)
+async def test_redis_lost_during_true_up_windows_keeps_every_slot_open_until_it_is_final(
+        sim: Simulator, volatile_redis: PrivateRedis) -> None:
+    """With a true-up window of five rounds, the slots whose windows are open when Redis is
+    lost come back provisional from the ledger: the run's ledger is the fault-free one, and
+    every slot is made final in order, with no gap around the loss."""
+    async def fault(f: FaultContext) -> None:
+        await f.at_round(22)
+        f.note("Redis (no persistence) restarted during true-up windows")
+        await f.servers.redis.arestart()
+
+    got = await sim.check_against_baseline(fault, {"MICROTE_TRUE_UP_S": "300"},
+                                           servers=sim.servers.with_redis(volatile_redis), name="redis-lost-true-up")
+    store = open_ledger(got.url)
+    await store.open()
+    try:
+        final = dict(await store.final_slots(got.region))
+    finally:
+        await store.close()
+    assert final and set(final.values()) == {0}  # nobody's reading came late
+    assert max(final).start > min(final).start + 30 * 60  # well past the loss at round 22
+    reconciled = [start for start in got.reconciled if start <= max(final).start]
+    assert sorted(slot.start for slot in final) == reconciled
 
 
 @pytest.mark.timeout(1800)
