@@ -37,9 +37,9 @@ from shared.messages.convert import (
     slot_to_wire,
 )
 from shared.runtime.metrics import JOULES_PER_WH
-from shared.runtime.outages import HeldElsewhere, is_outage
+from shared.runtime.outages import is_outage
 from shared.runtime.service import Service, now_ms
-from shared.runtime.state import ReadingOp
+from shared.runtime.state import CLAIM_LEASE_MS, ReadingOp
 from shared.runtime.topology import ANSWERED, BATCH, READING_ACCEPTED, REJECTED, SLOT_RECONCILED, STATEMENT
 
 
@@ -57,6 +57,7 @@ class MeterCollector:
         self._active: set[str] = set()  # active members, as last read (see _next_ready)
         self._active_at = -1e9
         self.true_up_s = self.market.true_up_s
+        self._truing = asyncio.Lock()
 
     def market_now(self, current: tuple[int, int] | None) -> int:
         """Market time: the current round's start in simulation; in real time the wall clock too."""
@@ -98,6 +99,7 @@ class MeterCollector:
             else:  # the core's refusal stands, unless the participant is unknown
                 ops.append(ReadingOp(m.participant_id, sender=sender))
         members, results = await self.state.apply_readings(ops)
+        await self._while_reconciling(ops, results)
         ready = False
         adjust: set[Slot] = set()
         for n, ((m, sender, _), op, (status, value)) in enumerate(zip(items, ops, results, strict=True)):
@@ -126,12 +128,28 @@ class MeterCollector:
                 late = op.slot.end + self.deadline_s < current[0] + schedule.duration
                 svc.metrics.readings.labels(region, "late" if late else "on_time").inc()
                 ready = ready or int(value) >= members  # cheap test first: the full check once all may be in
-        for slot in sorted(adjust):
-            if not await self.adjust(slot):  # a late reading is answered only once its adjustment is out
-                raise HeldElsewhere(f"another meter-collector is truing up slot {slot}")
+        for slot in sorted(adjust):  # a late reading is answered only once its adjustment is out
+            await self.adjust(slot, wait=True)
         await self._publish(items, batches, answers)
         if ready:
             await self.reconcile_ready()
+
+    async def _while_reconciling(self, ops: list[ReadingOp], results: list[tuple[str, bytes]]) -> None:
+        """A late reading of a slot whose reconciliation is under way is asked again until it
+        is done (then it is kept as late), at most a claim's lease and a little more."""
+        deadline = time.monotonic() + CLAIM_LEASE_MS / 1000 + 5
+        waiting = [n for n, (status, _) in enumerate(results) if status == "reconciling"]
+        while waiting:
+            if time.monotonic() > deadline:
+                self.svc.log.warning("late_readings_refused_while_reconciling", count=len(waiting))
+                for n in waiting:
+                    results[n] = ("reconciled", b"")
+                return
+            await asyncio.sleep(0.1)
+            _, again = await self.state.apply_readings([ops[n] for n in waiting])
+            for n, found in zip(waiting, again, strict=True):
+                results[n] = found
+            waiting = [n for n in waiting if results[n][0] == "reconciling"]
 
     def _check(self, m: t.SubmitReading, current: tuple[int, int] | None, received: int
                ) -> t.ReadingAccepted | t.Rejected:
@@ -322,12 +340,22 @@ class MeterCollector:
         return true_up(region=self.svc.region, slot=slot, settlements=settlements, readings=readings,
                        late=[reading_from_wire(r) for r in late], grid=self.market.tariff.prices_at(slot.start))
 
-    async def adjust(self, slot: Slot) -> bool:
-        """Publish the adjustment of each late reading of ``slot`` that has none yet, in order;
-        False when another replica holds the slot (it publishes them; the tick looks again)."""
-        holder = self.svc.instance
-        if not await self.state.lock(f"true-up:{_name(slot)}", holder):
-            return False
+    async def adjust(self, slot: Slot, *, wait: bool = False) -> bool:
+        """Publish the adjustment of each late reading of ``slot`` that has none yet, in order.
+        False when another replica holds the slot (it publishes them; the tick looks again);
+        with ``wait``, until the slot is free (its holder finishes, or its lease lapses)."""
+        async with self._truing:  # the tick and the readings of this process take turns
+            return await self._adjust(slot, wait)
+
+    async def _adjust(self, slot: Slot, wait: bool) -> bool:
+        holder, since = self.svc.instance, time.monotonic()
+        while not await self.state.lock(f"true-up:{_name(slot)}", holder):
+            if not wait:
+                return False
+            if time.monotonic() - since > CLAIM_LEASE_MS / 1000:
+                self.svc.log.warning("true_up_waiting_for_another_replica", slot=str(slot))
+                since = time.monotonic()
+            await asyncio.sleep(0.1)
         try:
             late = [decode_as(b, t.ReadingAccepted) for b in await self.state.late_readings(slot)]
             done = await self.state.revised(slot)
@@ -364,6 +392,10 @@ class MeterCollector:
                 self.svc.log.exception("true_up_failed", slot=str(slot), step=work.__name__)
 
     async def finalize(self, slot: Slot) -> bool:
+        async with self._truing:
+            return await self._finalize(slot)
+
+    async def _finalize(self, slot: Slot) -> bool:
         holder = self.svc.instance
         if not await self.state.lock(f"true-up:{_name(slot)}", holder):
             return False

@@ -15,14 +15,7 @@ import aiormq.exceptions as amqp
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import redis.exceptions as redis_errors
 
-
-class HeldElsewhere(Exception):
-    """Another replica holds what this work needs (a lock): like an outage, the message is
-    fine; it is kept and tried again with backoff."""
-
-
 _AWAY: tuple[type[BaseException], ...] = (
-    HeldElsewhere,
     OSError,  # ConnectionError, TimeoutError, socket errors
     redis_errors.ConnectionError,  # BusyLoadingError too: Redis is loading its data after a restart
     redis_errors.TimeoutError,

@@ -195,15 +195,16 @@ return 0
 # reconciliation has begun, so no accepted reading is left out of the slot it belongs to.
 # KEYS: gen, members, agents, reconciled-up-to, connections, the provisional slots (a sorted
 # set: slot -> end of its true-up window), the slots with late readings to adjust for, then
-# the keys the ops name by index. ARGV: ops of 14 fields: kind ('r' a reading, 'm'
+# the keys the ops name by index. ARGV: ops of 15 fields: kind ('r' a reading, 'm'
 # membership only), participant, sender (the agent that sent its batch; '' for the
 # participant itself), readings key index, claim key index, slot end, body, import Wh,
 # export Wh (all sources), the slot's seconds (for the member's connection, KEYS[5]), late
 # readings key index, their order's key index, '1' when a reading of a reconciled slot may
-# still come as a true-up, the slot ('start:end').
+# still come as a true-up, the slot ('start:end'), its held marker's key index.
 # Answers: 'ok', the member count, then a status and a value per op (for 'ok' the slot's
 # reading count, for 'duplicate' the reading that stands; 'late': kept for a true-up;
-# 'late_duplicate': kept for a true-up before, value the reading that stands).
+# 'late_duplicate': kept for a true-up before, value the reading that stands; 'reconciling':
+# the slot is being reconciled, and may take it as late once that is done: nothing stored).
 _READINGS = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
 local out = {'ok', tostring(redis.call('HLEN', KEYS[2]))}
@@ -215,7 +216,7 @@ local function beyond(pid, import_wh, export_wh, seconds)  -- more than the memb
   if import_w ~= nil and import_w ~= '' and import_wh * 3600 > tonumber(import_w) * seconds then return true end
   return export_w ~= nil and export_w ~= '' and export_wh * 3600 > tonumber(export_w) * seconds
 end
-for i = 1, #ARGV, 14 do
+for i = 1, #ARGV, 15 do
   local kind, pid, sender = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local readings, claim = KEYS[tonumber(ARGV[i + 3])], KEYS[tonumber(ARGV[i + 4])]
   local late, late_order = KEYS[tonumber(ARGV[i + 10])], KEYS[tonumber(ARGV[i + 11])]
@@ -236,6 +237,9 @@ for i = 1, #ARGV, 14 do
         redis.call('RPUSH', late_order, pid)
         redis.call('SADD', KEYS[7], ARGV[i + 13])
         status = 'late'
+      elseif ARGV[i + 12] == '1' and redis.call('GET', claim) == 'claimed'
+          and redis.call('EXISTS', KEYS[tonumber(ARGV[i + 14])]) == 0 then
+        status = 'reconciling'  -- its reconciliation is under way: ask again once it is provisional
       else
         status = 'reconciled'
       end
@@ -303,14 +307,17 @@ return 0
 # wait for its clearing for ever.
 # KEYS: what to delete, then the watermark. With a true-up window (ARGV[2], its end; 0:
 # none): KEYS are the claim, its holder, the held marker, the provisional set and the
-# slot's readings and settlements, then the watermark; the slot is provisional (it may not
-# be yet, if its reconciler stopped before finishing), unless it was held: then its inputs go.
+# slot's readings and settlements, then the watermark. A held slot's inputs go. A slot
+# whose reconciler stopped before finishing (still 'claimed') becomes provisional here; one
+# it finished ('done') is provisional already, and one without a claim (a SlotRecorded seen
+# again, or a state rebuilt) is left as it is.
 _DROP_DELIVERY = """
 local wm_key = KEYS[#KEYS]
 if tonumber(ARGV[2]) > 0 then
+  local claim = redis.call('GET', KEYS[1])
   redis.call('DEL', KEYS[1], KEYS[2])
   if redis.call('DEL', KEYS[3]) == 1 then redis.call('DEL', KEYS[5], KEYS[6])
-  else redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[3]) end
+  elseif claim == 'claimed' then redis.call('ZADD', KEYS[4], 'NX', ARGV[2], ARGV[3]) end
 else
   redis.call('DEL', unpack(KEYS, 1, #KEYS - 1))
 end
@@ -763,13 +770,14 @@ class RegionState:
         args: list[Any] = []
         for op in ops:
             if op.slot is None or not op.body:
-                args += ["m", op.participant_id, op.sender, 1, 1, 0, "", 0, 0, 0, 1, 1, "0", ""]
+                args += ["m", op.participant_id, op.sender, 1, 1, 0, "", 0, 0, 0, 1, 1, "0", "", 1]
                 continue
             s = _s(op.slot)
             readings, claim = named(self.key("readings", s)), named(self.key("claim", "reconcile", s))
             late, order = named(self.key("late", s)), named(self.key("late-order", s))
             args += ["r", op.participant_id, op.sender, readings, claim, op.slot.end, op.body, op.import_wh,
-                     op.export_wh, op.slot.seconds, late, order, "1" if op.late_ok else "0", s]
+                     op.export_wh, op.slot.seconds, late, order, "1" if op.late_ok else "0", s,
+                     named(self.key("held", s))]
         found = await self._readings(keys=named.keys, args=args)
         results = self._results([found[0], *found[2:]])
         assert results is not None

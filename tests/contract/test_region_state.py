@@ -496,3 +496,22 @@ async def test_a_recorded_slot_becomes_provisional_even_if_its_reconciler_stoppe
     assert [status for status, _ in found] == ["late", "reconciled"]
     _, found = await state.apply_readings([ReadingOp("late", slot, b"l1-again", late_ok=True)])
     assert found == [("late_duplicate", b"l1")]
+
+
+async def test_a_late_reading_waits_while_its_slot_is_reconciled_and_a_final_slot_stays_final(
+        state: RegionState) -> None:
+    slot = Slot(600, 660)
+    await state.join([Joined("late")], 0)
+    assert await state.claim("reconcile", slot, "a") == "new"
+    _, found = await state.apply_readings([ReadingOp("late", slot, b"l", late_ok=True)])
+    assert found == [("reconciling", b"")] and await state.late_readings(slot) == []
+    _, found = await state.apply_readings([ReadingOp("late", slot, b"l", late_ok=False)])
+    assert found == [("reconciled", b"")]  # no window: too late
+    await state.finish_reconciling(slot, slot.end + 3600)
+    _, found = await state.apply_readings([ReadingOp("late", slot, b"l", late_ok=True)])
+    assert found == [("late", b"")]
+    await state.set_revised(slot, 1)
+    assert await state.begin_final(slot)
+    await state.end_final(slot)
+    await state.drop_delivery(slot, window_end=slot.end + 3600)  # its SlotRecorded, seen again
+    assert await state.due_final(10**10) == []
