@@ -302,7 +302,8 @@ class MeterCollector:
         stage = "provisional" if self.true_up_s else "final"
         # One batch of confirms: the broker syncs them to disk together.
         await self.svc.publish_all([(reconciled, self.svc.keys.fact(SLOT_RECONCILED)),
-                                    *await self._statements(slot, records, stage)])
+                                    *((m, self.svc.keys.to(m.participant_id, STATEMENT))
+                                      for m in await self._statements(slot, records, stage))])
         await self.state.finish_reconciling(slot, slot.end + self.true_up_s if self.true_up_s else 0)
         for e in entries:
             if e.kind is EntryKind.GRID_IMPORT:
@@ -314,9 +315,10 @@ class MeterCollector:
 
 
     async def _statements(self, slot: Slot, records: list[t.EntryRecord], stage: str
-                          ) -> list[tuple[t.Message, str]]:
-        """Each party's statement of ``records`` (its agent's bundle where it acts through one)."""
-        region, keys, wire_slot = self.svc.region, self.svc.keys, slot_to_wire(slot)
+                          ) -> list[t.Statement | t.AgentBundle]:
+        """Each party's statement of ``records`` (its agent's bundle where it acts through one),
+        each for its ``participant_id``."""
+        region, wire_slot = self.svc.region, slot_to_wire(slot)
         by_party: dict[str, list[t.EntryRecord]] = defaultdict(list)
         for r in records:  # one pass: each party's entries, in the slot's order
             for p in {r.seller, r.buyer} - {"grid", "market"}:
@@ -324,9 +326,8 @@ class MeterCollector:
         statements = [t.Statement(region=region, participant_id=p, slot=wire_slot, entries=by_party[p], stage=stage)
                       for p in sorted(by_party)]
         direct, bundled = by_agent(statements, await self.state.agents())
-        return [*((s, keys.to(s.participant_id, STATEMENT)) for s in direct),
-                *((t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, statements=mine),
-                   keys.to(agent, STATEMENT)) for agent, mine in bundled)]
+        return [*direct, *(t.AgentBundle(region=region, participant_id=agent, slot=wire_slot, statements=mine)
+                           for agent, mine in bundled)]
 
     # --- true-up -------------------------------------------------------------------------
 
@@ -367,7 +368,8 @@ class MeterCollector:
                     await self.svc.publish_all([
                         (t.SlotAdjusted(region=self.svc.region, slot=slot_to_wire(slot), revision=k, reading=reading,
                                         entries=records), self.svc.keys.fact(SLOT_RECONCILED)),
-                        *await self._statements(slot, records, "adjustment")])
+                        *((m, self.svc.keys.to(m.participant_id, STATEMENT))
+                          for m in await self._statements(slot, records, "adjustment"))])
                     await self.state.set_revised(slot, k)
                     self.svc.log.info("slot_adjusted", slot=str(slot), revision=k,
                                       participant_id=reading.participant_id, entries=len(records))
@@ -408,7 +410,8 @@ class MeterCollector:
             await self.svc.publish_all([
                 (t.SlotFinalized(region=self.svc.region, slot=slot_to_wire(slot), revisions=len(late)),
                  self.svc.keys.fact(SLOT_RECONCILED)),
-                *await self._statements(slot, records, "final")])
+                *((m, self.svc.keys.to(m.participant_id, STATEMENT))
+                  for m in await self._statements(slot, records, "final"))])
             await self.state.end_final(slot)
             self.svc.log.info("slot_final", slot=str(slot), revisions=len(late))
             return True
