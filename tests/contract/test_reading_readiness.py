@@ -6,6 +6,7 @@ refuses the missing member's reading for good)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -67,3 +68,32 @@ async def test_the_reading_of_a_member_who_left_does_not_stand_in_for_anothers(c
     assert await collector._next_ready() is None  # two readings for two members, but not p2's
     await report(collector, "p2")
     assert await collector._next_ready() == SLOT
+
+
+async def test_a_late_reading_of_a_slot_being_reconciled_waits_until_the_slot_is_provisional(
+        collector: MeterCollector) -> None:
+    state = collector.state
+    assert await state.claim("reconcile", SLOT, "another replica") == "new"
+    ops = [ReadingOp("p1", SLOT, b"r-p1", late_ok=True)]
+    _, results = await state.apply_readings(ops)
+    assert results == [("reconciling", b"")]
+
+    async def finish() -> None:  # the other replica finishes the slot's reconciliation a little later
+        await asyncio.sleep(0.3)
+        await state.finish_reconciling(SLOT, SLOT.end + 3600)
+
+    done = asyncio.create_task(finish())
+    await collector._while_reconciling(ops, results)
+    assert done.done() and results == [("late", b"")]
+
+
+async def test_a_true_up_waits_for_another_replica_that_holds_its_slot(collector: MeterCollector) -> None:
+    state = collector.state
+    collector.svc.instance = "me"
+    assert await state.lock("true-up:600:660", "another replica")
+    assert not await collector.adjust(SLOT)  # the tick does not wait: it looks again later
+    waiting = asyncio.create_task(collector.adjust(SLOT, wait=True))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # a late reading's answer waits for its adjustment
+    await state.unlock("true-up:600:660", "another replica")
+    assert await asyncio.wait_for(waiting, 5)
