@@ -20,6 +20,7 @@ from shared.messages import types as t
 from shared.runtime.settings import from_env
 from tests.e2e.conftest import run, sim_env
 from tests.e2e.test_ledger import ROUNDS, check_audit, ledger_of
+from tests.faults.inject import at_round
 
 AGGREGATORS = 3
 # How the households send: through aggregators, or each its whole round as a batch of its own.
@@ -91,6 +92,7 @@ async def test_an_aggregator_acts_only_for_its_own_households(region: str, tmp_p
                 await answers.put(decode(incoming.body))
 
             await inbox.consume(collect, no_ack=True)
+            await at_round(sim, 1)  # the clock process is up; its first round may not be yet (market_not_open)
             mine, other = sim.aggregators[0], sim.aggregators[1]
             own, foreign = next(iter(mine.members)), next(iter(other.members))
             slot = t.Slot(0, 60)  # long closed: refused on its merits, after the entitlement check
