@@ -2,15 +2,20 @@
 
 A real-time region (order-intake, ledger-writer and the real-time clock, as processes, with
 the limits of ``MICROTE_MAX_ORDERS_PER_SLOT`` and ``MICROTE_MAX_REQUESTS_PER_S``) and
-``--members`` households. In one round, twice:
+``--members`` households. In one round, three times:
 
 1. **baseline**: every household sends one order, spread evenly over ``--spread`` seconds;
-2. **flood**: the same again, while one more household sends ``--flood`` orders for the
-   same slot as fast as its connection takes them.
+2. **flood, fair**: the same again, while one more household sends ``--flood`` orders for
+   the same slot as fast as its connection takes them, to order-intake as it runs (each pass
+   takes at most ``MICROTE_FAIR_SHARE`` of one sender's requests while others' wait);
+3. **flood, arrival order**: the same as 2, to an order-intake restarted with
+   ``MICROTE_FAIR_SHARE=0``: every request in arrival order (what fairness is measured
+   against, in the same run).
 
-It prints the machine, the inputs, the others' order-ack latency (p50, p99, max) in both
-phases and the difference, and what the flood got (accepted, and refused by reason). Every
-other household's order must be answered and accepted, or the run fails (exit 1).
+It prints the machine, the inputs, the others' order-ack latency (p50, p99, max) in each
+phase and the difference to the baseline, and what each flood got (accepted, and refused by
+reason). Every other household's order must be answered and accepted, or the run fails
+(exit 1).
 
     make bench-flood ARGS="--members 200 --flood 10000"
 """
@@ -66,15 +71,15 @@ async def spread(market: Market, phase: Phase, region: str, members: list[str], 
         await market.send(key, order(region, pid, tag, slot, i), keys.request(k.ORDER))
 
 
-async def flood(market: Market, phase: Phase, region: str, slot: t.Slot, count: int) -> float:
+async def flood(market: Market, phase: Phase, region: str, slot: t.Slot, count: int, tag: str) -> float:
     """The flooder's orders, as fast as the broker confirms them, 100 in flight; seconds taken."""
     keys, began = k.Keys(region), time.perf_counter()
     for first in range(0, count, 100):
         batch = []
         for i in range(first, min(first + 100, count)):
-            key = ("order", FLOODER, f"f{i}")
+            key = ("order", FLOODER, f"{tag}{i}")
             phase.sent[key] = time.perf_counter()
-            batch.append(market.send(key, order(region, FLOODER, f"f{i}", slot, i), keys.request(k.ORDER)))
+            batch.append(market.send(key, order(region, FLOODER, f"{tag}{i}", slot, i), keys.request(k.ORDER)))
         await asyncio.gather(*batch)
     return time.perf_counter() - began
 
@@ -99,7 +104,7 @@ async def amain(args: argparse.Namespace) -> int:
     settings = from_env(env)
     rabbit, redis = await server_versions(settings)
     print("\n".join(machine(rabbit, redis)))
-    print(f"inputs:     {args.members} households, one order each over {args.spread:g} s, twice; the flood: "
+    print(f"inputs:     {args.members} households, one order each over {args.spread:g} s, three times; the flood: "
           f"{args.flood:,} orders for the same slot from one more household; limits: {args.max_orders} orders "
           f"per slot, {args.rate:g} requests/s (burst {args.burst})")
     members = [f"h{i:05d}" for i in range(args.members)]
@@ -118,21 +123,27 @@ async def amain(args: argparse.Namespace) -> int:
         await wait_all(joins, 120)
         r = await market.next_round(timeout_s=90)  # a round that began with every member in
         slot, ends = r.next_settle, r.current_round.end
-        if ends - time.time() < 2 * args.spread + 15:
+        if ends - time.time() < 3 * args.spread + 20:
             r = await market.next_round(timeout_s=90)
             slot, ends = r.next_settle, r.current_round.end
         phases = {}
-        for name in ("baseline", "flood"):
+        for name, tag in (("baseline", "b"), ("flood, fair", "f"), ("flood, arrival order", "a")):
+            if name == "flood, arrival order":
+                ensemble.stop("order-intake")
+                ensemble.start("order-intake", MICROTE_FAIR_SHARE="0")
+                await ensemble.wait_healthy("order-intake")
             phase = phases[name] = Phase(name)
             market.phase = phase
             phase.began = time.perf_counter()
-            work_done = [spread(market, phase, region, members, slot, name, args.spread)]
-            if name == "flood":
-                work_done.append(flood(market, phase, region, slot, args.flood))
+            work_done = [spread(market, phase, region, members, slot, tag, args.spread)]
+            if name != "baseline":
+                work_done.append(flood(market, phase, region, slot, args.flood, tag))
             took = await asyncio.gather(*work_done)
             await wait_all(phase, 300)
-            if name == "flood":
-                print(f"the flood left in {took[1]:.2f} s ({args.flood / took[1]:,.0f} orders/s)")
+            if name != "baseline":
+                last = max(at for key, (at, _) in phase.answered.items() if key[1] == FLOODER)
+                print(f"{name}: the flood left in {took[1]:.2f} s ({args.flood / took[1]:,.0f} orders/s); its last "
+                      f"answer came {last - phase.began:.2f} s after the phase began")
         if any(rr.current_round.start > r.current_round.start for rr in market.rounds):
             failures.append("the round moved on during the run: shorten --spread")
         rows = []
@@ -146,11 +157,24 @@ async def amain(args: argparse.Namespace) -> int:
         print("|---|---|---|---|")
         for name, lat in rows:
             print(f"| {name} | {fmt_s(pct(lat, 0.5))} | {fmt_s(pct(lat, 0.99))} | {fmt_s(max(lat, default=None))} |")
-        (_, base), (_, flooded) = rows
-        print(f"\nthe flood added {fmt_s(pct(flooded, 0.5) - pct(base, 0.5))} to the others' p50 and "
-              f"{fmt_s(pct(flooded, 0.99) - pct(base, 0.99))} to their p99")
-        got = Counter(out for key, (_, out) in phases["flood"].answered.items() if key[1] == FLOODER)
-        print("the flood got: " + ", ".join(f"{n:,} {what}" for what, n in got.most_common()))
+        print("\nthe other households that sent while the flood was still unanswered (until its last answer):\n")
+        print("| phase | households | order-ack p50 | p99 | max |")
+        print("|---|---|---|---|---|")
+        for name, phase in phases.items():
+            if name == "baseline":
+                continue
+            last = max(at for key, (at, _) in phase.answered.items() if key[1] == FLOODER)
+            lat = [at - phase.sent[key] for key, (at, _) in phase.answered.items()
+                   if key[1] != FLOODER and phase.sent[key] <= last]
+            print(f"| {name} | {len(lat)} | {fmt_s(pct(lat, 0.5))} | {fmt_s(pct(lat, 0.99))} | "
+                  f"{fmt_s(max(lat, default=None))} |")
+        print()
+        (_, base), *floods = rows
+        for name, flooded in floods:
+            print(f"{name}: the flood added {fmt_s(pct(flooded, 0.5) - pct(base, 0.5))} to the others' p50 and "
+                  f"{fmt_s(pct(flooded, 0.99) - pct(base, 0.99))} to their p99")
+            got = Counter(out for key, (_, out) in phases[name].answered.items() if key[1] == FLOODER)
+            print(f"{name}: the flood got " + ", ".join(f"{n:,} {what}" for what, n in got.most_common()))
     finally:
         ensemble.stop_all()
         await market.wire.close()

@@ -27,6 +27,8 @@ def create(settings: Settings) -> Service:
                                      t.Heartbeat: intake.on_heartbeat},
             keys.fact(k.SLOT_RECORDED): {t.SlotRecorded: intake.on_slot_recorded},
         },
-        prefetch=512,
+        # A window of 16,384 deliveries, passes of at most 512, and at most MICROTE_FAIR_SHARE
+        # of one sender's in a pass: a flood is held back here, behind the others' requests.
+        prefetch=16384, run_limit=512, per_sender=settings.fair_share,
     )
     return svc

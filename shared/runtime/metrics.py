@@ -67,6 +67,7 @@ class Metrics:
     messages_published: Counter
     batch_duration: Histogram
     batch_size: Histogram
+    requests_held: Gauge
 
 
 _BATCH_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -165,6 +166,9 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                  (*region, "service", "handler"), buckets=_BATCH_S, registry=r),
         batch_size=Histogram("microte_batch_size", "Messages handled together in one handler run",
                              (*region, "service", "handler"), buckets=_BATCH_N, registry=r),
+        requests_held=Gauge("microte_requests_held", "Requests received and held back for their sender's turn "
+                            "(one sender sends more than its share of a pass: a flood)", (*region, "service"),
+                            registry=r),
     )
 
 

@@ -30,6 +30,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,10 +156,17 @@ class Service:
 
     # --- wiring ----------------------------------------------------------------------------
 
-    def consume(self, routes: Routes, *, prefetch: int = 256, single_active: bool = False) -> None:
+    def consume(self, routes: Routes, *, prefetch: int = 256, single_active: bool = False,
+                run_limit: int = 0, per_sender: int = 0) -> None:
         """Subscribe this service's queue to the keys of ``routes``; on each key only the
         message types listed for it are accepted, each with its handler (a ``Batch`` handler
-        takes every message of its type drained together)."""
+        takes every message of its type drained together).
+
+        ``prefetch`` is how many deliveries the broker lets the service hold unacknowledged;
+        one pass of the worker handles at most ``run_limit`` of them (default: all). With
+        ``per_sender``, a pass takes at most that many messages of one sender, in turns,
+        and holds the rest back for the next passes: one sender's flood then delays the
+        others by about one short pass, not by the flood (``_fair_pass``)."""
         keys = list(routes)
         queue = service_queue(self.region, self.name, keys[0], single_active=single_active)
         by_place: dict[tuple[str, str], dict[type[Message], Handler]] = {}
@@ -169,7 +177,7 @@ class Service:
             by_place[where[:2]] = handlers
             # A request comes on its kind's key, or on one that names its sender (MQTT clients).
             bound += [key, self.keys.request_from(where[1], "*")] if where[0] == IN else [key]
-        self._consumers.append(_Consumer(queue, bound, by_place, prefetch))
+        self._consumers.append(_Consumer(queue, bound, by_place, prefetch, run_limit or prefetch, per_sender))
 
     def retire(self, keys: list[str]) -> None:
         """Keys an earlier version of this service bound its queue to and this one does not:
@@ -304,50 +312,79 @@ class Service:
     async def _work(self, consumer: _Consumer) -> None:
         inbox = consumer.inbox
         while not consumer.stopping:
-            first = await inbox.get()
+            if consumer.held:  # messages held back: no waiting, but deliveries land first
+                await asyncio.sleep(0)
+                drained = []
+            else:
+                drained = [await inbox.get()]
             consumer.idle.clear()
-            drained = [first]
-            while len(drained) < consumer.prefetch and not inbox.empty():
+            # Fair: everything, to be held back by sender; else one pass's worth, in order.
+            while not inbox.empty() and (consumer.per_sender or len(drained) < consumer.run_limit):
                 drained.append(inbox.get_nowait())
             try:
-                await self._process(drained, consumer.routes)
+                await self._process(consumer, drained)
             except Exception:  # never lose the worker: the deliveries stay unacknowledged
                 self.log.exception("delivery_batch_failed", count=len(drained))
             finally:
                 consumer.idle.set()
 
-    async def _process(self, drained: list[AbstractIncomingMessage],
-                       routes: dict[tuple[str, str], dict[type[Message], Handler]]) -> None:
-        admitted: list[tuple[AbstractIncomingMessage, Handler, Message]] = []
-        done: list[AbstractIncomingMessage] = []
+    async def _process(self, consumer: _Consumer, drained: list[AbstractIncomingMessage]) -> None:
+        """Admit what was drained, then handle one pass: runs of one handler in arrival order."""
+        admitted: list[_Admitted] = []
         for incoming in drained:
-            found = await self._admit(incoming, routes)
+            found = await self._admit(incoming, consumer.routes)
             if found is not None:
-                admitted.append((incoming, found[0], found[1]))
+                consumer.arrived += 1
+                admitted.append(_Admitted(consumer.arrived, incoming, *found))
+        if consumer.per_sender:
+            for a in admitted:  # whose turn it waits for: '' for the services' facts
+                sender = self._sender(a.delivery) or str(getattr(a.message, "participant_id", ""))
+                consumer.held.setdefault(sender, deque()).append(a)
+            held = sum(map(len, consumer.held.values()))
+            chosen = _fair_pass(consumer.held, consumer.per_sender, consumer.run_limit,
+                                crowded=2 * held >= consumer.prefetch)
+            self.metrics.requests_held.labels(self.region, self.name).set(held - len(chosen))
+        else:
+            chosen = admitted
+        done: list[AbstractIncomingMessage] = []
         i = 0
-        while i < len(admitted):  # runs of one handler, in arrival order
-            handler = admitted[i][1]
+        while i < len(chosen):
+            handler = chosen[i].handler
             j = i + 1
             if isinstance(handler, Batch):
-                while j < len(admitted) and admitted[j][1] is handler:
+                while j < len(chosen) and chosen[j].handler is handler:
                     j += 1
-            run = admitted[i:j]
-            done += await self._run(handler, [d for d, _, _ in run], [m for _, _, m in run])
+            run = chosen[i:j]
+            done += await self._run(handler, [a.delivery for a in run], [a.message for a in run])
             i = j
-        await self._acknowledge(done)
+        # Each sender's oldest held back is the first on its channel (a closed channel's are gone).
+        await self._acknowledge(done, [held[0].delivery for held in consumer.held.values()])
 
-    async def _acknowledge(self, done: list[AbstractIncomingMessage]) -> None:
-        """One acknowledgement per channel for a whole drain: the last delivery's, covering
-        the earlier ones (each of which is handled, or was refused and acknowledged alone)."""
+    async def _acknowledge(self, done: list[AbstractIncomingMessage],
+                           held: list[AbstractIncomingMessage] | None = None) -> None:
+        # ``held``: at least the first delivery held back on each channel
+        """One acknowledgement per channel for a whole pass: the last delivery's, covering
+        the earlier ones (each of which is handled, or was refused and acknowledged alone),
+        but never one held back for a later pass: those after the first held back are
+        acknowledged one by one."""
+        floor: dict[int, int] = {}  # channel -> its first delivery held back
+        for incoming in held or []:
+            key, tag = id(incoming.channel), incoming.delivery_tag or 0
+            floor[key] = min(floor.get(key, tag), tag)
         last: dict[int, AbstractIncomingMessage] = {}
+        alone: list[AbstractIncomingMessage] = []
         for incoming in done:
             if _channel_closed(incoming):  # gone with its channel: the broker delivers it again
                 continue
-            key = id(incoming.channel)
-            if key not in last or (incoming.delivery_tag or 0) > (last[key].delivery_tag or 0):
+            key, tag = id(incoming.channel), incoming.delivery_tag or 0
+            if key in floor and tag > floor[key]:
+                alone.append(incoming)
+            elif key not in last or tag > (last[key].delivery_tag or 0):
                 last[key] = incoming
         for incoming in last.values():
             await self._settle(incoming.ack(multiple=True))
+        for incoming in alone:
+            await self._settle(incoming.ack())
 
     async def _admit(self, msg: AbstractIncomingMessage, routes: dict[tuple[str, str], dict[type[Message], Handler]]
                      ) -> tuple[Handler, Message] | None:
@@ -771,12 +808,55 @@ class _Consumer:
     keys: list[str]  # bound to the queue
     routes: dict[tuple[str, str], dict[type[Message], Handler]]  # (channel, kind) -> its types' handlers
     prefetch: int
+    run_limit: int  # the most messages one pass handles
+    per_sender: int  # 0: a pass takes what arrived, in order; else the most of one sender's (_fair_pass)
     inbox: asyncio.Queue[AbstractIncomingMessage] = field(default_factory=asyncio.Queue)
+    held: dict[str, deque[_Admitted]] = field(default_factory=dict)  # admitted, waiting for their sender's turn
+    arrived: int = 0  # admitted so far: the arrival order of what is held back
     idle: asyncio.Event = field(default_factory=_idle_event)
     stopping: bool = False
     tag: str | None = None
     amqp_queue: aio_pika.abc.AbstractQueue | None = None
     worker: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Admitted:
+    arrival: int
+    delivery: AbstractIncomingMessage
+    handler: Handler
+    message: Message
+
+
+def _fair_pass(held: dict[str, deque[_Admitted]], per_sender: int, limit: int, crowded: bool = False
+               ) -> list[_Admitted]:
+    """One pass over the messages held back: in turns, at most ``per_sender`` of each sender's
+    oldest, at most ``limit`` in all, in arrival order. When the window is ``crowded`` (half of
+    it held back) what the turns leave of the pass is then filled, in turns again: short
+    passes would let a flood fill the window, and with the window full the others' requests
+    would wait behind it at the broker, where there are no turns. A sender that still has
+    messages waits at the back of the turns; one that has none left leaves them. A sender's
+    own messages keep their order; only different senders' are reordered. Messages of a
+    closed channel are dropped (the broker delivers them again), so that each sender's first
+    held back is on the open channel. O(what the pass takes), however much is held back."""
+    chosen: list[_Admitted] = []
+    for share in (per_sender, limit) if crowded else (per_sender,):
+        for sender in list(held):
+            if len(chosen) >= limit:
+                break
+            queue = held.pop(sender)
+            take = min(share, limit - len(chosen))
+            while queue and take:
+                admitted = queue.popleft()
+                if not _channel_closed(admitted.delivery):
+                    chosen.append(admitted)
+                    take -= 1
+            while queue and _channel_closed(queue[0].delivery):
+                queue.popleft()
+            if queue:
+                held[sender] = queue  # to the back of the turns
+    chosen.sort(key=lambda a: a.arrival)
+    return chosen
 
 
 def serve(service: Service) -> int:

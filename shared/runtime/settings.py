@@ -76,6 +76,9 @@ class Settings:
     service_key: str = ""
     service_users: frozenset[str] = frozenset()
     max_request_bytes: int = 1 << 20  # a request body larger than this is refused unread
+    # order-intake: the most requests of one sender a pass takes while others' wait, so that a
+    # flood is held back behind the others (0: every request in arrival order)
+    fair_share: int = 8
     dead_letter_max: int = 100_000  # the dead-letter queue keeps at most this many messages ...
     dead_letter_ttl_s: int = 7 * 86400  # ... for at most this long
 
@@ -183,6 +186,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             service_key=_get(e, "SERVICE_KEY", ""),
             service_users=parse_users(_get(e, "SERVICE_USERS", "")),
             max_request_bytes=_positive(e, "MAX_REQUEST_BYTES", 1 << 20),
+            fair_share=_not_negative(int(_get(e, "FAIR_SHARE", "8")), "FAIR_SHARE"),
             dead_letter_max=_positive(e, "DEAD_LETTER_MAX", 100_000),
             dead_letter_ttl_s=_positive(e, "DEAD_LETTER_TTL_S", 7 * 86400),
         )

@@ -94,11 +94,11 @@ def service(monkeypatch: pytest.MonkeyPatch) -> Service:
     return svc
 
 
-def wire(svc: Service, recorder: Recorder) -> Any:
+def wire(svc: Service, recorder: Recorder, **consume: int) -> Any:
     requests = Batch(recorder.orders)
     svc.consume({svc.keys.request("order"): {t.SubmitOrder: requests},
-                 svc.keys.request("member"): {t.JoinMarket: recorder.join}})
-    return svc._consumers[-1].routes
+                 svc.keys.request("member"): {t.JoinMarket: recorder.join}}, **consume)
+    return svc._consumers[-1]
 
 
 TAGS = iter(range(1, 1_000_000))
@@ -114,10 +114,10 @@ def deliveries(log: list[str], *messages: t.Message) -> list[Any]:
 
 async def test_runs_keep_arrival_order_and_the_drain_is_acknowledged_once_after_every_run(service: Service) -> None:
     log: list[str] = []
-    routes = wire(service, Recorder(log))
+    consumer = wire(service, Recorder(log))
     drained = deliveries(log, t.JoinMarket(region=REGION, participant_id="a"), order("a", "o1"), order("a", "o2"),
                          t.JoinMarket(region=REGION, participant_id="b"), order("b", "o3"))
-    await service._process(drained, routes)
+    await service._process(consumer, drained)
     # every run, in arrival order, then one acknowledgement of the last delivery and all before it
     assert log == ["join a", "orders o1,o2", "join b", "orders o3", f"ack {drained[-1].delivery_tag}+"]
 
@@ -126,9 +126,9 @@ async def test_a_batch_failing_on_its_merits_is_tried_alone_and_only_the_bad_mes
         service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
     log: list[str] = []
-    routes = wire(service, Recorder(log, fail_on="bad"))
+    consumer = wire(service, Recorder(log, fail_on="bad"))
     drained = deliveries(log, order("a", "o1"), order("a", "bad"), order("b", "o2"))
-    await service._process(drained, routes)
+    await service._process(consumer, drained)
     assert log == ["orders o1", "orders o2", f"ack {drained[-1].delivery_tag}+"]  # the bad one is covered too
     assert len(service.dead) == 1 and "cannot handle bad" in service.dead[0]  # type: ignore[attr-defined]
 
@@ -137,9 +137,9 @@ async def test_an_outage_keeps_the_run_and_tries_it_again_whole(service: Service
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
     log: list[str] = []
-    routes = wire(service, Recorder(log, outage_once=True))
+    consumer = wire(service, Recorder(log, outage_once=True))
     drained = deliveries(log, order("a", "o1"), order("b", "o2"))
-    await service._process(drained, routes)
+    await service._process(consumer, drained)
     assert log == ["orders o1,o2", f"ack {drained[-1].delivery_tag}+"]
     assert service.dead == []  # type: ignore[attr-defined]
 
@@ -165,28 +165,29 @@ async def test_an_outage_that_took_the_channel_along_leaves_the_run_to_the_broke
     reconnects; the worker goes on (it crashed here before, with ChannelInvalidStateError)."""
     monkeypatch.setattr("shared.runtime.service.backoff_s", lambda *a, **k: 0.0)
     log: list[str] = []
-    routes = wire(service, Recorder(log, outage_once=True))
+    consumer = wire(service, Recorder(log, outage_once=True))
     gone = [ClosedChannelDelivery(d) for d in deliveries(log, order("a", "o1"), order("b", "o2"))]
-    await service._process(gone, routes)
+    await service._process(consumer, gone)
     assert log == []
     assert service.dead == []  # type: ignore[attr-defined]
 
 
 async def test_a_message_on_a_key_it_does_not_belong_on_never_reaches_a_handler(service: Service) -> None:
     log: list[str] = []
-    routes = wire(service, Recorder(log))
+    consumer = wire(service, Recorder(log))
     wrong = Delivery(f"{REGION}.in.member", encode(order("a", "o1")), log, delivery_tag=next(TAGS))  # wrong key
     right = deliveries(log, order("a", "o2"))
-    await service._process([wrong, *right], routes)
+    await service._process(consumer, [wrong, *right])
     assert log == [f"ack {wrong.delivery_tag}", "orders o2", f"ack {right[0].delivery_tag}+"]
     (answer, key), = service.published  # type: ignore[attr-defined]
     assert isinstance(answer, t.Rejected) and answer.reason == "malformed" and key == f"{REGION}.to.a.rejected"
 
 
-async def test_the_worker_drains_at_most_the_prefetch_window_per_run(service: Service) -> None:
+async def test_the_worker_drains_at_most_its_run_limit_per_run(service: Service) -> None:
     log: list[str] = []
     recorder = Recorder(log)
-    service.consume({service.keys.request("order"): {t.SubmitOrder: Batch(recorder.orders)}}, prefetch=2)
+    service.consume({service.keys.request("order"): {t.SubmitOrder: Batch(recorder.orders)}}, prefetch=8,
+                    run_limit=2)
     consumer = service._consumers[-1]
     for d in deliveries(log, *(order("a", f"o{i}") for i in range(5))):
         consumer.inbox.put_nowait(d)
@@ -250,3 +251,81 @@ async def test_any_other_error_of_a_publish_stays_what_it_is() -> None:
     svc._publishing = publishing  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="something else"):
         await svc.publish(t.SlotRecorded(region=REGION, slot=SLOT, entry_count=1), "r1.fact.slot_recorded")
+
+
+# --- fair passes: one sender's flood is held back, the others go first ----------------------
+
+
+def handled(log: list[str]) -> list[str]:
+    """The client order ids in the order the handler got them."""
+    return [coid for line in log if line.startswith("orders ") for coid in line[len("orders "):].split(",")]
+
+
+async def test_a_fair_pass_takes_a_share_of_each_sender_in_arrival_order_and_holds_back_the_rest(
+        service: Service) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=16, per_sender=3)
+    flood = deliveries(log, *(order("f", f"f{i}") for i in range(10)))
+    others = deliveries(log, order("a", "a1"), order("b", "b1"), order("a", "a2"))
+    await service._process(consumer, [*flood, *others])
+    # the flood's oldest three and every other sender's, in arrival order, in one run
+    assert log[0] == "orders f0,f1,f2,a1,b1,a2"
+    assert [len(v) for v in consumer.held.values()] == [7]
+    # acknowledged: up to the first one held back at once, after it one by one, never one held back
+    assert log[1:] == [f"ack {flood[2].delivery_tag}+", *(f"ack {d.delivery_tag}" for d in others)]
+    # the next passes take three at a time, the flood's own order kept, until nothing is held
+    while consumer.held:
+        await service._process(consumer, [])
+    assert handled(log) == ["f0", "f1", "f2", "a1", "b1", "a2", *(f"f{i}" for i in range(3, 10))]
+    assert [line for line in log if line.startswith("orders")][1:] == ["orders f3,f4,f5", "orders f6,f7,f8",
+                                                                        "orders f9"]
+    assert service.metrics.requests_held.labels(REGION, "order-intake")._value.get() == 0
+
+
+async def test_a_pass_never_exceeds_its_run_limit_and_the_senders_take_turns(service: Service) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=3, per_sender=2)
+    await service._process(consumer, deliveries(log, *(order(p, f"{p}{i}") for p in "xyz" for i in range(3))))
+    while consumer.held:
+        await service._process(consumer, [])
+    # z waited for a full pass, so it goes first in the next; y, cut short, after it
+    assert [line for line in log if line.startswith("orders")] == [
+        "orders x0,x1,y0", "orders x2,z0,z1", "orders y1,y2,z2"]
+
+
+async def test_held_back_deliveries_of_a_closed_channel_are_left_to_the_broker(service: Service) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=16, per_sender=1)
+    drained = deliveries(log, order("f", "f0"), order("f", "f1"), order("f", "f2"))
+    await service._process(consumer, [drained[0], *(ClosedChannelDelivery(d) for d in drained[1:])])
+    await service._process(consumer, [])
+    assert handled(log) == ["f0"] and not consumer.held  # f1 and f2 come again on the new channel
+
+
+async def test_a_household_arriving_during_a_flood_is_answered_before_the_flood_is(service: Service) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=512, run_limit=64, per_sender=4)
+    for d in deliveries(log, *(order("f", f"f{i}") for i in range(200))):
+        consumer.inbox.put_nowait(d)
+    worker = asyncio.create_task(service._work(consumer))
+    while not handled(log):
+        await asyncio.sleep(0)
+    consumer.inbox.put_nowait(deliveries(log, order("a", "a1"))[0])  # arrives after the flood
+    while "a1" not in handled(log):
+        await asyncio.sleep(0)
+    worker.cancel()
+    assert handled(log).index("a1") <= 8  # in the next pass or the one after, not behind 200 (it was 200th)
+
+
+async def test_once_half_the_window_is_held_back_a_sender_may_fill_a_pass(service: Service) -> None:
+    """Short passes would let a flood fill the window, and the others' requests would then wait
+    behind it at the broker, where there are no turns."""
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=20, run_limit=6, per_sender=2)
+    await service._process(consumer, deliveries(log, *(order("f", f"f{i}") for i in range(9))))
+    assert handled(log) == ["f0", "f1"]  # 9 held of a window of 20: turns
+    await service._process(consumer, deliveries(log, *(order("g", f"g{i}") for i in range(3))))
+    # 10 held: crowded; the turns first (two of f's, two of g's), then the rest of the pass filled
+    assert handled(log)[2:] == ["f2", "f3", "f4", "f5", "g0", "g1"]
+    await service._process(consumer, [])
+    assert handled(log)[8:] == ["f6", "f7", "g2"]  # 4 held: turns again
