@@ -165,6 +165,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             max_export_w=_not_negative(int(_get(e, "MAX_EXPORT_W", "0")), "MAX_EXPORT_W"),
             max_spend_per_day=_spend_limit(_decimal(e, "MAX_SPEND_PER_DAY", "0")),
         )
+        if 0 < market.true_up_s <= market.reading_deadline_s:
+            # A slot is reconciled by its reading deadline at the latest: a window that
+            # ends before it would never take a late reading.
+            raise SettingsError(f"MICROTE_TRUE_UP_S ({market.true_up_s}) must be 0 or longer than "
+                                f"MICROTE_READING_DEADLINE_S ({market.reading_deadline_s})")
         mode = _get(e, "CLOCK_MODE", "simulation")
         if mode not in ("simulation", "realtime"):
             raise SettingsError("MICROTE_CLOCK_MODE must be 'simulation' or 'realtime'")

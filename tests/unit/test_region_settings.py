@@ -75,3 +75,14 @@ def test_a_bad_time_of_use_table_says_what_is_wrong(text: str, says: str) -> Non
     with pytest.raises(SettingsError, match="MICROTE_TIME_OF_USE") as refused:
         from_env({"MICROTE_TIME_OF_USE": text})
     assert says in str(refused.value)
+
+
+@pytest.mark.parametrize("window", ["60", "120"])
+def test_a_true_up_window_that_ends_by_the_reading_deadline_is_refused(window: str) -> None:
+    """A slot is reconciled by its reading deadline at the latest: such a window would take no
+    late reading ever."""
+    with pytest.raises(SettingsError, match=r"MICROTE_TRUE_UP_S \(\d+\) must be 0 or longer than "
+                                            r"MICROTE_READING_DEADLINE_S \(120\)"):
+        from_env({"MICROTE_TRUE_UP_S": window, "MICROTE_READING_DEADLINE_S": "120"})
+    assert from_env({"MICROTE_TRUE_UP_S": "121", "MICROTE_READING_DEADLINE_S": "120"}).market.true_up_s == 121
+    assert from_env({"MICROTE_TRUE_UP_S": "0"}).market.true_up_s == 0
