@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -93,6 +94,8 @@ PROBE_TIMEOUT_S = 2.0
 # had not acknowledged the broker delivers again; nothing accepted is lost).
 STOP_STEP_S = 10.0
 STOP_LIMIT_S = 25.0  # within the Kubernetes manifests' terminationGracePeriodSeconds (30)
+HELD_BYTES = 32 << 20  # fair passes: bodies held back beyond this fill the passes (as a crowded window)
+WINDOW_BYTES = 64 << 20  # bodies in hand beyond this pause the consumer until half are worked off
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # a larger body is parked truncated
 
 
@@ -166,7 +169,7 @@ class Service:
         one pass of the worker handles at most ``run_limit`` of them (default: all). With
         ``per_sender``, a pass takes at most that many messages of one sender, in turns,
         and holds the rest back for the next passes: one sender's flood then delays the
-        others by about one short pass, not by the flood (``_fair_pass``)."""
+        others by about one short pass, not by the flood (``_Turns``)."""
         keys = list(routes)
         queue = service_queue(self.region, self.name, keys[0], single_active=single_active)
         by_place: dict[tuple[str, str], dict[type[Message], Handler]] = {}
@@ -257,6 +260,9 @@ class Service:
     # a ``Batch`` handler gets the whole run of its messages in one call (one Redis script,
     # one wait for the broker's confirms), a plain handler one message at a time. Every
     # delivery is acknowledged only after its handler returned, so after its work is durable.
+    # The prefetch counts messages, not bytes: once the bodies in hand pass WINDOW_BYTES the
+    # consumer pauses (cancels its subscription; the broker keeps the rest) and resumes once
+    # the worker has worked them down to half, so that large requests cannot exhaust memory.
 
     async def _start_consuming(self) -> None:
         connection = self._connection
@@ -266,14 +272,37 @@ class Service:
             await channel.set_qos(prefetch_count=consumer.prefetch)
             queue = await channel.declare_queue(consumer.queue.name, durable=True,
                                                 arguments=consumer.queue.arguments)
-            inbox = consumer.inbox
-
-            async def deliver(incoming: AbstractIncomingMessage, inbox: asyncio.Queue[Any] = inbox) -> None:
-                inbox.put_nowait(incoming)
-
-            consumer.tag = await queue.consume(deliver)
             consumer.amqp_queue = queue
+            consumer.deliver = functools.partial(self._deliver, consumer)
+            consumer.tag = await queue.consume(consumer.deliver)
             consumer.worker = asyncio.create_task(self._work(consumer))
+
+    async def _deliver(self, consumer: _Consumer, incoming: AbstractIncomingMessage) -> None:
+        consumer.inbox.put_nowait(incoming)
+        consumer.inbox_bytes += len(incoming.body)
+        if consumer.in_hand() > WINDOW_BYTES and consumer.pausing is None:
+            consumer.pausing = asyncio.create_task(self._pause(consumer))
+
+    async def _pause(self, consumer: _Consumer) -> None:
+        while consumer.tag is None:  # (delivered before its subscription's tag was known)
+            if consumer.stopping:
+                return
+            await asyncio.sleep(0.01)
+        assert consumer.amqp_queue is not None
+        self.log.warning("consumer_paused", queue=consumer.queue.name, bytes_in_hand=consumer.in_hand(),
+                         limit=WINDOW_BYTES)
+        tag, consumer.tag = consumer.tag, None
+        with contextlib.suppress(Exception):  # a channel that closed meanwhile delivers nothing more anyway
+            await consumer.amqp_queue.cancel(tag)
+
+    async def _resume_if_worked_down(self, consumer: _Consumer) -> None:
+        if consumer.pausing is None or consumer.stopping or 2 * consumer.in_hand() > WINDOW_BYTES:
+            return
+        await consumer.pausing
+        assert consumer.amqp_queue is not None and consumer.deliver is not None
+        consumer.tag = await consumer.amqp_queue.consume(consumer.deliver)
+        consumer.pausing = None
+        self.log.info("consumer_resumed", queue=consumer.queue.name, bytes_in_hand=consumer.in_hand())
 
     async def _stop_consuming(self) -> None:
         """Stop taking deliveries, finish the run in hand, leave the rest to the broker."""
@@ -312,7 +341,7 @@ class Service:
     async def _work(self, consumer: _Consumer) -> None:
         inbox = consumer.inbox
         while not consumer.stopping:
-            if consumer.held:  # messages held back: no waiting, but deliveries land first
+            if consumer.turns or consumer.backlog:  # work in hand: no waiting, but deliveries land first
                 await asyncio.sleep(0)
                 drained = []
             else:
@@ -321,56 +350,71 @@ class Service:
             # Fair: everything, to be held back by sender; else one pass's worth, in order.
             while not inbox.empty() and (consumer.per_sender or len(drained) < consumer.run_limit):
                 drained.append(inbox.get_nowait())
+            consumer.inbox_bytes -= sum(len(d.body) for d in drained)
             try:
                 await self._process(consumer, drained)
-            except Exception:  # never lose the worker: the deliveries stay unacknowledged
+                await self._resume_if_worked_down(consumer)
+            except Exception:  # never lose the worker: what the pass left is tried again
                 self.log.exception("delivery_batch_failed", count=len(drained))
+                await asyncio.sleep(1.0)
             finally:
                 consumer.idle.set()
 
     async def _process(self, consumer: _Consumer, drained: list[AbstractIncomingMessage]) -> None:
-        """Admit what was drained, then handle one pass: runs of one handler in arrival order."""
+        """Admit what was drained, then handle one pass: runs of one handler in arrival order.
+        A pass that fails (not a handler: ``_handle`` keeps those) leaves what it did not
+        finish in hand, so that it is never acknowledged unhandled and is tried again."""
+        fair, turns = bool(consumer.per_sender), consumer.turns
+        drained = [*consumer.backlog, *drained]  # what a failed pass left, first
+        consumer.backlog.clear()
         admitted: list[_Admitted] = []
-        for incoming in drained:
-            found = await self._admit(incoming, consumer.routes)
+        for n, incoming in enumerate(drained):
+            try:
+                found = await self._admit(incoming, consumer.routes)
+            except Exception:
+                consumer.backlog += [a.delivery for a in admitted] + drained[n:]  # (fair: held already)
+                raise
             if found is not None:
                 consumer.arrived += 1
-                admitted.append(_Admitted(consumer.arrived, incoming, *found))
-        if consumer.per_sender:
-            for a in admitted:  # whose turn it waits for: '' for the services' facts
-                sender = self._sender(a.delivery) or str(getattr(a.message, "participant_id", ""))
-                consumer.held.setdefault(sender, deque()).append(a)
-            held = sum(map(len, consumer.held.values()))
-            chosen = _fair_pass(consumer.held, consumer.per_sender, consumer.run_limit,
-                                crowded=2 * held >= consumer.prefetch)
-            self.metrics.requests_held.labels(self.region, self.name).set(held - len(chosen))
+                handler, message = found
+                if fair:  # whose turn it waits for: '' for the services' facts
+                    sender = self._sender(incoming) or str(getattr(message, "participant_id", ""))
+                    turns.hold(_Admitted(consumer.arrived, incoming, handler, message, sender))
+                else:
+                    admitted.append(_Admitted(consumer.arrived, incoming, handler, message))
+        if fair:
+            chosen = turns.take(consumer.per_sender, consumer.run_limit,
+                                crowded=2 * turns.count >= consumer.prefetch or turns.size >= HELD_BYTES)
+            self.metrics.requests_held.labels(self.region, self.name).set(turns.count)
         else:
             chosen = admitted
         done: list[AbstractIncomingMessage] = []
         i = 0
-        while i < len(chosen):
-            handler = chosen[i].handler
-            j = i + 1
-            if isinstance(handler, Batch):
-                while j < len(chosen) and chosen[j].handler is handler:
-                    j += 1
-            run = chosen[i:j]
-            done += await self._run(handler, [a.delivery for a in run], [a.message for a in run])
-            i = j
-        # Each sender's oldest held back is the first on its channel (a closed channel's are gone).
-        await self._acknowledge(done, [held[0].delivery for held in consumer.held.values()])
+        try:
+            while i < len(chosen):
+                handler = chosen[i].handler
+                j = i + 1
+                if isinstance(handler, Batch):
+                    while j < len(chosen) and chosen[j].handler is handler:
+                        j += 1
+                run = chosen[i:j]
+                done += await self._run(handler, [a.delivery for a in run], [a.message for a in run])
+                i = j
+        except Exception:
+            if fair:
+                turns.put_back(chosen[i:])
+            else:
+                consumer.backlog += [a.delivery for a in chosen[i:]]
+            raise
+        finally:
+            await self._acknowledge(done, turns.floor(consumer.backlog))
 
-    async def _acknowledge(self, done: list[AbstractIncomingMessage],
-                           held: list[AbstractIncomingMessage] | None = None) -> None:
-        # ``held``: at least the first delivery held back on each channel
+    async def _acknowledge(self, done: list[AbstractIncomingMessage], floor: dict[int, int] | None = None) -> None:
         """One acknowledgement per channel for a whole pass: the last delivery's, covering
         the earlier ones (each of which is handled, or was refused and acknowledged alone),
-        but never one held back for a later pass: those after the first held back are
-        acknowledged one by one."""
-        floor: dict[int, int] = {}  # channel -> its first delivery held back
-        for incoming in held or []:
-            key, tag = id(incoming.channel), incoming.delivery_tag or 0
-            floor[key] = min(floor.get(key, tag), tag)
+        but never one still in hand: ``floor`` gives, per channel, the first delivery held
+        back or left for later, and the ones after it are acknowledged one by one."""
+        floor = floor or {}
         last: dict[int, AbstractIncomingMessage] = {}
         alone: list[AbstractIncomingMessage] = []
         for incoming in done:
@@ -809,15 +853,23 @@ class _Consumer:
     routes: dict[tuple[str, str], dict[type[Message], Handler]]  # (channel, kind) -> its types' handlers
     prefetch: int
     run_limit: int  # the most messages one pass handles
-    per_sender: int  # 0: a pass takes what arrived, in order; else the most of one sender's (_fair_pass)
+    per_sender: int  # 0: a pass takes what arrived, in order; else the most of one sender's (_Turns)
     inbox: asyncio.Queue[AbstractIncomingMessage] = field(default_factory=asyncio.Queue)
-    held: dict[str, deque[_Admitted]] = field(default_factory=dict)  # admitted, waiting for their sender's turn
+    inbox_bytes: int = 0  # bodies delivered and not yet drained
+    deliver: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None
+    pausing: asyncio.Task[None] | None = None  # set while the subscription is paused (WINDOW_BYTES)
+    turns: _Turns = field(default_factory=lambda: _Turns())  # admitted, waiting for their sender's turn
+    backlog: list[AbstractIncomingMessage] = field(default_factory=list)  # left by a failed pass, to admit again
     arrived: int = 0  # admitted so far: the arrival order of what is held back
     idle: asyncio.Event = field(default_factory=_idle_event)
     stopping: bool = False
     tag: str | None = None
     amqp_queue: aio_pika.abc.AbstractQueue | None = None
     worker: asyncio.Task[None] | None = None
+
+    def in_hand(self) -> int:
+        """Bytes of the bodies delivered and not yet handled: in the inbox, and held back."""
+        return self.inbox_bytes + self.turns.size + sum(len(d.body) for d in self.backlog)
 
 
 @dataclass
@@ -826,37 +878,85 @@ class _Admitted:
     delivery: AbstractIncomingMessage
     handler: Handler
     message: Message
+    sender: str = ""  # fair passes: whose turn it waits for
 
 
-def _fair_pass(held: dict[str, deque[_Admitted]], per_sender: int, limit: int, crowded: bool = False
-               ) -> list[_Admitted]:
-    """One pass over the messages held back: in turns, at most ``per_sender`` of each sender's
-    oldest, at most ``limit`` in all, in arrival order. When the window is ``crowded`` (half of
-    it held back) what the turns leave of the pass is then filled, in turns again: short
-    passes would let a flood fill the window, and with the window full the others' requests
-    would wait behind it at the broker, where there are no turns. A sender that still has
-    messages waits at the back of the turns; one that has none left leaves them. A sender's
-    own messages keep their order; only different senders' are reordered. Messages of a
-    closed channel are dropped (the broker delivers them again), so that each sender's first
-    held back is on the open channel. O(what the pass takes), however much is held back."""
-    chosen: list[_Admitted] = []
-    for share in (per_sender, limit) if crowded else (per_sender,):
-        for sender in list(held):
-            if len(chosen) >= limit:
-                break
-            queue = held.pop(sender)
-            take = min(share, limit - len(chosen))
-            while queue and take:
-                admitted = queue.popleft()
-                if not _channel_closed(admitted.delivery):
-                    chosen.append(admitted)
-                    take -= 1
+class _Turns:
+    """The requests held back, per sender, for fair passes (``Service.consume(per_sender=)``)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[_Admitted]] = {}  # sender -> its requests, oldest first; in turn order
+        self.count = 0
+        self.size = 0  # bytes of their bodies
+
+    def __bool__(self) -> bool:
+        return bool(self.queues)
+
+    def hold(self, admitted: _Admitted) -> None:
+        self.queues.setdefault(admitted.sender, deque()).append(admitted)
+        self._counted(admitted, 1)
+
+    def _counted(self, admitted: _Admitted, sign: int) -> None:
+        self.count += sign
+        self.size += sign * len(admitted.delivery.body)
+
+    def take(self, per_sender: int, limit: int, crowded: bool = False) -> list[_Admitted]:
+        """One pass: in turns, at most ``per_sender`` of each sender's oldest, at most
+        ``limit`` in all, in arrival order. When the window is ``crowded`` what the turns leave
+        of the pass is then filled, in turns again: short passes would let a flood fill the
+        window, and with the window full the others' requests would wait behind it at the
+        broker, where there are no turns. A sender that still has requests waits at the back
+        of the turns; one that has none left leaves them. A sender's own requests keep their
+        order; only different senders' are reordered. Requests of a closed channel are
+        dropped (the broker delivers them again). O(what the pass takes + senders)."""
+        chosen: list[_Admitted] = []
+        for share in (per_sender, limit) if crowded else (per_sender,):
+            for sender in list(self.queues):
+                if len(chosen) >= limit:
+                    break
+                queue = self.queues.pop(sender)
+                take = min(share, limit - len(chosen))
+                while queue and take:
+                    admitted = queue.popleft()
+                    self._counted(admitted, -1)
+                    if not _channel_closed(admitted.delivery):
+                        chosen.append(admitted)
+                        take -= 1
+                if queue:
+                    self.queues[sender] = queue  # to the back of the turns
+        chosen.sort(key=lambda a: a.arrival)
+        return chosen
+
+    def put_back(self, admitted: list[_Admitted]) -> None:
+        """Requests a failed pass took and did not finish: first in their senders' queues again."""
+        by_sender: dict[str, list[_Admitted]] = {}
+        for a in admitted:
+            by_sender.setdefault(a.sender, []).append(a)
+        for sender, items in by_sender.items():
+            queue = self.queues.setdefault(sender, deque())
+            queue.extendleft(reversed(items))
+            for a in items:
+                self._counted(a, 1)
+
+    def floor(self, backlog: list[AbstractIncomingMessage]) -> dict[int, int]:
+        """Per open channel, the lowest delivery tag still in hand (held back, or left for
+        later in ``backlog``): a multiple acknowledgement must stay below it. A sender's
+        requests on one channel come in tag order, so its first on an open channel is its
+        lowest there; a closed channel's, at the front, are dropped (the broker redelivers)."""
+        floor: dict[int, int] = {}
+        firsts = [d for d in backlog if not _channel_closed(d)]
+        for sender in list(self.queues):
+            queue = self.queues[sender]
             while queue and _channel_closed(queue[0].delivery):
-                queue.popleft()
+                self._counted(queue.popleft(), -1)
             if queue:
-                held[sender] = queue  # to the back of the turns
-    chosen.sort(key=lambda a: a.arrival)
-    return chosen
+                firsts.append(queue[0].delivery)
+            else:
+                del self.queues[sender]
+        for delivery in firsts:
+            key, tag = id(delivery.channel), delivery.delivery_tag or 0
+            floor[key] = min(floor.get(key, tag), tag)
+        return floor
 
 
 def serve(service: Service) -> int:

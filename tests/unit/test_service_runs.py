@@ -7,6 +7,8 @@ Redis: tests/e2e and tests/faults.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,11 +272,11 @@ async def test_a_fair_pass_takes_a_share_of_each_sender_in_arrival_order_and_hol
     await service._process(consumer, [*flood, *others])
     # the flood's oldest three and every other sender's, in arrival order, in one run
     assert log[0] == "orders f0,f1,f2,a1,b1,a2"
-    assert [len(v) for v in consumer.held.values()] == [7]
+    assert consumer.turns.count == 7
     # acknowledged: up to the first one held back at once, after it one by one, never one held back
     assert log[1:] == [f"ack {flood[2].delivery_tag}+", *(f"ack {d.delivery_tag}" for d in others)]
     # the next passes take three at a time, the flood's own order kept, until nothing is held
-    while consumer.held:
+    while consumer.turns:
         await service._process(consumer, [])
     assert handled(log) == ["f0", "f1", "f2", "a1", "b1", "a2", *(f"f{i}" for i in range(3, 10))]
     assert [line for line in log if line.startswith("orders")][1:] == ["orders f3,f4,f5", "orders f6,f7,f8",
@@ -286,7 +288,7 @@ async def test_a_pass_never_exceeds_its_run_limit_and_the_senders_take_turns(ser
     log: list[str] = []
     consumer = wire(service, Recorder(log), prefetch=64, run_limit=3, per_sender=2)
     await service._process(consumer, deliveries(log, *(order(p, f"{p}{i}") for p in "xyz" for i in range(3))))
-    while consumer.held:
+    while consumer.turns:
         await service._process(consumer, [])
     # z waited for a full pass, so it goes first in the next; y, cut short, after it
     assert [line for line in log if line.startswith("orders")] == [
@@ -299,7 +301,7 @@ async def test_held_back_deliveries_of_a_closed_channel_are_left_to_the_broker(s
     drained = deliveries(log, order("f", "f0"), order("f", "f1"), order("f", "f2"))
     await service._process(consumer, [drained[0], *(ClosedChannelDelivery(d) for d in drained[1:])])
     await service._process(consumer, [])
-    assert handled(log) == ["f0"] and not consumer.held  # f1 and f2 come again on the new channel
+    assert handled(log) == ["f0"] and not consumer.turns  # f1 and f2 come again on the new channel
 
 
 async def test_a_household_arriving_during_a_flood_is_answered_before_the_flood_is(service: Service) -> None:
@@ -308,13 +310,125 @@ async def test_a_household_arriving_during_a_flood_is_answered_before_the_flood_
     for d in deliveries(log, *(order("f", f"f{i}") for i in range(200))):
         consumer.inbox.put_nowait(d)
     worker = asyncio.create_task(service._work(consumer))
-    while not handled(log):
-        await asyncio.sleep(0)
-    consumer.inbox.put_nowait(deliveries(log, order("a", "a1"))[0])  # arrives after the flood
-    while "a1" not in handled(log):
-        await asyncio.sleep(0)
-    worker.cancel()
+    try:
+        async with asyncio.timeout(10):
+            while not handled(log):
+                await asyncio.sleep(0)
+            consumer.inbox.put_nowait(deliveries(log, order("a", "a1"))[0])  # arrives after the flood
+            while "a1" not in handled(log):
+                await asyncio.sleep(0)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
     assert handled(log).index("a1") <= 8  # in the next pass or the one after, not behind 200 (it was 200th)
+
+
+class Channel:
+    """A channel the fake deliveries come on; ``closed`` as after a broker restart."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+
+class OnChannel(Delivery):
+    """A delivery whose ``channel`` raises once its channel has closed, as aio-pika's does."""
+
+    @property  # type: ignore[override]
+    def channel(self) -> Any:
+        if self._channel.closed:
+            raise aiormq.exceptions.ChannelInvalidStateError
+        return self._channel
+
+    @channel.setter
+    def channel(self, value: Any) -> None:
+        self._channel = value
+
+
+def on_channel(channel: Channel, log: list[str], first_tag: int, *messages: t.Message) -> list[Any]:
+    return [OnChannel(f"{REGION}.in.order", encode(m), log, channel=channel, delivery_tag=first_tag + i)
+            for i, m in enumerate(messages)]
+
+
+async def test_requests_held_back_on_a_channel_that_closed_never_cover_the_new_channels(service: Service) -> None:
+    """After a broker restart the new channel's tags start again at 1: a multiple acknowledgement
+    there must stay below the first request held back on it, whatever the old channel held."""
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=2, per_sender=1)
+    old = Channel()
+    await service._process(consumer, on_channel(old, log, 1, *(order(p, f"{p}0") for p in "xyz")))
+    assert handled(log) == ["x0", "y0"]  # z0 held back on the old channel
+    old.closed = True  # the broker restarts; the old channel's unacknowledged come again, on the new one
+    new = Channel()
+    again = on_channel(new, log, 1, order("z", "z0"), order("w", "w0"), order("w", "w1"), order("v", "v0"))
+    log.clear()
+    await service._process(consumer, again)
+    # z0 of the old channel is dropped (never handled twice from there); the pass takes two turns
+    assert handled(log) == ["z0", "w0"]
+    assert [line for line in log if line.startswith("ack")] == ["ack 2+"]  # w1 (3) and v0 (4) are held back
+    log.clear()
+    while consumer.turns:
+        await service._process(consumer, [])
+    assert handled(log) == ["w1", "v0"]
+    assert [line for line in log if line.startswith("ack")] == ["ack 4+"]
+
+
+async def test_requests_of_two_open_channels_are_acknowledged_each_below_its_own_first_held_back(
+        service: Service) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=8, per_sender=1)
+    one, two = Channel(), Channel()
+    await service._process(consumer, [*on_channel(one, log, 1, order("f", "f0"), order("f", "f1")),
+                                      *on_channel(two, log, 1, order("g", "g0"), order("g", "g1"))])
+    assert handled(log) == ["f0", "g0"]
+    # tag 1 of each channel handled, tag 2 of each held back: each channel's ack stays at 1
+    assert sorted(line for line in log if line.startswith("ack")) == ["ack 1+", "ack 1+"]
+
+
+@pytest.mark.parametrize("fair", [0, 4])
+async def test_a_pass_that_fails_while_admitting_acknowledges_nothing_it_did_not_handle(
+        service: Service, monkeypatch: pytest.MonkeyPatch, fair: int) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=16, per_sender=fair)
+    drained = deliveries(log, order("a", "a0"), order("b", "b0"), order("c", "c0"))
+    admit, calls = service._admit, []
+
+    async def failing_once(msg: Any, routes: Any) -> Any:
+        calls.append(msg.delivery_tag)
+        if len(calls) == 2:
+            raise RuntimeError("a bug while admitting")
+        return await admit(msg, routes)
+
+    monkeypatch.setattr(service, "_admit", failing_once)
+    with pytest.raises(RuntimeError):
+        await service._process(consumer, drained)
+    assert not [line for line in log if line.startswith("ack")]  # nothing handled, nothing acknowledged
+    await service._process(consumer, [])  # the next pass takes what the failed one left
+    assert handled(log) == ["a0", "b0", "c0"]
+    assert log[-1] == f"ack {drained[-1].delivery_tag}+"
+
+
+@pytest.mark.parametrize("fair", [0, 4])
+async def test_a_pass_that_fails_outside_its_handlers_leaves_its_requests_in_hand(
+        service: Service, monkeypatch: pytest.MonkeyPatch, fair: int) -> None:
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=64, run_limit=16, per_sender=fair)
+    drained = deliveries(log, order("a", "a0"), t.JoinMarket(region=REGION, participant_id="b"), order("c", "c0"))
+    run, runs = service._run, []
+
+    async def failing_second(handler: Any, batch: Any, messages: Any) -> Any:
+        runs.append(len(messages))
+        if len(runs) == 2:
+            raise RuntimeError("a bug outside the handler")
+        return await run(handler, batch, messages)
+
+    monkeypatch.setattr(service, "_run", failing_second)
+    with pytest.raises(RuntimeError):
+        await service._process(consumer, drained)
+    # the first run is handled and acknowledged, up to what the failed run left in hand
+    assert log == ["orders a0", f"ack {drained[0].delivery_tag}+"]
+    await service._process(consumer, [])
+    assert log[2:] == ["join b", "orders c0", f"ack {drained[-1].delivery_tag}+"]
 
 
 async def test_once_half_the_window_is_held_back_a_sender_may_fill_a_pass(service: Service) -> None:
@@ -329,3 +443,62 @@ async def test_once_half_the_window_is_held_back_a_sender_may_fill_a_pass(servic
     assert handled(log)[2:] == ["f2", "f3", "f4", "f5", "g0", "g1"]
     await service._process(consumer, [])
     assert handled(log)[8:] == ["f6", "f7", "g2"]  # 4 held: turns again
+
+
+async def test_bodies_held_back_beyond_their_budget_fill_the_passes(service: Service,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large requests fill memory long before they fill the window: past HELD_BYTES a pass is
+    filled after the turns, as in a crowded window."""
+    monkeypatch.setattr("shared.runtime.service.HELD_BYTES", 3 * len(encode(order("f", "f0"))))
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=1000, run_limit=4, per_sender=1)
+    await service._process(consumer, deliveries(log, *(order("f", f"f{i}") for i in range(6))))
+    assert handled(log) == ["f0", "f1", "f2", "f3"]  # 6 held, over the budget of 3: a full pass
+    assert consumer.turns.size == 2 * len(encode(order("f", "f0")))
+    await service._process(consumer, [])
+    assert handled(log)[4:] == ["f4"]  # 2 held, under it: turns
+
+
+class Subscription:
+    """What the scaffold does with an aio-pika queue: subscribe and cancel."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log, self.tags = log, iter(range(1, 100))
+
+    async def consume(self, callback: Any) -> str:
+        tag = f"c{next(self.tags)}"
+        self.log.append(f"consume {tag}")
+        return tag
+
+    async def cancel(self, tag: str) -> None:
+        self.log.append(f"cancel {tag}")
+
+
+async def test_a_consumer_pauses_while_the_bodies_in_hand_pass_their_budget_and_resumes_below_half(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prefetch counts messages; a flood of large requests would fill memory long before it
+    fills the window."""
+    size = len(encode(order("f", "f00")))
+    monkeypatch.setattr("shared.runtime.service.WINDOW_BYTES", 10 * size)
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=1000, run_limit=4, per_sender=4)
+    consumer.amqp_queue, consumer.tag = Subscription(log), "c0"  # type: ignore[assignment]
+    consumer.deliver = functools.partial(service._deliver, consumer)
+    for d in deliveries(log, *(order("f", f"f{i:02}") for i in range(12))):
+        await consumer.deliver(d)
+    assert consumer.pausing is not None
+    await consumer.pausing
+    assert log == ["cancel c0"] and consumer.tag is None  # 12 bodies in hand, beyond 10
+    worker = asyncio.create_task(service._work(consumer))
+    try:
+        async with asyncio.timeout(10):
+            while "consume c1" not in log:
+                await asyncio.sleep(0)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    # subscribed again once a pass had left at most half of the budget in hand: after 8 were handled
+    resumed = log.index("consume c1")
+    assert handled(log[:resumed]) == [f"f{i:02}" for i in range(8)]
+    assert consumer.tag == "c1" and consumer.pausing is None
