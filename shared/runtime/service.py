@@ -280,32 +280,54 @@ class Service:
     async def _deliver(self, consumer: _Consumer, incoming: AbstractIncomingMessage) -> None:
         consumer.inbox.put_nowait(incoming)
         consumer.inbox_bytes += len(incoming.body)
-        if consumer.in_hand() > WINDOW_BYTES and consumer.pausing is None:
+        if consumer.in_hand() > WINDOW_BYTES and consumer.pausing is None and consumer.pausable():
             consumer.pausing = asyncio.create_task(self._pause(consumer))
 
     async def _pause(self, consumer: _Consumer) -> None:
         while consumer.tag is None:  # (delivered before its subscription's tag was known)
-            if consumer.stopping:
+            if consumer.closing:
                 return
             await asyncio.sleep(0.01)
         assert consumer.amqp_queue is not None
         self.log.warning("consumer_paused", queue=consumer.queue.name, bytes_in_hand=consumer.in_hand(),
                          limit=WINDOW_BYTES)
         tag, consumer.tag = consumer.tag, None
-        with contextlib.suppress(Exception):  # a channel that closed meanwhile delivers nothing more anyway
+        try:
             await consumer.amqp_queue.cancel(tag)
+        except Exception as exc:  # a channel that closed: nothing more comes on it, nor is it restored
+            self.log.warning("consumer_pause_failed", queue=consumer.queue.name,
+                             error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def _resume_if_worked_down(self, consumer: _Consumer) -> None:
-        if consumer.pausing is None or consumer.stopping or 2 * consumer.in_hand() > WINDOW_BYTES:
+        """Subscribe again once half the budget is in hand; a failure (the broker away) is
+        tried again after the next pass, or after a second without deliveries (``_work``)."""
+        pausing = consumer.pausing
+        if pausing is None or consumer.closing or 2 * consumer.in_hand() > WINDOW_BYTES:
             return
-        await consumer.pausing
-        assert consumer.amqp_queue is not None and consumer.deliver is not None
-        consumer.tag = await consumer.amqp_queue.consume(consumer.deliver)
-        consumer.pausing = None
+        await asyncio.wait([pausing])  # (its failures are its own to log)
+        queue, deliver = consumer.amqp_queue, consumer.deliver
+        assert queue is not None and deliver is not None
+        try:
+            async with asyncio.timeout(STOP_STEP_S):  # (not wait_for: 3.11's can swallow a cancellation)
+                ready = getattr(queue.channel, "ready", None)  # a robust channel: until it is restored
+                if ready is not None:
+                    await ready()
+                tag = await queue.consume(deliver)
+        except Exception as exc:
+            self.log.warning("consumer_resume_failed", queue=consumer.queue.name,
+                             error=f"{type(exc).__name__}: {exc}"[:300])
+            return
+        if consumer.closing:  # stopped meanwhile: take nothing more
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+            return
+        consumer.tag, consumer.pausing = tag, None
         self.log.info("consumer_resumed", queue=consumer.queue.name, bytes_in_hand=consumer.in_hand())
 
     async def _stop_consuming(self) -> None:
         """Stop taking deliveries, finish the run in hand, leave the rest to the broker."""
+        for consumer in self._consumers:
+            consumer.closing = True  # a paused one is not subscribed again
         # With the broker away there is nothing to cancel (a robust channel would wait for it).
         if await self._broker_connected():
             for consumer in self._consumers:
@@ -344,6 +366,13 @@ class Service:
             if consumer.turns or consumer.backlog:  # work in hand: no waiting, but deliveries land first
                 await asyncio.sleep(0)
                 drained = []
+            elif consumer.pausing is not None:  # paused with nothing in hand: subscribe again
+                await self._resume_if_worked_down(consumer)
+                try:
+                    async with asyncio.timeout(1.0):
+                        drained = [await inbox.get()]
+                except TimeoutError:
+                    continue
             else:
                 drained = [await inbox.get()]
             consumer.idle.clear()
@@ -858,6 +887,7 @@ class _Consumer:
     inbox_bytes: int = 0  # bodies delivered and not yet drained
     deliver: Callable[[AbstractIncomingMessage], Awaitable[None]] | None = None
     pausing: asyncio.Task[None] | None = None  # set while the subscription is paused (WINDOW_BYTES)
+    closing: bool = False  # the service stops: no more subscribing
     turns: _Turns = field(default_factory=lambda: _Turns())  # admitted, waiting for their sender's turn
     backlog: list[AbstractIncomingMessage] = field(default_factory=list)  # left by a failed pass, to admit again
     arrived: int = 0  # admitted so far: the arrival order of what is held back
@@ -866,6 +896,11 @@ class _Consumer:
     tag: str | None = None
     amqp_queue: aio_pika.abc.AbstractQueue | None = None
     worker: asyncio.Task[None] | None = None
+
+    def pausable(self) -> bool:
+        """Not a single-active-consumer queue: cancelling there would hand the queue to another
+        replica while this one still holds its earlier messages (their order is the point)."""
+        return not (self.queue.arguments or {}).get("x-single-active-consumer")
 
     def in_hand(self) -> int:
         """Bytes of the bodies delivered and not yet handled: in the inbox, and held back."""

@@ -462,10 +462,16 @@ async def test_bodies_held_back_beyond_their_budget_fill_the_passes(service: Ser
 class Subscription:
     """What the scaffold does with an aio-pika queue: subscribe and cancel."""
 
-    def __init__(self, log: list[str]) -> None:
-        self.log, self.tags = log, iter(range(1, 100))
+    channel = None  # (not a robust channel: nothing to wait for before subscribing again)
+
+    def __init__(self, log: list[str], fail_consume: int = 0) -> None:
+        self.log, self.tags, self.fail_consume = log, iter(range(1, 100)), fail_consume
 
     async def consume(self, callback: Any) -> str:
+        if self.fail_consume:
+            self.fail_consume -= 1
+            self.log.append("consume failed")
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel is being restored")
         tag = f"c{next(self.tags)}"
         self.log.append(f"consume {tag}")
         return tag
@@ -502,3 +508,37 @@ async def test_a_consumer_pauses_while_the_bodies_in_hand_pass_their_budget_and_
     resumed = log.index("consume c1")
     assert handled(log[:resumed]) == [f"f{i:02}" for i in range(8)]
     assert consumer.tag == "c1" and consumer.pausing is None
+
+
+async def test_a_paused_consumer_whose_resume_fails_tries_again_with_nothing_in_hand(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker restart during a pause: subscribing fails while the channel is restored. The
+    worker has nothing in hand and no subscription to wake it; it must try again by itself."""
+    size = len(encode(order("f", "f00")))
+    monkeypatch.setattr("shared.runtime.service.WINDOW_BYTES", 2 * size)
+    log: list[str] = []
+    consumer = wire(service, Recorder(log), prefetch=1000, run_limit=8, per_sender=8)
+    consumer.amqp_queue, consumer.tag = Subscription(log, fail_consume=2), "c0"  # type: ignore[assignment]
+    consumer.deliver = functools.partial(service._deliver, consumer)
+    for d in deliveries(log, *(order("f", f"f{i:02}") for i in range(3))):
+        await consumer.deliver(d)
+    worker = asyncio.create_task(service._work(consumer))
+    try:
+        async with asyncio.timeout(10):
+            while consumer.tag is None or consumer.pausing is not None:
+                await asyncio.sleep(0.01)
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+    assert [line for line in log if line.startswith(("cancel", "consume"))] == [
+        "cancel c0", "consume failed", "consume failed", "consume c1"]
+    assert handled(log) == ["f00", "f01", "f02"]
+
+
+def test_a_single_active_consumer_queue_never_pauses(service: Service) -> None:
+    """Cancelling would hand the queue to another replica while this one holds earlier messages."""
+    recorder = Recorder([])
+    service.consume({service.keys.request("order"): {t.SubmitOrder: Batch(recorder.orders)}}, single_active=True)
+    assert not service._consumers[-1].pausable()
+    assert wire(service, recorder).pausable()
