@@ -90,6 +90,11 @@ def others(phase: Phase) -> tuple[list[float], Counter[str]]:
     return lat, Counter(got for key, (_, got) in phase.answered.items() if key[1] != FLOODER)
 
 
+def flood_answered(phase: Phase) -> float:
+    """When the flood's last answer arrived (perf_counter)."""
+    return max(at for key, (at, _) in phase.answered.items() if key[1] == FLOODER)
+
+
 async def wait_all(phase: Phase, timeout_s: float) -> None:
     phase.close()
     await asyncio.wait_for(phase.all_in.wait(), timeout_s)
@@ -141,7 +146,7 @@ async def amain(args: argparse.Namespace) -> int:
             took = await asyncio.gather(*work_done)
             await wait_all(phase, 300)
             if name != "baseline":
-                last = max(at for key, (at, _) in phase.answered.items() if key[1] == FLOODER)
+                last = flood_answered(phase)
                 print(f"{name}: the flood left in {took[1]:.2f} s ({args.flood / took[1]:,.0f} orders/s); its last "
                       f"answer came {last - phase.began:.2f} s after the phase began")
         if any(rr.current_round.start > r.current_round.start for rr in market.rounds):
@@ -163,7 +168,7 @@ async def amain(args: argparse.Namespace) -> int:
         for name, phase in phases.items():
             if name == "baseline":
                 continue
-            last = max(at for key, (at, _) in phase.answered.items() if key[1] == FLOODER)
+            last = flood_answered(phase)
             lat = [at - phase.sent[key] for key, (at, _) in phase.answered.items()
                    if key[1] != FLOODER and phase.sent[key] <= last]
             print(f"| {name} | {len(lat)} | {fmt_s(pct(lat, 0.5))} | {fmt_s(pct(lat, 0.99))} | "
