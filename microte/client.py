@@ -98,8 +98,10 @@ def _request_key(m: t.Message) -> tuple[str, ...]:
     """What identifies a request's answer: ``Client._key`` of the answer gives the same."""
     pid = getattr(m, "participant_id", "")
     match m:
-        case t.JoinMarket() | t.LeaveMarket():
-            return ("membership", pid)
+        case t.JoinMarket():  # a join's and a leave's answers apart: a late answer to one never ends the other
+            return ("join", pid)
+        case t.LeaveMarket():
+            return ("leave", pid)
         case t.SubmitOrder():
             return ("order", pid, m.client_order_id)
         case t.CancelOrder():
@@ -109,6 +111,14 @@ def _request_key(m: t.Message) -> tuple[str, ...]:
         case t.SubmitBatch():
             return ("batch", m.batch_id)
     raise ValueError(f"a {type(m).__name__} has no answer of its own: send() it")
+
+
+def answering(items: Iterable[t.ParticipantRound]) -> set[str]:
+    """The services that answer a batch of ``items``: order-intake its orders, cancels and
+    finishes, meter-collector its readings."""
+    items = list(items)
+    return ({"order-intake"} if any(i.orders or i.cancels or i.finish_round for i in items) else set()) | (
+        {"meter-collector"} if any(i.reading is not None for i in items) else set())
 
 
 class Client:
@@ -136,11 +146,16 @@ class Client:
         self._batches: dict[str, tuple[set[str], dict[str, t.BatchAnswered]]] = {}
         self._events: asyncio.Queue[t.Message] = asyncio.Queue()
         self._batch_ids = itertools.count()
+        # Set (and replaced) each time the robust connection is back after a loss: answers are
+        # transient, so one on its way when the broker restarted is gone, and every request
+        # still waiting is sent again at once rather than after ``resend_after_s``.
+        self._reconnected = asyncio.Event()
 
     # --- connection ---------------------------------------------------------------------
 
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.url)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
         channel = await self._connection.channel()  # publisher confirms: a publish returns once the broker has it
         await channel.set_qos(prefetch_count=64)
         try:
@@ -227,8 +242,7 @@ class Client:
         as their agent. Each item gets its own answer; an item for anyone else is refused
         (``not_entitled``)."""
         batch_id = batch_id or f"{new_order_id()}{next(self._batch_ids)}"
-        services = ({"order-intake"} if any(i.orders or i.cancels or i.finish_round for i in items) else set()) | (
-            {"meter-collector"} if any(i.reading is not None for i in items) else set())
+        services = answering(items)
         if not services:
             raise ValueError("an empty batch: give each item orders, cancels, a reading or a finish")
         message = t.SubmitBatch(region=self.region, participant_id=self.participant_id, batch_id=batch_id,
@@ -304,7 +318,9 @@ class Client:
             self._waiting[key] = future
             try:
                 await self.send(message, deadline)
-                got = await asyncio.wait_for(future, min(self.resend_after_s, max(0.0, deadline - loop.time())))
+                # Taken once the broker has the request: a reconnection while sending it is over.
+                reconnected = self._reconnected
+                got = await _first(future, reconnected, min(self.resend_after_s, max(0.0, deadline - loop.time())))
             except TimeoutError:
                 if loop.time() >= deadline:
                     raise TimeoutError(f"no answer to {type(message).__name__} within {self.answer_timeout_s} s "
@@ -317,12 +333,18 @@ class Client:
             assert isinstance(got, answer), got
             return got
 
+    def _on_reconnect(self, *_: object) -> None:
+        self._reconnected.set()
+        self._reconnected = asyncio.Event()
+
     def _key(self, m: t.Message) -> tuple[str, ...] | None:
         """The waiting request an answer belongs to (``_request_key`` of that request)."""
         pid = getattr(m, "participant_id", "")
         match m:
-            case t.MemberJoined() | t.MemberLeft():
-                return ("membership", pid)
+            case t.MemberJoined():
+                return ("join", pid)
+            case t.MemberLeft():
+                return ("leave", pid)
             case t.OrderAccepted():
                 return ("order", pid, m.client_order_id)
             case t.OrderCancelled():
@@ -333,8 +355,10 @@ class Client:
                 return ("batch", m.batch_id)
             case t.Rejected():
                 match m.request:
-                    case "JoinMarket" | "LeaveMarket":
-                        return ("membership", pid)
+                    case "JoinMarket":
+                        return ("join", pid)
+                    case "LeaveMarket":
+                        return ("leave", pid)
                     case "SubmitOrder":
                         return ("order", pid, m.reference)
                     case "CancelOrder":
@@ -363,3 +387,16 @@ class Client:
             elif not isinstance(message, t.MemberJoined | t.MemberLeft | t.OrderAccepted | t.OrderCancelled
                                 | t.ReadingAccepted | t.BatchAnswered):
                 await self._events.put(message)
+
+
+async def _first(answer: asyncio.Future[t.Message], reconnected: asyncio.Event, timeout: float) -> t.Message:
+    """The answer; ``TimeoutError`` (send it again) after ``timeout``, or as soon as the
+    connection came back from a loss, which may have taken the answer with it."""
+    woken = asyncio.ensure_future(reconnected.wait())
+    try:
+        await asyncio.wait((answer, woken), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+    if not answer.done():
+        raise TimeoutError
+    return answer.result()

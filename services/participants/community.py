@@ -17,7 +17,7 @@ import aio_pika
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
-from microte.client import Client, Refused
+from microte.client import Client, Refused, answering
 from services.participants import REQUESTS
 from services.participants.profiles import Household, deliver, noise
 from services.participants.strategies import Trade, make_strategy
@@ -41,6 +41,9 @@ class Tally:
     answers: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
     rounds: int = 0
+    # Requests of households on their own still without their answer when the run ended
+    # (after waiting for stragglers): 0 unless an answer was lost and never had again.
+    unanswered: int = 0
     # Each battery's charge at the end of each slot it delivered: slot -> household -> Wh.
     # Simulation only (a real household reports its meter, not its battery), kept with the
     # region's community for the report (scenario.community_record).
@@ -61,6 +64,10 @@ class Participant:
         self.strategy = make_strategy(home)
         self.joined = asyncio.Event()
         self.answers: dict[str, asyncio.Future[t.Message]] = {}
+        # What each answer still to come answers (same keys as ``answers``): sent again when
+        # the broker connection is back from a loss, since answers are transient (the
+        # market answers a request it has seen with the same answer).
+        self.unanswered: dict[str, tuple[t.Message, str]] = {}
         # A round is planned once (the plan moves the battery on) and done once its finish
         # is sent. A round start seen again before that (redelivered after a broker restart
         # cut the first play short, or announced again by a new clock) plays the same plan
@@ -88,8 +95,15 @@ class Participant:
             self.joined.set()
         elif isinstance(message, t.Rejected):
             c.tally.rejections[message.reason] += 1
-            self._answered(message.reference if message.request != "CancelOrder" else f"cancel-{message.reference}",
-                           message)
+            match message.request:
+                case "CancelOrder":
+                    self._answered(f"cancel-{message.reference}", message)
+                case "SubmitReading":  # its reference begins with the slot's start
+                    self._answered(f"reading-{message.reference.split('-', 1)[0]}", message)
+                case _:
+                    self._answered(message.reference, message)
+        elif isinstance(message, t.ReadingAccepted):
+            self._answered(f"reading-{message.slot.start}", message)
         elif isinstance(message, t.OrderAccepted):
             self._answered(message.client_order_id, message)
         elif isinstance(message, t.OrderCancelled):
@@ -116,18 +130,27 @@ class Participant:
     async def requote(self, order: t.OrderAccepted) -> None:
         """Now and then a household changes its mind: it cancels an order and quotes half of
         it again under a new id, both at once (the market handles them in arrival order)."""
-        c, loop = self.c, asyncio.get_running_loop()
+        c = self.c
         again = f"{order.client_order_id}-r"
-        answers = [self.answers.setdefault(f"cancel-{order.client_order_id}", loop.create_future()),
-                   self.answers.setdefault(again, loop.create_future())]
-        await c.send(t.CancelOrder(region=c.region, participant_id=self.pid, client_order_id=order.client_order_id,
-                                   slot=order.slot), k.CANCEL)
-        await c.send(t.SubmitOrder(region=c.region, participant_id=self.pid, client_order_id=again, side=order.side,
-                                   quantity_wh=max(1, order.quantity_wh // 2), price=order.price,
-                                   source=order.source, slot=order.slot), k.ORDER)
+        cancel = t.CancelOrder(region=c.region, participant_id=self.pid, client_order_id=order.client_order_id,
+                               slot=order.slot)
+        quote = t.SubmitOrder(region=c.region, participant_id=self.pid, client_order_id=again, side=order.side,
+                              quantity_wh=max(1, order.quantity_wh // 2), price=order.price, source=order.source,
+                              slot=order.slot)
+        answers = [self.expect(f"cancel-{order.client_order_id}", cancel, k.CANCEL),
+                   self.expect(again, quote, k.ORDER)]
+        await c.send(cancel, k.CANCEL)
+        await c.send(quote, k.ORDER)
         await asyncio.wait_for(asyncio.gather(*answers), timeout=ANSWER_TIMEOUT_S)
 
+    def expect(self, key: str, request: t.Message, kind: str) -> asyncio.Future[t.Message]:
+        """The answer to come under ``key``, to ``request`` (sent with ``kind``)."""
+        self.unanswered[key] = (request, kind)
+        return self.answers.setdefault(key, asyncio.get_running_loop().create_future())
+
     def _answered(self, client_order_id: str, message: t.Message) -> None:
+        if self.unanswered.pop(client_order_id, None) is not None:
+            self.c.answer_came.set()
         waiting = self.answers.pop(client_order_id, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(message)
@@ -190,18 +213,22 @@ class Participant:
         c, start = self.c, r.current_round.start
         waits = changes_mind and bool(orders)
         batch_id = f"{self.pid}-{start}"
-        answered = self.answers.setdefault(f"batch-{batch_id}-order-intake",
-                                           asyncio.get_running_loop().create_future()) if waits else None
-        await c.send(t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=batch_id, items=[
+        batch = t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=batch_id, items=[
             t.ParticipantRound(participant_id=self.pid, orders=orders, reading=reading,
-                               finish_round=0 if waits else start)]), k.BATCH)
-        if answered is not None:
-            answer = await asyncio.wait_for(answered, timeout=ANSWER_TIMEOUT_S)
+                               finish_round=0 if waits else start)])
+        answered = {service: self.expect(f"batch-{batch_id}-{service}", batch, k.BATCH)
+                    for service in answering(batch.items)}
+        await c.send(batch, k.BATCH)
+        if waits:
+            answer = await asyncio.wait_for(answered["order-intake"], timeout=ANSWER_TIMEOUT_S)
             assert isinstance(answer, t.BatchAnswered)
             accepted = {(a.participant_id, a.client_order_id) for a in answer.answers
                         if isinstance(a, t.OrderAccepted)}
-            await c.send(t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=f"{batch_id}-again",
-                                       items=[changed_mind(self.pid, orders[0], accepted, start)]), k.BATCH)
+            again = t.SubmitBatch(region=c.region, participant_id=self.pid, batch_id=f"{batch_id}-again",
+                                  items=[changed_mind(self.pid, orders[0], accepted, start)])
+            for service in answering(again.items):
+                self.expect(f"batch-{again.batch_id}-{service}", again, k.BATCH)
+            await c.send(again, k.BATCH)
         self.round_done(start)
 
     async def play_singly(self, r: t.RoundStarted) -> None:
@@ -211,15 +238,17 @@ class Participant:
             return
         reading, orders, changes_mind = planned
         c, region = self.c, self.c.region
-        sends = [c.send(t.SubmitReading(region=region, participant_id=self.pid, slot=reading.slot,
-                                        import_wh=reading.import_wh, export_wh=reading.export_wh,
-                                        self_consumed_wh=reading.self_consumed_wh), k.READING)]
+        submitted = t.SubmitReading(region=region, participant_id=self.pid, slot=reading.slot,
+                                    import_wh=reading.import_wh, export_wh=reading.export_wh,
+                                    self_consumed_wh=reading.self_consumed_wh)
+        self.expect(f"reading-{reading.slot.start}", submitted, k.READING)
+        sends = [c.send(submitted, k.READING)]
         answers: list[asyncio.Future[t.Message]] = []
         for o in orders:
-            answers.append(self.answers.setdefault(o.client_order_id, asyncio.get_running_loop().create_future()))
-            sends.append(c.send(t.SubmitOrder(region=region, participant_id=self.pid, client_order_id=o.client_order_id,
-                                              side=o.side, quantity_wh=o.quantity_wh, price=o.price, source=o.source,
-                                              slot=o.slot), k.ORDER))
+            order = t.SubmitOrder(region=region, participant_id=self.pid, client_order_id=o.client_order_id,
+                                  side=o.side, quantity_wh=o.quantity_wh, price=o.price, source=o.source, slot=o.slot)
+            answers.append(self.expect(o.client_order_id, order, k.ORDER))
+            sends.append(c.send(order, k.ORDER))
         await asyncio.gather(*sends)
         # Done with the round only once the market has answered every order.
         results = await asyncio.wait_for(asyncio.gather(*answers), timeout=ANSWER_TIMEOUT_S)
@@ -380,6 +409,8 @@ class Community:
         self.final_slot: tuple[int, int] | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._resending: set[asyncio.Task[None]] = set()
+        self.answer_came = asyncio.Event()  # set when a household's awaited answer comes
 
     def count(self, answers: list[t.BatchAnswer]) -> None:
         """The answers inside a batch's answer, one by one, as single requests' are counted."""
@@ -424,6 +455,7 @@ class Community:
 
     async def run(self, joined: asyncio.Event | None = None) -> Tally:
         connection = await aio_pika.connect_robust(self.amqp_url)
+        connection.reconnect_callbacks.add(self._on_reconnect)
         listening: list[asyncio.Task[None]] = []
         async with connection:
             self._channel = channel = await connection.channel()  # publisher confirms: see send()
@@ -452,6 +484,7 @@ class Community:
                 if joined is not None:
                     joined.set()
                 await self._until_finished(listening)
+                await self._answered_all()
                 for a in self.aggregators:
                     await a.leave()
                 for p in self.participants if not self.aggregators else ():
@@ -463,6 +496,37 @@ class Community:
                 for a in self.aggregators:
                     await a.client.close()
         return self.tally
+
+    def _on_reconnect(self, *_: object) -> None:
+        task = asyncio.create_task(self._send_unanswered(), name="send-unanswered")
+        self._resending.add(task)
+        task.add_done_callback(self._resending.discard)
+
+    async def _send_unanswered(self) -> None:
+        """After the broker connection came back from a loss: every request of a household on
+        its own whose answer has not come is sent again (answers are transient: a restart of
+        the broker may have lost it). Should the broker go again meanwhile, the next
+        reconnection sends what is still unanswered."""
+        again = {id(m): (m, kind) for p in self.participants for m, kind in list(p.unanswered.values())}
+        with contextlib.suppress(aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError):
+            for m, kind in again.values():
+                await self.send(m, kind)
+
+    def _unanswered(self) -> int:
+        return sum(len(p.unanswered) for p in self.participants)
+
+    async def _answered_all(self, timeout_s: float = 60.0) -> None:
+        """Until every household on its own has the answers to its requests (the last
+        round's may still be on their way when the run is over), ``timeout_s`` at most; the
+        count still unanswered goes into the tally."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._unanswered() and loop.time() < deadline:
+            self.answer_came.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self.answer_came.wait()
+        self.tally.unanswered = self._unanswered()
 
     async def _until_finished(self, listening: list[asyncio.Task[None]]) -> None:
         """Until the run is over; an aggregator that fails ends it with its error."""

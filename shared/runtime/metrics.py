@@ -158,7 +158,7 @@ def create_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         messages_received=Counter("microte_messages_received", "Deliveries taken from the service's queue, by "
                                   "routing-key shape (an answer's participant is *)", (*region, "service", "key"),
                                   registry=r),
-        messages_published=Counter("microte_messages_published", "Messages published (persistent, confirmed), by "
+        messages_published=Counter("microte_messages_published", "Messages published (confirmed), by "
                                    "routing-key shape (an answer's participant is *)", (*region, "service", "key"),
                                    registry=r),
         batch_duration=Histogram("microte_batch_duration_seconds", "One handler run over the messages drained "

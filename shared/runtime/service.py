@@ -67,6 +67,7 @@ from shared.runtime.topology import (
     bounded_key,
     dead_letter_queue,
     parse_key,
+    persistent,
     service_queue,
 )
 from shared.runtime.trust import SIGNATURE_HEADER, Signer
@@ -737,17 +738,19 @@ class Service:
     # --- outbound --------------------------------------------------------------------------
 
     async def publish(self, message: Message, routing_key: str) -> None:
-        """Persistent, confirmed, signed. The id is the content's hash, so a replay is recognisable."""
+        """Confirmed and signed; persistent but for the answers to requests (``persistent``).
+        The id is the content's hash, so a replay is recognisable."""
         body = encode(message)
         message_id = hashlib.blake2b(body, digest_size=12).hexdigest()
         headers: dict[str, Any] = {"x-microte-service": self.name,
                                    SIGNATURE_HEADER: self.signer.sign(routing_key, body)}
+        mode = aio_pika.DeliveryMode.PERSISTENT if persistent(routing_key) else aio_pika.DeliveryMode.NOT_PERSISTENT
         try:
             exchange, _ = await self._publishing()
             for _ in range(2 if self.settings.duplicate_delivery else 1):
                 await exchange.publish(
                     aio_pika.Message(body, headers=headers, content_type=CONTENT_TYPE, message_id=message_id,
-                                     user_id=self.broker_user, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                     user_id=self.broker_user, delivery_mode=mode),
                     routing_key=routing_key)
         except RuntimeError as exc:
             # aio-pika says "<Connection ...> closed" or "Connection was not opened" with a bare

@@ -97,6 +97,21 @@ ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, SETTLEMENTS, STATEM
     "order_accepted", "order_cancelled", "rejected", "reading_accepted", "settlements", "statement", "membership")
 # A batch's answers come back on the batch kind too: ``<region>.to.<sender>.batch``.
 
+# Answers to a request are transient: a broker restart may lose one still in its
+# addressee's queue, and the addressee sends the request again (every request is
+# idempotent, and one seen again gets the same answer). A transient message costs the
+# broker about a third of a persistent one (``bench/broker.py``). Everything else stays
+# persistent: requests, facts, memberships (the ledger-writer records them from the
+# answer), and the statements and settlements notices, which no request asks for again.
+TRANSIENT_ANSWERS = frozenset((ORDER_ACCEPTED, ORDER_CANCELLED, REJECTED, READING_ACCEPTED, BATCH))
+
+
+def persistent(routing_key: str) -> bool:
+    """Whether a message published with ``routing_key`` must survive a broker restart:
+    everything but the answers of ``TRANSIENT_ANSWERS``."""
+    parts = routing_key.split(".")
+    return not (len(parts) == 4 and parts[1] == TO and parts[3] in TRANSIENT_ANSWERS)
+
 
 def service_queue_name(region: str, service: str) -> str:
     """The durable queue a region's service consumes: ``microte.<region>.<service>``."""

@@ -351,4 +351,6 @@ class Simulator:
         got = await self.run(env_overrides, during, rounds=rounds, participants=participants, seed=seed,
                              servers=servers, name=name, aggregators=aggregators, requests=requests)
         assert got == expected and got.audit.ok, diff(expected, got)
+        # Answers are transient: one lost to a fault is had again by sending the request again.
+        assert got.tally is not None and got.tally.unanswered == 0, f"{got.tally.unanswered} requests unanswered"
         return got

@@ -57,7 +57,8 @@ async def test_a_broker_restart_changes_nothing_for_households_sending_their_rou
         sim: Simulator) -> None:
     """A household's batch is confirmed before it counts as sent and survives in its durable
     queue; a round start redelivered after the restart replays the same batch; the one that
-    changes its mind still gets order-intake's answer (persistent, in its own queue)."""
+    changes its mind still gets order-intake's answer: answers are transient, and one the
+    restart lost is had again, the household sending its batch again once reconnected."""
     async def fault(f: FaultContext) -> None:
         await f.at_round(22)
         await f.server_down_for("rabbit", 5)

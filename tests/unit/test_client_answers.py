@@ -32,8 +32,8 @@ def test_client_order_ids_are_random_and_valid_ids() -> None:
 
 
 @pytest.mark.parametrize(("answer", "key"), [
-    (t.MemberJoined(region=R, participant_id=ME, joined_at_ms=1), ("membership", ME)),
-    (t.MemberLeft(region=R, participant_id=ME), ("membership", ME)),
+    (t.MemberJoined(region=R, participant_id=ME, joined_at_ms=1), ("join", ME)),
+    (t.MemberLeft(region=R, participant_id=ME), ("leave", ME)),
     (t.OrderAccepted(region=R, order_id="o", client_order_id="c1", participant_id=ME, side="bid", quantity_wh=1,
                      price="0.1", source="solar", slot=SLOT, seq=0, submitted_at_ms=1), ("order", ME, "c1")),
     (t.OrderCancelled(region=R, participant_id=ME, client_order_id="c1", order_id="o", slot=SLOT),
@@ -47,7 +47,8 @@ def test_client_order_ids_are_random_and_valid_ids() -> None:
      ("cancel", ME, "c1")),
     (t.Rejected(region=R, participant_id=ME, request="SubmitReading", reason="not_a_member",
                 reference=f"{SLOT.start}-{SLOT.end}"), ("reading", ME, str(SLOT.start))),
-    (t.Rejected(region=R, participant_id=ME, request="JoinMarket", reason="identity_mismatch"), ("membership", ME)),
+    (t.Rejected(region=R, participant_id=ME, request="JoinMarket", reason="identity_mismatch"), ("join", ME)),
+    (t.Rejected(region=R, participant_id=ME, request="LeaveMarket", reason="not_a_member"), ("leave", ME)),
     (t.Rejected(region=R, participant_id=ME, request="unknown", reason="malformed"), None),
     (t.RoundFinished(region=R, participant_id=ME, round_start=1), None),
 ])
