@@ -58,8 +58,13 @@ class LedgerWriter:
             return RecordBatch(cancellations=[(m.region, m.order_id, slot_from_wire(m.slot))])
         if isinstance(m, t.ReadingAccepted):
             return RecordBatch(readings=[(m.region, reading_from_wire(m), m.received_at_ms)])
-        if isinstance(m, t.RequestsAnswered):  # each acceptance as if it had come alone
-            return merge([self.records(a) for a in m.accepted])
+        if isinstance(m, t.RequestsAnswered):  # each acceptance as if it had come alone (``records``)
+            return RecordBatch(
+                orders=[(a.region, order_from_wire(a)) for a in m.accepted if isinstance(a, t.OrderAccepted)],
+                cancellations=[(a.region, a.order_id, slot_from_wire(a.slot)) for a in m.accepted
+                               if isinstance(a, t.OrderCancelled)],
+                readings=[(a.region, reading_from_wire(a), a.received_at_ms) for a in m.accepted
+                          if isinstance(a, t.ReadingAccepted)])
         if isinstance(m, t.RoundStarted):
             return RecordBatch(rounds=[(m.region, m.current_round.start, m.fence, m.started_at_ms)])
         if isinstance(m, t.MemberJoined):
