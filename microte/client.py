@@ -378,7 +378,7 @@ class Client:
             key = self._key(message)
             if isinstance(message, t.BatchAnswered) and message.batch_id in self._batches:
                 services, answered = self._batches[message.batch_id]
-                answered[message.service] = message
+                answered.setdefault(message.service, message)  # the first stands: a repeat may be judged anew
                 if not services <= set(answered):
                     return  # another service's answer is still to come
             future = self._waiting.get(key) if key is not None else None

@@ -358,8 +358,9 @@ def _simulate(args: argparse.Namespace) -> int:
                                 participant_url=args.participant_url,
                                 progress_every=progress_interval(args.rounds) if args.rounds else 60).run()
         print(f"simulation done: {tally.rounds} rounds, answers {dict(tally.answers)}, "
-              f"rejections {dict(tally.rejections)}")
-        return 0
+              f"rejections {dict(tally.rejections)}"
+              + (f", {tally.unanswered} requests never answered" if tally.unanswered else ""))
+        return 1 if tally.unanswered else 0
 
     return asyncio.run(run())
 

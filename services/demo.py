@@ -136,7 +136,8 @@ async def run_demo(env: dict[str, str], *, participants: int, seed: int, log_dir
             print(f"microte: the queues and round state of region {settings.region} were not deleted "
                   f"({type(exc).__name__}: {exc})", file=sys.stderr)
     print(f"simulated {tally.rounds} rounds in {time.monotonic() - began:.1f} s; "
-          f"rejections: {dict(tally.rejections) or 'none'}", file=sys.stderr)
+          f"rejections: {dict(tally.rejections) or 'none'}"
+          + (f"; {tally.unanswered} requests never answered" if tally.unanswered else ""), file=sys.stderr)
     store = open_ledger(settings.ledger_url)
     await store.open()
     try:

@@ -86,28 +86,21 @@ class Participant:
 
     async def on_message(self, message: t.Message) -> None:
         c = self.c
+        # Only the first answer to a request counts: a request sent again (its answer lost to
+        # a broker restart, or the first on its way still) is judged again, and its repeat
+        # may differ (an order cancelled since is ``unknown_order``).
         if isinstance(message, t.BatchAnswered):  # its own round's answers: counted one by one
-            c.count(message.answers)
-            self._answered(f"batch-{message.batch_id}-{message.service}", message)
+            if self._answered(f"batch-{message.batch_id}-{message.service}", message):
+                c.count(message.answers)
+            return
+        waited = _answer_key(message)
+        if waited is not None and not self._answered(waited, message):
             return
         c.tally.answers[type(message).__name__] += 1
         if isinstance(message, t.MemberJoined):
             self.joined.set()
         elif isinstance(message, t.Rejected):
             c.tally.rejections[message.reason] += 1
-            match message.request:
-                case "CancelOrder":
-                    self._answered(f"cancel-{message.reference}", message)
-                case "SubmitReading":  # its reference begins with the slot's start
-                    self._answered(f"reading-{message.reference.split('-', 1)[0]}", message)
-                case _:
-                    self._answered(message.reference, message)
-        elif isinstance(message, t.ReadingAccepted):
-            self._answered(f"reading-{message.slot.start}", message)
-        elif isinstance(message, t.OrderAccepted):
-            self._answered(message.client_order_id, message)
-        elif isinstance(message, t.OrderCancelled):
-            self._answered(f"cancel-{message.client_order_id}", message)
         elif isinstance(message, t.SettlementsNotice):
             key = (message.slot.start, message.slot.end)
             sold, counted = self.sold.setdefault(key, {}), self.counted.setdefault(key, set())
@@ -148,12 +141,15 @@ class Participant:
         self.unanswered[key] = (request, kind)
         return self.answers.setdefault(key, asyncio.get_running_loop().create_future())
 
-    def _answered(self, client_order_id: str, message: t.Message) -> None:
-        if self.unanswered.pop(client_order_id, None) is not None:
-            self.c.answer_came.set()
-        waiting = self.answers.pop(client_order_id, None)
+    def _answered(self, key: str, message: t.Message) -> bool:
+        """Whether ``message`` is the first answer under ``key`` (``expect``)."""
+        waiting = self.answers.pop(key, None)
         if waiting is not None and not waiting.done():
             waiting.set_result(message)
+        if self.unanswered.pop(key, None) is None:
+            return False
+        self.c.answer_came.set()
+        return True
 
     def plan(self, r: t.RoundStarted) -> tuple[t.ReadingItem, list[t.OrderItem], bool] | None:
         """This household's round: its reading of the delivered slot, its orders for the next
@@ -257,6 +253,25 @@ class Participant:
         await c.send(t.FinishRound(region=region, participant_id=self.pid, round_start=r.current_round.start),
                      k.FINISH)
         self.round_done(r.current_round.start)
+
+
+def _answer_key(m: t.Message) -> str | None:
+    """The key (``Participant.expect``) of the request a household on its own waits under
+    for this answer; None for a message that answers no such request."""
+    match m:
+        case t.OrderAccepted():
+            return m.client_order_id
+        case t.OrderCancelled():
+            return f"cancel-{m.client_order_id}"
+        case t.ReadingAccepted():
+            return f"reading-{m.slot.start}"
+        case t.Rejected(request="SubmitOrder"):
+            return m.reference
+        case t.Rejected(request="CancelOrder"):
+            return f"cancel-{m.reference}"
+        case t.Rejected(request="SubmitReading"):  # its reference begins with the slot's start
+            return f"reading-{m.reference.split('-', 1)[0]}"
+    return None
 
 
 def agent_ids(count: int) -> list[str]:
@@ -491,7 +506,7 @@ class Community:
                     await self.send(t.LeaveMarket(region=self.region, participant_id=p.pid), k.MEMBER)
             finally:
                 self.progress.close()
-                for task in listening:
+                for task in [*listening, *self._resending]:
                     task.cancel()
                 for a in self.aggregators:
                     await a.client.close()

@@ -107,3 +107,28 @@ async def test_the_client_sends_a_waiting_request_again_as_soon_as_its_connectio
     me._waiting[("cancel", "h1", "c1")].set_result(answer)
     assert await asyncio.wait_for(cancelling, 5) == answer
     assert len(exchange.published) == 2
+
+
+async def test_only_the_first_answer_to_a_request_counts_and_other_refusals_always_do() -> None:
+    sim = round_community()
+    r = trading_round(NOON)
+    home = next(p for p in sim.participants if (plan := p.plan(r)) and plan[1] and not plan[2])
+
+    async def send(message: t.Message, kind: str) -> None:
+        pass
+
+    sim.send = send  # type: ignore[method-assign]
+    await home.play(r)
+    batch_id = f"{home.pid}-{NOON}"
+    first = t.BatchAnswered(region="r1", participant_id=home.pid, batch_id=batch_id, service="order-intake",
+                            answers=[t.RoundFinished(region="r1", participant_id=home.pid, round_start=NOON)])
+    again = t.BatchAnswered(region="r1", participant_id=home.pid, batch_id=batch_id, service="order-intake",
+                            answers=[t.Rejected(region="r1", participant_id=home.pid, request="SubmitOrder",
+                                                reason="unknown_order", reference="c1")])
+    await home.on_message(first)
+    await home.on_message(again)  # the repeat of a batch sent again: judged anew, not counted
+    assert sim.tally.answers == {"RoundFinished": 1} and not sim.tally.rejections
+    finish = t.Rejected(region="r1", participant_id=home.pid, request="FinishRound", reason="not_a_member",
+                        reference=str(NOON))
+    await home.on_message(finish)  # an answer no request of it waits for: counted
+    assert sim.tally.rejections == {"not_a_member": 1}
