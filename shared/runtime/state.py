@@ -92,9 +92,11 @@ for i = 1, #A, 12 do
   if kind == 'o' or kind == 'd' then  -- an order (k1 client ids, k2 book, k3 orders per participant,
                                       -- k4 the day's spend; a client id, b order id, c body,
                                       -- d side and Wh: 'a500', e what a bid may cost)
-    status = refused(pid, sender, true) or limited(pid)
+    status = refused(pid, sender, true)
+    local existing = not status and redis.call('HGET', k1, a)
+    -- A repeat (a request sent again, its answer lost) takes no token: it is answered as before.
+    if not status and not existing then status = limited(pid) end
     if not status then
-      local existing = redis.call('HGET', k1, a)
       local total, beyond = nil, false
       if not existing and kind == 'o' and d ~= '' then total, beyond = committed(pid, d, k3) end
       local spent = 0
@@ -126,9 +128,10 @@ for i = 1, #A, 12 do
     end
   elseif kind == 'c' then  -- a cancel (k1 client ids, k2 book, k3 orders per participant;
                            -- a client id, c '1' when its gate closed)
-    status = refused(pid, sender, false) or limited(pid)
+    status = refused(pid, sender, false)
+    local oid = not status and redis.call('HGET', k1, a)
+    if not status and not (oid and redis.call('HEXISTS', k2, oid) == 0) then status = limited(pid) end
     if not status then
-      local oid = redis.call('HGET', k1, a)
       if not oid then status = 'unknown'
       elseif c == '1' then status, value = 'closed', oid
       elseif redis.call('HDEL', k2, oid) == 1 then

@@ -323,6 +323,30 @@ async def test_a_participant_beyond_its_request_rate_is_refused_until_its_bucket
         ("rate_limited", b"")]  # cancels count as requests too
 
 
+async def test_a_repeated_order_or_cancel_takes_no_token_and_gets_its_first_answer(state: RegionState) -> None:
+    """A request sent again (its answer lost in a broker restart) is answered as it was, even
+    with the participant's bucket empty, and leaves the bucket as it was."""
+    await state.advance_round(600, 1, 0)
+    slot = Slot(720, 780)
+    limits = IntakeLimits(requests_per_s=1.0, burst=2)
+
+    def order(coid: str) -> IntakeOp:
+        return IntakeOp("o", "p", slot, client_order_id=coid, order_id=f"o-{coid}", body=coid.encode())
+
+    def cancel(coid: str) -> IntakeOp:
+        return IntakeOp("c", "p", slot, client_order_id=coid)
+
+    async def statuses(ops: list[IntakeOp], now_ms: int) -> list[tuple[str, bytes]]:
+        return await state.apply_intake(ops, round_start=600, now_ms=now_ms, limits=limits) or []
+
+    assert await statuses([order("c1"), cancel("c1")], 10_000) == [("ok", b""), ("ok", b"o-c1")]  # the burst
+    assert await statuses([order("c2")], 10_000) == [("rate_limited", b"")]  # empty
+    assert await statuses([order("c1"), cancel("c1")], 10_000) == [  # repeats: answered as before
+        ("cancelled", b""), ("gone", b"o-c1")]
+    assert await statuses([order("c2")], 11_000) == [("ok", b"")]  # the token of 1 s, not spent on repeats
+    assert await statuses([order("c2")], 11_000) == [("duplicate", b"c2")]  # a repeat of an order in the book
+
+
 async def test_the_sequence_counter_is_raised_to_the_floor_of_a_simulated_round_and_never_lowered(
         state: RegionState) -> None:
     """A simulated round's orders take numbers of their own (``simultaneous_seq``), not from
