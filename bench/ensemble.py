@@ -3,7 +3,7 @@
 Each size gets a region of its own and, measured right before it in the same run, a
 floor: the same message pattern through the same RabbitMQ without the services (a bare
 aio-pika consumer in a child process answering persistent, confirmed requests with
-persistent, confirmed answers).
+confirmed answers, transient as the services' are).
 
 sim (default): for each community size N, the services started as ``microte demo``
 starts them (simulation clock, an SQLite ledger under var/bench, first round at
@@ -117,6 +117,7 @@ TIMEOUT_METRIC = "microte_round_timeouts_total"  # shared/runtime/metrics.py: ro
 FLOOR_PREFETCH = 128  # as order-intake's
 EXTRA_ROUNDS = 3  # sim: rounds the clock runs after the measured ones (see run_sim)
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+TRANSIENT = aio_pika.DeliveryMode.NOT_PERSISTENT  # the answers, as the services send them (topology.persistent)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 Key = Hashable
 
@@ -345,8 +346,9 @@ def floor_queues(region: str) -> tuple[str, str]:
 
 async def floor_consumer(amqp_url: str, region: str, per_round: int) -> None:
     """The floor's "service" (a child process): answer every request but a finish with a
-    persistent, confirmed publish of its body to its ``reply_to`` (as many as its ``echoes``
-    header says, one by default), acknowledge after the confirms, and,
+    transient (as the services' answers are), confirmed publish of its body to its
+    ``reply_to`` (as many as its ``echoes`` header says, one by default), acknowledge after
+    the confirms, and,
     when ``per_round`` > 0, broadcast a round start once ``per_round`` finishes (or
     aggregated requests) are in and no answer is still on its way."""
     connection = await aio_pika.connect(amqp_url)
@@ -367,7 +369,7 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int) -> None:
                     echoes = (m.headers or {}).get("echoes", 1)
                     for _ in range(echoes if isinstance(echoes, int) else 1):
                         await exchange.publish(aio_pika.Message(m.body, content_type=CONTENT_TYPE,
-                                                                delivery_mode=PERSISTENT,
+                                                                delivery_mode=TRANSIENT,
                                                                 correlation_id=m.correlation_id),
                                                routing_key=m.reply_to or "")
                 finally:
