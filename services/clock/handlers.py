@@ -225,7 +225,9 @@ class Clock:
         """The worker services with no consumer on their queue, or messages waiting beyond their prefetch."""
         names = {f"microte.{self.svc.region}.{name}": name for name in WORKERS}
         states = await self.inspector.states(list(names))
-        return [names[q] for q, st in states.items() if st is None or not st.consumers or st.messages]
+        away = [names[q] for q, st in states.items() if st is None or not st.consumers or st.messages]
+        # Behind also with work delivered and not yet handled, which the broker does not count.
+        return away + [s for s in await self.state.busy(list(WORKERS)) if s not in away]
 
     async def report_skipped(self, start: int) -> None:
         """Real time: what the round that just ended left undone, in the log and the metrics."""

@@ -48,6 +48,7 @@ from faststream.rabbit import RabbitBroker, RabbitQueue
 from prometheus_client import make_asgi_app
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from shared.messages import CONTENT_TYPE, Undecodable, decode, encode, sender_of
@@ -95,6 +96,7 @@ PROBE_TIMEOUT_S = 2.0
 # had not acknowledged the broker delivers again; nothing accepted is lost).
 STOP_STEP_S = 10.0
 STOP_LIMIT_S = 25.0  # within the Kubernetes manifests' terminationGracePeriodSeconds (30)
+BUSY_EVERY_S = 1.0  # a service with work in hand says so in Redis at most this often (_say_busy)
 HELD_BYTES = 32 << 20  # fair passes: bodies held back beyond this fill the passes (as a crowded window)
 WINDOW_BYTES = 64 << 20  # bodies in hand beyond this pause the consumer until half are worked off
 DEAD_LETTER_KEEP_BYTES = 64 * 1024  # a larger body is parked truncated
@@ -134,6 +136,7 @@ class Service:
                                                health_check_interval=15, retry=Retry(NoBackoff(), 0))
         self.redis: Redis = Redis(connection_pool=pool)
         self.state = RegionState(self.redis, self.region)
+        self._busy_said = -BUSY_EVERY_S  # when _say_busy last marked this service busy (monotonic)
         self._consumers: list[_Consumer] = []
         self._retired: list[str] = []  # keys to unbind at start (see retire)
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
@@ -383,12 +386,27 @@ class Service:
             consumer.inbox_bytes -= sum(len(d.body) for d in drained)
             try:
                 await self._process(consumer, drained)
+                if consumer.turns.count or consumer.backlog or not inbox.empty():
+                    await self._say_busy()
                 await self._resume_if_worked_down(consumer)
             except Exception:  # never lose the worker: what the pass left is tried again
                 self.log.exception("delivery_batch_failed", count=len(drained))
                 await asyncio.sleep(1.0)
             finally:
                 consumer.idle.set()
+
+    async def _say_busy(self) -> None:
+        """Work in hand after a pass: the broker counts it as delivered, not as waiting, so
+        say so in Redis (at most every second, for three), for the simulation clock, which
+        waits for a service that is behind (a junk flood's tail can be a window of 16,384)."""
+        now = time.monotonic()
+        if now - self._busy_said < BUSY_EVERY_S:
+            return
+        self._busy_said = now
+        try:
+            await self.state.mark_busy(self.name, int(3 * BUSY_EVERY_S * 1000))
+        except (RedisError, OSError) as exc:  # an outage: the clock then waits by the queues alone
+            self.log.warning("busy_mark_failed", error=type(exc).__name__)
 
     async def _process(self, consumer: _Consumer, drained: list[AbstractIncomingMessage]) -> None:
         """Admit what was drained, then handle one pass: runs of one handler in arrival order.

@@ -511,6 +511,16 @@ class RegionState:
         value = await cast(Awaitable[bytes | None], self.redis.get(self.key("gen")))
         return None if value is None else value.decode()
 
+    async def mark_busy(self, service: str, for_ms: int) -> None:
+        """``service`` holds work the broker no longer counts as waiting (delivered, not yet
+        handled), for the next ``for_ms``: the simulation clock waits for it (``busy``)."""
+        await self.redis.set(self.key("busy", service), "1", px=for_ms)
+
+    async def busy(self, services: list[str]) -> list[str]:
+        """The services of ``services`` that said within their last mark that they hold work."""
+        found = await self.redis.mget([self.key("busy", s) for s in services])
+        return [s for s, held in zip(services, found, strict=True) if held is not None]
+
     async def generation_and_round(self) -> tuple[bool, int | None]:
         """Whether the state has its generation, and its current round start: one round trip."""
         pipe = self.redis.pipeline(transaction=False)

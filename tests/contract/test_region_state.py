@@ -302,6 +302,19 @@ async def test_a_participant_may_submit_only_so_many_orders_for_one_slot(state: 
     assert await state.redis.exists(state.key("orders-of", "720-780")) == 0
 
 
+async def test_a_service_that_says_it_holds_work_is_busy_until_its_mark_runs_out(state: RegionState) -> None:
+    """The simulation clock waits for a service with work delivered and not yet handled,
+    which the broker no longer counts as waiting (Service._say_busy)."""
+    assert await state.busy(["order-intake", "matcher"]) == []
+    await state.mark_busy("order-intake", 60_000)
+    assert await state.busy(["order-intake", "matcher"]) == ["order-intake"]
+    await state.mark_busy("matcher", 1)  # a mark runs out by itself: a service that died says nothing
+    deadline = asyncio.get_running_loop().time() + 5
+    while await state.busy(["matcher"]) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert await state.busy(["order-intake", "matcher"]) == ["order-intake"]
+
+
 async def test_a_participant_beyond_its_request_rate_is_refused_until_its_bucket_refills(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
     slot = Slot(720, 780)
