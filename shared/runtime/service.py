@@ -417,6 +417,8 @@ class Service:
         consumer.backlog.clear()
         admitted: list[_Admitted] = []
         for n, incoming in enumerate(drained):
+            if n and not n % 256:  # a long drain (a fair window's worth of junk to dead-letter)
+                await self._say_busy()
             try:
                 found = await self._admit(incoming, consumer.routes)
             except Exception:

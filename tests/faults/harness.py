@@ -342,14 +342,16 @@ class Simulator:
     async def check_against_baseline(self, during: Hook, env_overrides: dict[str, str] | None = None, *,
                                      rounds: int = ROUNDS, participants: int = PARTICIPANTS, seed: int = SEED,
                                      servers: Servers | None = None, name: str = "fault",
-                                     aggregators: int = 0, requests: str = "single") -> Ledger:
+                                     aggregators: int = 0, requests: str = "single",
+                                     timeout_s: float = RUN_TIMEOUT_S) -> Ledger:
         """Run with a fault; assert the ledger equals the baseline's and passes its audit.
         With ``aggregators`` the households act through aggregators, in batches, and with
         ``requests="round"`` each sends its round as a batch of its own: their ledger is the
         one they make with single requests (tests/e2e/test_batches.py), the baseline."""
         expected = await self.baseline(rounds=rounds, participants=participants, seed=seed)
         got = await self.run(env_overrides, during, rounds=rounds, participants=participants, seed=seed,
-                             servers=servers, name=name, aggregators=aggregators, requests=requests)
+                             servers=servers, name=name, aggregators=aggregators, requests=requests,
+                             timeout_s=timeout_s)
         assert got == expected and got.audit.ok, diff(expected, got)
         # Answers are transient: one lost to a fault is had again by sending the request again.
         assert got.tally is not None and got.tally.unanswered == 0, f"{got.tally.unanswered} requests unanswered"

@@ -206,7 +206,9 @@ def _metric(f: FaultContext, service: str, name: str) -> float:
 @pytest.mark.timeout(1800)
 async def test_a_flood_of_junk_and_a_50_mb_body_leave_memory_and_the_dead_letter_queue_bounded(
         sim: Simulator) -> None:
-    cap, junk = 5_000, 100_000
+    # The junk is more than twice order-intake's window (16,384) and eight times the
+    # dead-letter cap; the market waits while order-intake works through it.
+    cap, junk = 5_000, 40_000
     seen: dict[str, object] = {}
 
     async def hook(f: FaultContext) -> None:
@@ -232,7 +234,7 @@ async def test_a_flood_of_junk_and_a_50_mb_body_leave_memory_and_the_dead_letter
         seen.update(before=before, peak=peak, dead=await _queue_depth(f, dead),
                     overflow=int(_metric(f, "order-intake", "microte_dead_letter_overflow_total")))
 
-    got = await sim.check_against_baseline(hook, {"MICROTE_DEAD_LETTER_MAX": str(cap)}, name="flood")
+    got = await sim.check_against_baseline(hook, {"MICROTE_DEAD_LETTER_MAX": str(cap)}, name="flood", timeout_s=900)
     print(f"\nflood: {got.summary()}; order-intake RSS {seen['before']} -> peak {seen['peak']} KiB; "
           f"dead-letter queue {seen['dead']}, overflowed {seen['overflow']}")
     prefetch = cast(dict[str, int], seen["prefetch"])
