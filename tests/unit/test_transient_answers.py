@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from microte import Client
+from services.participants.community import Community, Participant
 from shared.messages import decode
 from shared.messages import types as t
 from shared.runtime import topology as k
@@ -66,7 +67,9 @@ async def test_a_household_sends_its_unanswered_batch_again_once_reconnected_and
     assert sim.tally.unanswered == 0
 
 
-async def test_a_run_that_ends_with_an_answer_missing_counts_it() -> None:
+async def _played_unheard() -> tuple[Community, Participant]:
+    """A community and one of its households on its own that has sent its round (its
+    orders, reading and finish in one batch), the sends going nowhere."""
     sim = round_community()
     r = trading_round(NOON)
     home = next(p for p in sim.participants if (plan := p.plan(r)) and plan[1] and not plan[2])
@@ -76,6 +79,11 @@ async def test_a_run_that_ends_with_an_answer_missing_counts_it() -> None:
 
     sim.send = send  # type: ignore[method-assign]
     await home.play(r)
+    return sim, home
+
+
+async def test_a_run_that_ends_with_an_answer_missing_counts_it() -> None:
+    sim, home = await _played_unheard()
     await sim._answered_all(timeout_s=0.05)
     assert sim.tally.unanswered == 2
 
@@ -110,15 +118,7 @@ async def test_the_client_sends_a_waiting_request_again_as_soon_as_its_connectio
 
 
 async def test_only_the_first_answer_to_a_request_counts_and_other_refusals_always_do() -> None:
-    sim = round_community()
-    r = trading_round(NOON)
-    home = next(p for p in sim.participants if (plan := p.plan(r)) and plan[1] and not plan[2])
-
-    async def send(message: t.Message, kind: str) -> None:
-        pass
-
-    sim.send = send  # type: ignore[method-assign]
-    await home.play(r)
+    sim, home = await _played_unheard()
     batch_id = f"{home.pid}-{NOON}"
     first = t.BatchAnswered(region="r1", participant_id=home.pid, batch_id=batch_id, service="order-intake",
                             answers=[t.RoundFinished(region="r1", participant_id=home.pid, round_start=NOON)])
