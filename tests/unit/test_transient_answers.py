@@ -83,7 +83,7 @@ async def _played_unheard() -> tuple[Community, Participant]:
 
 
 async def test_a_run_that_ends_with_an_answer_missing_counts_it() -> None:
-    sim, home = await _played_unheard()
+    sim, _ = await _played_unheard()
     await sim._answered_all(timeout_s=0.05)
     assert sim.tally.unanswered == 2
 
