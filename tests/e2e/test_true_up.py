@@ -106,11 +106,14 @@ async def test_late_readings_within_the_window_are_trued_up_and_one_past_it_is_r
             assert [len(s.entries) for s in mine] == [2, 3, 5]
             assert (await statements(buyer, slot, "final"))[-1].stage == "final"
 
+        assert ensemble.stop("clock") == 0  # no more rounds: no slot's window closes from here on
         store = open_ledger(ledger)
         await store.open()
         try:
             x = slot_from_wire(slot)
             await wait_until(lambda: _final(store, region, x), 30, "the slot's final record in the ledger")
+            for name in ("matcher", "meter-collector", "ledger-writer"):  # the ledger holds still for the reads
+                assert ensemble.stop(name) == 0, name
             final = dict(await store.final_slots(region))  # every slot whose window closed; only x was adjusted
             assert final.pop(x) == 3 and set(final.values()) == {0}
             assert await store.adjustments(region) == [(x, 1, "s1"), (x, 2, "s5"), (x, 3, "s30")]
