@@ -53,7 +53,7 @@ async def test_a_household_beyond_its_limits_is_refused_and_counted(region: str,
                 await redis.aclose()
             assert sorted(decode_as(b, t.OrderAccepted).quantity_wh for b in book) == [100, 200]
         for reason, request in (("too_many_orders", "SubmitOrder"), ("rate_limited", "CancelOrder")):
-            assert await rejected(ensemble, "order-intake", request, reason) == 1.0
+            await rejections_reach(ensemble, "order-intake", request, reason, 1.0)
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
@@ -104,7 +104,7 @@ async def test_a_household_is_held_to_its_connection_capped_by_the_regions(regio
         for name, request, count in (("order-intake", "SubmitOrder", 2.0), ("meter-collector", "SubmitReading", 1.0),
                                      ("order-intake", "JoinMarket", 1.0)):
             reason = "invalid_connection" if request == "JoinMarket" else "beyond_connection"
-            assert await rejected(ensemble, name, request, reason) == count
+            await rejections_reach(ensemble, name, request, reason, count)
         store = open_ledger(ledger)  # the ledger keeps the connection the member is held to
         await store.open()
         try:
@@ -139,19 +139,29 @@ async def test_a_households_bids_for_one_day_stay_within_the_regions_spending_li
             await me.cancel(first.client_order_id, r.next_settle)
             accepted = await me.order("bid", 200, "0.10", r.next_settle)
             assert accepted.quantity_wh == 200
-        assert await rejected(ensemble, "order-intake", "SubmitOrder", "beyond_spend_limit") == 1.0
+        await rejections_reach(ensemble, "order-intake", "SubmitOrder", "beyond_spend_limit", 1.0)
     finally:
         ensemble.stop_all()
         await purge_region(settings.amqp_url, settings.redis_url, region, ["h1"])
 
 
 async def rejected(ensemble: Ensemble, service: str, request: str, reason: str) -> float:
-    """The service's count of ``request``s it refused for ``reason`` (its metric)."""
+    """The service's count of ``request``s it refused for ``reason`` (its metric; 0 before the first)."""
     counted = await asyncio.to_thread(
         lambda: urllib.request.urlopen(ensemble.url(service, "/metrics"), timeout=10).read().decode())
-    line = next(x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
-                and f'reason="{reason}"' in x and f'request="{request}"' in x)
-    return float(line.rsplit(" ", 1)[1])
+    line = next((x for x in counted.splitlines() if x.startswith("microte_rejected_requests_total{")
+                 and f'reason="{reason}"' in x and f'request="{request}"' in x), None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])
+
+
+async def rejections_reach(ensemble: Ensemble, service: str, request: str, reason: str, count: float) -> None:
+    """The count reaches ``count`` and is then exactly that. A service counts a refusal once
+    its answer is confirmed, which may be after the answer has reached its client."""
+    async def reached() -> bool:
+        return await rejected(ensemble, service, request, reason) >= count
+
+    await wait_until(reached, 10, f"{service}'s count of {request} refused for {reason}")
+    assert await rejected(ensemble, service, request, reason) == count
 
 
 async def _connections(store: LedgerStore, region: str) -> bool:
