@@ -12,16 +12,13 @@ import sys
 import pytest
 from redis.asyncio import Redis
 
+from shared.runtime.state import RegionState
 from tests.faults.harness import ROUNDS, Ledger, Simulator, diff, read_ledger, sim_env
 from tests.faults.inject import FaultContext
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 
 D = 60
-
-
-def current_round(f: FaultContext) -> int:
-    return max(max(p.played) for p in f.community.participants if p.played)
 
 
 def without_slot(ledger: Ledger, start: int) -> tuple[object, ...]:
@@ -48,9 +45,13 @@ async def test_a_poison_slot_is_held_and_a_replay_restores_the_ledger(
 
     async def hook(f: FaultContext) -> None:
         await f.at_round(22)
-        start = current_round(f) + ahead * D  # not cleared or reconciled yet: no race with the services
         redis = Redis.from_url(f.servers.redis.url)
         try:
+            # The clock's own round (the households may not have taken it yet): a whole round
+            # before the slot is cleared or reconciled, so no race with the services.
+            now = await RegionState(redis, f.region).current_round()
+            assert now is not None
+            start = now[0] + ahead * D
             await redis.hset(f"mt:{{{f.region}}}:{what}:{start}:{start + D}", "poison", b"\xc1 not msgpack")
         finally:
             await redis.aclose()
