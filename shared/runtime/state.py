@@ -958,8 +958,11 @@ class RegionState:
     async def unlock(self, name: str, holder: str) -> None:
         await self._release(keys=[self.key("lock", name)], args=[holder])
 
-    async def key_count(self) -> int:
+    async def key_count(self, *, but: tuple[str, ...] = ()) -> int:
+        """The region's keys, but those whose first part after the region is in ``but``
+        (``but=("busy",)``: the busy marks, which expire by themselves)."""
+        skip = tuple(self.key(part, "") for part in but)
         count = 0
-        async for _ in self.redis.scan_iter(match=self._pattern(), count=500):
-            count += 1
+        async for key in self.redis.scan_iter(match=self._pattern(), count=500):
+            count += not (skip and key.decode().startswith(skip))
         return count

@@ -315,6 +315,15 @@ async def test_a_service_that_says_it_holds_work_is_busy_until_its_mark_runs_out
     assert await state.busy(["order-intake", "matcher"]) == ["order-intake"]
 
 
+async def test_a_key_count_can_leave_out_the_busy_marks(state: RegionState) -> None:
+    await state.advance_round(600, 1, 0)
+    lasting = await state.key_count()
+    await state.mark_busy("order-intake", 60_000)
+    await state.mark_busy("matcher", 60_000)
+    assert await state.key_count() == lasting + 2
+    assert await state.key_count(but=("busy",)) == lasting > 0
+
+
 async def test_a_participant_beyond_its_request_rate_is_refused_until_its_bucket_refills(state: RegionState) -> None:
     await state.advance_round(600, 1, 0)
     slot = Slot(720, 780)
