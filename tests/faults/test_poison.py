@@ -49,10 +49,11 @@ async def test_a_poison_slot_is_held_and_a_replay_restores_the_ledger(
         try:
             # The clock's own round (the households may not have taken it yet): a whole round
             # before the slot is cleared or reconciled, so no race with the services.
-            now = await RegionState(redis, f.region).current_round()
+            state = RegionState(redis, f.region)
+            now = await state.current_round()
             assert now is not None
             start = now[0] + ahead * D
-            await redis.hset(f"mt:{{{f.region}}}:{what}:{start}:{start + D}", "poison", b"\xc1 not msgpack")
+            await redis.hset(state.key(what, str(start), str(start + D)), "poison", b"\xc1 not msgpack")
         finally:
             await redis.aclose()
         poisoned.append(start)
