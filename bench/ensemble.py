@@ -19,8 +19,17 @@ round with a reading and the floor's orders (``--floor-orders``, default 2), ans
 twice; with ``--requests single`` each sends one message per request, and the floor's
 households each publish a reading, the floor's orders and a finish per round, the
 consumer answering each reading and order. Once every answer and finish is in, the
-floor's consumer broadcasts the next round. A round ended by the clock's timeout (``microte_round_timeouts_total`` on
-the clock's /metrics) fails the run.
+floor's consumer broadcasts the next round. That is the requests' floor ("req. floor").
+The floor of the whole round ("floor", which the ratio is to) adds what else a round
+sends through the broker: a durable queue for each household (aggregator) taking the
+round start, its answers, a settlements notice and a statement (bundles, for an
+aggregator), acknowledged, as the community's queues are; and the services' facts, each
+persistent, confirmed and taken back from the broker by the floor's consumer, as a chain
+the next round waits for, as the clock does: round start, then ``cleared`` (with the
+notices) and ``reconciled`` (with the statements), then ``recorded``. It leaves out
+deliveries the real round also has (the facts to more than one service, each service's
+``RequestsAnswered``), so it stays a floor. A round ended by the clock's timeout
+(``microte_round_timeouts_total`` on the clock's /metrics) fails the run.
 
 realtime: order-intake and meter-collector, with what they need to answer (the clock in
 real time, whose current round in Redis order-intake validates against, and the
@@ -344,24 +353,52 @@ def floor_queues(region: str) -> tuple[str, str]:
     return f"microte.{region}.floor-in", f"microte.{region}.floor-out"
 
 
-async def floor_consumer(amqp_url: str, region: str, per_round: int) -> None:
+async def floor_consumer(amqp_url: str, region: str, per_round: int, facts: RoundFacts | None = None) -> None:
     """The floor's "service" (a child process): answer every request but a finish with a
     transient (as the services' answers are), confirmed publish of its body to its
     ``reply_to`` (as many as its ``echoes`` header says, one by default), acknowledge after
     the confirms, and,
     when ``per_round`` > 0, broadcast a round start once ``per_round`` finishes (or
-    aggregated requests) are in and no answer is still on its way."""
+    aggregated requests) are in and no answer is still on its way.
+
+    With ``facts`` (the whole round's pattern) it also plays the services' facts: each round
+    start comes back to it, as to the matcher and the meter-collector, and it publishes, at
+    once and confirmed, the ``cleared`` fact with a notice to each unit and the
+    ``reconciled`` fact with a statement to each unit; ``reconciled`` coming back, it
+    publishes ``recorded`` (as the ledger-writer does). The next round also waits for
+    ``cleared`` and ``recorded`` to come back, as the clock waits for them."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=FLOOR_PREFETCH)
         exchange = await channel.declare_exchange(k.EXCHANGE.name, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(floor_queues(region)[0], durable=True)
+        if facts is not None:
+            await queue.bind(exchange, routing_key=f"{region}.floor.fact.round")
         done = pending = 0
+        cleared = recorded = True  # the first round has no slot to clear or record
+
+        async def persist(body: bytes, routing_key: str, kind: str = "") -> None:
+            await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE, delivery_mode=PERSISTENT,
+                                                    type=kind), routing_key=routing_key)
+
+        async def fact_and_copies(kind: str, fact: bytes, copy: bytes, what: str, units: Iterable[str]) -> None:
+            await asyncio.gather(persist(fact, f"{region}.floor.in.{kind}", kind),
+                                 *(persist(copy, f"{region}.floor.to.{u}.{what}") for u in units))
 
         async def on_message(m: AbstractIncomingMessage) -> None:
-            nonlocal done, pending
-            if m.type == "finish":
+            nonlocal done, pending, cleared, recorded
+            if m.type == "round" and facts is not None:
+                await asyncio.gather(
+                    fact_and_copies("cleared", facts.cleared, facts.notice, k.SETTLEMENTS, facts.notified),
+                    fact_and_copies("reconciled", facts.reconciled, facts.statement, k.STATEMENT, facts.units))
+            elif m.type == "cleared":
+                cleared = True
+            elif m.type == "reconciled" and facts is not None:
+                await persist(facts.recorded, f"{region}.floor.in.recorded", "recorded")
+            elif m.type == "recorded":
+                recorded = True
+            elif m.type == "finish":
                 done += 1
             else:
                 pending += 1
@@ -376,9 +413,10 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int) -> None:
                     pending -= 1
                 done += m.type == "agg"
             await m.ack()
-            if per_round and done >= per_round and pending == 0:
+            if per_round and done >= per_round and pending == 0 and cleared and recorded:
                 done -= per_round
-                await exchange.publish(aio_pika.Message(b"round", delivery_mode=PERSISTENT),
+                cleared = recorded = facts is None
+                await exchange.publish(aio_pika.Message(b"round", delivery_mode=PERSISTENT, type="round"),
                                        routing_key=f"{region}.floor.fact.round")
 
         await queue.consume(on_message)
@@ -387,10 +425,13 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def floor_process(amqp_url: str, region: str, per_round: int) -> AsyncIterator[int]:
-    """The floor's consumer in a child process of its own (its own core), until the block ends."""
+async def floor_process(amqp_url: str, region: str, per_round: int,
+                        facts: tuple[int, int, float] | None = None) -> AsyncIterator[int]:
+    """The floor's consumer in a child process of its own (its own core), until the block ends;
+    ``facts``: (households, aggregators, notified) for the whole round's pattern (``RoundFacts``)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).resolve()), "_floor-consumer", region, str(per_round),
+        *(str(v) for v in facts or ()),
         env={**os.environ, "MICROTE_AMQP_URL": amqp_url}, stdout=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         assert proc.stdout is not None
@@ -416,13 +457,42 @@ class Floor:
         self.wire = Wire(amqp_url)
         self.waiting: dict[str, asyncio.Future[float]] = {}
         self.rounds: asyncio.Queue[float] = asyncio.Queue()
+        self.queues = list(floor_queues(region))  # what close() deletes
+        self.delivered: Counter[str] = Counter()  # by kind, what the units' queues took
 
-    async def open(self) -> None:
+    async def open(self, units: Iterable[str] = ()) -> None:
+        """One queue of this process takes the round starts (and, without ``units``, the answers);
+        each of ``units`` gets a durable queue of its own, as the community's households (or
+        aggregators) have, bound to its answers and to the round start, each delivery
+        acknowledged after it is handled (a prefetch of 32, as the community's)."""
         inbound, outbound = floor_queues(self.region)
-        await self.wire.open(outbound, [f"{self.region}.floor.to.#", f"{self.region}.floor.fact.#"], self._on_answer)
-        assert self.wire.channel is not None and self.wire.exchange is not None
+        units = list(units)
+        answers = [] if units else [f"{self.region}.floor.to.#"]
+        await self.wire.open(outbound, [*answers, f"{self.region}.floor.fact.#"], self._on_answer)
+        assert self.wire.connection is not None and self.wire.channel is not None and self.wire.exchange is not None
         queue = await self.wire.channel.declare_queue(inbound, durable=True)
         await queue.bind(self.wire.exchange, routing_key=f"{self.region}.floor.in.#")
+        if units:
+            channel = await self.wire.connection.channel()
+            await channel.set_qos(prefetch_count=32)
+            for unit in units:
+                name = f"microte.{self.region}.floor.{unit}"
+                self.queues.append(name)
+                own = await channel.declare_queue(name, durable=True)
+                await own.bind(self.wire.exchange, routing_key=f"{self.region}.floor.to.{unit}.#")
+                await own.bind(self.wire.exchange, routing_key=f"{self.region}.floor.fact.round")
+                await own.consume(self._on_unit)
+
+    async def _on_unit(self, m: AbstractIncomingMessage) -> None:
+        key = m.routing_key or ""
+        self.delivered[key.rsplit(".", 1)[-1]] += 1
+        if key != f"{self.region}.floor.fact.round":  # the round is timed on the first queue
+            self._on_answer(m)
+        await m.ack()
+
+    async def close(self) -> None:
+        await self.wire.close()
+        await delete_queues(self.wire.amqp_url, self.queues)
 
     def _on_answer(self, m: AbstractIncomingMessage) -> None:
         now = time.perf_counter()
@@ -476,18 +546,69 @@ class Bodies:
             region=region)
 
 
+@dataclass(frozen=True)
+class RoundFacts:
+    """What the services publish in a round besides their answers, encoded with the sizes of a
+    round of N households, for the floor of the whole round's pattern: the ``cleared`` fact
+    (N/2 settlements) with a notice to each unit, the ``reconciled`` fact (N entries and
+    readings) with a statement to each unit, and ``recorded``. A unit is a household on its
+    own (one settlement, two entries) or an aggregator (a bundle for its households). Of the
+    households on their own, the first ``notified`` (a fraction) get a notice: only those
+    that traded do."""
+
+    cleared: bytes
+    reconciled: bytes
+    recorded: bytes
+    notice: bytes
+    statement: bytes
+    units: tuple[str, ...]
+    notified: tuple[str, ...]
+
+    @classmethod
+    def make(cls, region: str, n: int, aggregators: int, notified: float = 1.0) -> RoundFacts:
+        slot = t.Slot(1782064800, 1782064860)
+        price = "0.1188"
+        settlement = t.SettlementRecord(settlement_id="s" * 24, source="solar", buyer="h0001", seller="h0000",
+                                        bid_id="h0001-1782065040-0", ask_id="h0000-1782065040-0", quantity_wh=1234,
+                                        buy_price=price, sell_price=price)
+        entries = [t.EntryRecord(entry_id="e" * 24, kind=kind, seller="h0000", buyer="h0001", source="solar",
+                                 quantity_wh=1234, buy_price=price, sell_price=price) for kind in ("bought", "grid")]
+        reading = t.ReadingAccepted(region=region, participant_id="h0000", slot=slot, import_wh=312,
+                                    export_wh={"solar": 55}, self_consumed_wh={"solar": 240}, received_at_ms=0)
+        notice = t.SettlementsNotice(region=region, participant_id="h0000", slot=slot, settlements=[settlement])
+        statement = t.Statement(region=region, participant_id="h0000", slot=slot, entries=entries)
+        share = -(-n // aggregators) if aggregators else 1
+        units = tuple(f"a{u}" for u in range(aggregators)) if aggregators else tuple(f"h{u}" for u in range(n))
+        return cls(
+            cleared=encode(t.SlotCleared(region=region, slot=slot, rule="midpoint", matched_at_ms=0,
+                                         order_count=2 * n, settlements=[settlement] * max(n // 2, 1))),
+            reconciled=encode(t.SlotReconciled(region=region, slot=slot, reconciled_at_ms=0, missing_readings=[],
+                                               entries=entries * n, readings=[reading] * n)),
+            recorded=encode(t.SlotRecorded(region=region, slot=slot, entry_count=2 * n)),
+            notice=encode(t.AgentBundle(region=region, participant_id="a0", slot=slot, notices=[notice] * share)
+                          if aggregators else notice),
+            statement=encode(t.AgentBundle(region=region, participant_id="a0", slot=slot,
+                                           statements=[statement] * share) if aggregators else statement),
+            units=units, notified=units if aggregators else units[:round(notified * n)])
+
+
 async def floor_sim(amqp_url: str, region: str, n: int, rounds: int, orders: float, aggregators: int,
-                    round_timeout_s: float, requests: str = "single") -> list[float]:
+                    round_timeout_s: float, requests: str = "single",
+                    notified: float | None = None) -> tuple[list[float], Counter[str]]:
     """Seconds of each floor round: N households (or K aggregators) and the bare consumer.
     With ``requests="round"`` each household sends its round as one request, as an
-    aggregator of itself."""
+    aggregator of itself. ``notified`` (the share of households that get a settlements
+    notice), for the whole round's pattern, not only the requests: a queue of its own for
+    each household (aggregator), taking the round start, its answers, a notice and a
+    statement, and the services' chain of facts (``floor_consumer``). Returns the seconds of
+    each round and what the units' queues took, by kind."""
     bodies = Bodies.make(region)
     rng = random.Random(SEED)
     units = aggregators or n
     floor = Floor(amqp_url, region)
     try:
-        await floor.open()
-        async with floor_process(amqp_url, region, units):
+        await floor.open(RoundFacts.make(region, n, aggregators).units if notified is not None else ())
+        async with floor_process(amqp_url, region, units, None if notified is None else (n, aggregators, notified)):
             starts = [time.perf_counter()]
             for r in range(rounds):
                 counts = [int(orders) + (rng.random() < orders - int(orders)) for _ in range(units)]
@@ -502,10 +623,9 @@ async def floor_sim(amqp_url: str, region: str, n: int, rounds: int, orders: flo
                     sends = [_floor_household(floor, f"h{u}", f"{r}.{u}", counts[u], bodies) for u in range(units)]
                 await asyncio.gather(*sends)
                 starts.append(await asyncio.wait_for(floor.rounds.get(), timeout=round_timeout_s))
-            return [b - a for a, b in itertools.pairwise(starts)]
+            return [b - a for a, b in itertools.pairwise(starts)], floor.delivered
     finally:
-        await floor.wire.close()
-        await delete_queues(amqp_url, list(floor_queues(region)))
+        await floor.close()
 
 
 async def _floor_household(floor: Floor, pid: str, tag: str, orders: int, bodies: Bodies) -> None:
@@ -533,13 +653,18 @@ class SimResult:
     rounds: int
     warmup: int
     durations: list[float]  # measured rounds, seconds
-    floor: list[float]  # measured floor rounds, seconds
+    floor: list[float]  # measured floor rounds (the whole round's pattern), seconds
+    floor_requests: list[float]  # measured floor rounds of the requests and answers only, seconds
+    floor_delivered: dict[str, float]  # what a unit's queue took per round in the whole round's floor, by kind
     cpu: dict[str, float | None]
     sent: Counter[str]  # requests sent in the measured rounds, by kind
     rejections: Counter[str]
     timeouts: float | None
     timeout_detail: str
     rss_kib: dict[str, int] = field(default_factory=dict)
+    # Notices and statements a household received per round, over the whole run (a household
+    # on its own; an aggregator's bundles are not counted).
+    received: dict[str, float] = field(default_factory=dict)
 
 
 class RoundWatch:
@@ -610,9 +735,15 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
            "MICROTE_START_TIME": str(start), "MICROTE_ROUND_SECONDS": str(args.round_seconds),
            "MICROTE_ROUND_TIMEOUT_S": str(args.round_timeout)}
     settings = from_env(env)
-    print(f"  N={n}: region {region}, floor ...", file=sys.stderr, flush=True)
-    floor = (await floor_sim(base.amqp_url, region, n, rounds, args.floor_orders, args.aggregators,
-                             max(60.0, args.round_timeout * 2), args.requests))[args.warmup:]
+    floors: list[list[float]] = []
+    for notified in (None, args.floor_notices):
+        print(f"  N={n}: region {region}, floor ({'requests' if notified is None else 'whole round'}) ...",
+              file=sys.stderr, flush=True)
+        seconds, delivered = await floor_sim(base.amqp_url, region, n, rounds, args.floor_orders, args.aggregators,
+                                             max(60.0, args.round_timeout * 2), args.requests, notified)
+        floors.append(seconds[args.warmup:])
+    floor_requests, floor = floors
+    floor_delivered = {kind: count / ((args.aggregators or n) * rounds) for kind, count in sorted(delivered.items())}
     print(f"  N={n}: services ...", file=sys.stderr, flush=True)
     ensemble = Ensemble(env, work / "logs")
     owners = [h.participant_id for h in community(n, SEED)]  # whose queues purge_region deletes
@@ -641,8 +772,11 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
             await asyncio.wait_for(asyncio.shield(run), timeout=EXTRA_ROUNDS * (args.round_timeout + 60))
         ok = True
         return SimResult(n=n, rounds=rounds, warmup=args.warmup, durations=watch.durations(), floor=floor,
+                         floor_requests=floor_requests, floor_delivered=floor_delivered,
                          cpu=CpuProbe.delta(watch.cpu[0], watch.cpu[1]), sent=watch.counts[1] - watch.counts[0],
-                         rejections=sim.tally.rejections, timeouts=timeouts, timeout_detail=detail, rss_kib=rss)
+                         rejections=sim.tally.rejections, timeouts=timeouts, timeout_detail=detail, rss_kib=rss,
+                         received={kind: sim.tally.answers[kind] / (n * max(sim.tally.rounds, 1))
+                                   for kind in ("SettlementsNotice", "Statement") if not args.aggregators})
     finally:
         if run is not None and not run.done():
             run.cancel()
@@ -686,35 +820,49 @@ def print_sim(results: list[SimResult], args: argparse.Namespace) -> None:
     print(f"\n== sim: simulation clock, the services as processes, {'aggregated ' if args.aggregators else ''}"
           f"community in this process ==")
     header = (f"{'households':>10} {'rounds':>9} {'median/round':>12} {'p90/round':>10} {'floor/round':>11} "
-              f"{'real/floor':>10} {'part.-rounds/s':>14} {'CPU ms/part.-round':>18} {'timeouts':>8}")
+              f"{'real/floor':>10} {'req. floor':>10} {'real/req.':>9} {'part.-rounds/s':>14} "
+              f"{'CPU ms/part.-round':>18} {'timeouts':>8}")
     print(header)
     print("-" * len(header))
     for r in results:
         median = statistics.median(r.durations)
         floor = statistics.median(r.floor) if r.floor else float("nan")
+        requests = statistics.median(r.floor_requests) if r.floor_requests else float("nan")
         known = sum(v for v in r.cpu.values() if v is not None)
         units = r.n * len(r.durations)
         rounds = f"{len(r.durations)}+{r.warmup}"
         print(f"{r.n:>10,} {rounds:>9} {fmt_s(median):>12} {fmt_s(pct(r.durations, 0.9)):>10} "
-              f"{fmt_s(floor):>11} {median / floor:>9.1f}x {r.n / median:>14,.0f} "
+              f"{fmt_s(floor):>11} {median / floor:>9.1f}x {fmt_s(requests):>10} {median / requests:>8.1f}x "
+              f"{r.n / median:>14,.0f} "
               f"{1000 * known / units:>18.3f} {'-' if r.timeouts is None else f'{r.timeouts:.0f}':>8}")
     for r in results:
         units = r.n * len(r.durations)
         per = {kind: count / units for kind, count in sorted(r.sent.items()) if kind != k.MEMBER}
         print(f"\n  N={r.n:,}: {len(r.durations)} measured rounds after {r.warmup} of warm-up; "
               f"rounds min {fmt_s(min(r.durations))}, max {fmt_s(max(r.durations))}; floor p90 "
-              f"{fmt_s(pct(r.floor, 0.9))}")
+              f"{fmt_s(pct(r.floor, 0.9))} (requests only {fmt_s(pct(r.floor_requests, 0.9))})")
         shown = ", ".join(f"{kind} {v:.2f}" for kind, v in per.items()) or "none"
         print(f"    requests per household-round: {shown}")
+        if r.received:
+            print("    received per household-round (whole run): "
+                  + ", ".join(f"{kind} {v:.2f}" for kind, v in r.received.items()))
+        print(f"    the whole round's floor delivered per {'aggregator' if args.aggregators else 'household'}-round: "
+              + ", ".join(f"{kind} {v:.2f}" for kind, v in r.floor_delivered.items()))
         for line in cpu_line(r.cpu, units, "participant-round"):
             print(line)
         if r.rss_kib:
             print("    RSS MiB: " + ", ".join(f"{n} {v / 1024:.0f}" for n, v in r.rss_kib.items()))
         if r.rejections:
             print(f"    rejections (whole run): {dict(r.rejections)}")
-    print(f"\n  round = between two RoundStarted facts (the clock's started_at_ms); floor: {floor_what}, "
+    copies = ("aggregator that takes the round start, its answers, a bundle of notices and one of statements"
+              if args.aggregators else "household that takes the round start, its answers, a statement and, "
+              f"for {args.floor_notices:g} of them (--floor-notices), a settlements notice")
+    print(f"\n  round = between two RoundStarted facts (the clock's started_at_ms); req. floor: {floor_what}, "
           "through the same broker to a bare consumer process that answers each and broadcasts the next round "
-          "when all are in; CPU over the measured rounds from /proc (utime+stime); beam.smp and redis-server "
+          f"when all are in; floor: the whole round's pattern, the same and a durable queue per {copies}"
+          " (persistent, acknowledged), with the services' facts as a chain the next round waits for (round start, "
+          "then cleared, and reconciled, then recorded; persistent, confirmed, each through the broker, sized for "
+          "N households); CPU over the measured rounds from /proc (utime+stime); beam.smp and redis-server "
           "are shared with other work")
 
 
@@ -1286,8 +1434,7 @@ async def rt_floor(n: int, region: str, args: argparse.Namespace, base: Settings
                                   CpuProbe({"floor consumer": pid, "bench": os.getpid(), **servers}))
             return RtStats.of(run, "floor")
     finally:
-        await floor.wire.close()
-        await delete_queues(base.amqp_url, list(floor_queues(region)))
+        await floor.close()
 
 
 async def run_realtime(n: int, args: argparse.Namespace, base: Settings, servers: dict[str, int | None]) -> RtResult:
@@ -1502,7 +1649,8 @@ async def amain(args: argparse.Namespace) -> int:
               f"round timeout {args.round_timeout:g} s; replicas of order-intake and meter-collector "
               f"{args.replicas}; aggregators {args.aggregators or f'none, {on_its_own(args)}'}; floor orders per "
               "household-round "
-              f"{args.floor_orders:g}; ledger {args.ledger or 'SQLite under var/bench'}")
+              f"{args.floor_orders:g}, notices per household-round {args.floor_notices:g}; "
+              f"ledger {args.ledger or 'SQLite under var/bench'}")
         results: list[SimResult] = []
         for n, rounds in plan:
             if rounds <= args.warmup + 1:
@@ -1551,7 +1699,8 @@ async def amain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_floor-consumer"]:  # the floor's child process
-        asyncio.run(floor_consumer(from_env().amqp_url, argv[1], int(argv[2])))
+        facts = RoundFacts.make(argv[1], int(argv[3]), int(argv[4]), float(argv[5])) if len(argv) > 3 else None
+        asyncio.run(floor_consumer(from_env().amqp_url, argv[1], int(argv[2]), facts))
         return 0
     parser = argparse.ArgumentParser(
         prog="bench/ensemble.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1570,6 +1719,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="without --aggregators, how each household (member) sends its round: 'round', one "
                              "request of its own with its reading, orders and finish (a batch of one); 'single', "
                              "one message each (default: %(default)s)")
+    parser.add_argument("--floor-notices", type=float, default=0.4,
+                        help="sim: the share of households on their own that get a settlements notice in a round of "
+                             "the whole round's floor (default: %(default)s; the real run prints its own)")
     parser.add_argument("--floor-orders", type=float, default=2.0,
                         help="sim: orders per household-round in the floor, an average (default: %(default)s; "
                              "the real run prints its own)")
