@@ -18,7 +18,10 @@ where a temporary durable queue bound to ``<region>.#`` takes them (so the broke
 writes them); the bench counts them there, then purges the queue. It prints the median
 of the repeats, split into read (``RegionState.book``), clear (everything else: decode,
 match, records, metrics) and publish (``publish_all``), checks that both paths published
-the same bytes, and prints the ratio. At the end it deletes the queue and the region's
+the same bytes, and prints the ratio. Its floor: the same bodies published bare (aio-pika
+on the benchmark's own confirming channel, persistent, all at once, without the services'
+signature header or metrics) into the same queue, after each columns run, and the
+columns' publish against it. At the end it deletes the queue and the region's
 Redis keys (never the database: other work shares it).
 
     .venv/bin/python bench/matcher.py                        # 10k and 100k per side
@@ -174,8 +177,9 @@ async def server_versions(connection: aio_pika.abc.AbstractConnection, svc: Serv
     return str(info.get("redis_version", "?")), rabbit_text
 
 
-async def bench_case(svc: Service, timer: Timer, queue: aio_pika.abc.AbstractQueue, per_side: int,
-                     participants: int, repeats: int, seed: int) -> None:
+async def bench_case(svc: Service, timer: Timer, exchange: aio_pika.abc.AbstractExchange,
+                     queue: aio_pika.abc.AbstractQueue, per_side: int, participants: int, repeats: int,
+                     seed: int) -> None:
     region = svc.region
     orders = make_orders(per_side, participants, seed)
     entries = [(o.order_id, encode(order_to_wire(o, region=region))) for o in orders]
@@ -188,6 +192,7 @@ async def bench_case(svc: Service, timer: Timer, queue: aio_pika.abc.AbstractQue
     laps: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in paths}
     digests: dict[str, set[str]] = {name: set() for name in paths}
     shape: dict[str, tuple[int, int, float]] = {}
+    floors: list[float] = []
     for _ in range(repeats):
         for name, matcher in paths.items():
             run = timer.run = Run()
@@ -204,6 +209,8 @@ async def bench_case(svc: Service, timer: Timer, queue: aio_pika.abc.AbstractQue
             queued = await wait_queued(queue, len(run.published))
             assert queued == len(run.published), f"{queued} messages queued of {len(run.published)} published"
             await queue.purge()
+            if name == "columns":  # the floor: the same bodies, published bare
+                floors.append(await publish_floor(exchange, queue, [(encode(m), k) for m, k in run.published]))
             timer.run = Run()
     same = digests["objects"] == digests["columns"] and len(digests["columns"]) == 1
     fills, notices, megabytes = shape["columns"]
@@ -214,8 +221,27 @@ async def bench_case(svc: Service, timer: Timer, queue: aio_pika.abc.AbstractQue
               f"{repeats:>4} {fmt_s(read):>9} {fmt_s(clearing):>9} {fmt_s(publish):>9} {fmt_s(total):>9}", flush=True)
     ratio = median["objects"][3] / median["columns"][3]
     clear_ratio = median["objects"][1] / median["columns"][1]
+    floor = statistics.median(floors)
     print(f"{'':>11} {'':>9} {'':>8} book {book_mb:.1f} MB in Redis; objects/columns: total {ratio:.1f}x, "
           f"clear {clear_ratio:.1f}x; same bytes published: {'yes' if same else 'NO'}", flush=True)
+    print(f"{'':>11} {'':>9} {'':>8} publish floor {fmt_s(floor)} (the same {notices + 1:,} bodies, bare); "
+          f"columns' publish / floor {median['columns'][2] / floor:.1f}x", flush=True)
+
+
+async def publish_floor(exchange: aio_pika.abc.AbstractExchange, queue: aio_pika.abc.AbstractQueue,
+                        bodies: list[tuple[bytes, str]]) -> float:
+    """Seconds to publish ``bodies`` as bare aio-pika does it, on the benchmark's own channel
+    (publisher confirms): persistent, all at once, without the services' headers (signature,
+    sender) or metrics; into ``queue``, counted and purged afterwards."""
+    gc.collect()
+    started = time.perf_counter()
+    await asyncio.gather(*(exchange.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                            routing_key=key) for body, key in bodies))
+    seconds = time.perf_counter() - started
+    queued = await wait_queued(queue, len(bodies))
+    assert queued == len(bodies), f"{queued} messages queued of {len(bodies)} published bare"
+    await queue.purge()
+    return seconds
 
 
 async def wait_queued(queue: aio_pika.abc.AbstractQueue, expected: int, timeout_s: float = 30.0) -> int:
@@ -257,7 +283,7 @@ async def run_bench(sizes: list[int], regimes: list[str], rule: PricingRule, rep
         for per_side in sizes:
             for regime in regimes:
                 participants = max(2 * per_side // 5, 2) if regime == "many" else int(regime)
-                await bench_case(svc, timer, queue, per_side, participants, repeats, seed)
+                await bench_case(svc, timer, exchange, queue, per_side, participants, repeats, seed)
     finally:
         try:
             if queue is not None:
@@ -318,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(run_bench(sizes, regimes, rule, args.repeats, args.seed))
     print("\ncolumns: read = RegionState.book (HVALS); clear = the rest of clear_slot (decode, match, records, "
           "grouping, metrics, two small Redis calls); publish = Service.publish_all of the SlotCleared and one "
-          "SettlementsNotice per party (notices), MB pub. = their encoded bodies")
+          "SettlementsNotice per party (notices), MB pub. = their encoded bodies; publish floor = the same bodies "
+          "published bare (persistent, confirmed, no headers), the median of the repeats")
     print(f"total time: {time.perf_counter() - started:.0f} s")
     return 0
 
