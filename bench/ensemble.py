@@ -26,7 +26,9 @@ round start, its answers, a settlements notice and a statement (bundles, for an
 aggregator), acknowledged, as the community's queues are; and the services' facts, each
 persistent, confirmed and taken back from the broker by the floor's consumer, as a chain
 the next round waits for, as the clock does: round start, then ``cleared`` (with the
-notices) and ``reconciled`` (with the statements), then ``recorded``. It leaves out
+notices; the slot counts as cleared once they are all confirmed); once every household's
+reading is in (which the meter-collector waits for), ``reconciled`` (with the
+statements), then ``recorded``. It leaves out
 deliveries the real round also has (the facts to more than one service, each service's
 ``RequestsAnswered``), so it stays a floor. A round ended by the clock's timeout
 (``microte_round_timeouts_total`` on the clock's /metrics) fails the run.
@@ -361,12 +363,14 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int, facts: Roun
     when ``per_round`` > 0, broadcast a round start once ``per_round`` finishes (or
     aggregated requests) are in and no answer is still on its way.
 
-    With ``facts`` (the whole round's pattern) it also plays the services' facts: each round
-    start comes back to it, as to the matcher and the meter-collector, and it publishes, at
-    once and confirmed, the ``cleared`` fact with a notice to each unit and the
-    ``reconciled`` fact with a statement to each unit; ``reconciled`` coming back, it
-    publishes ``recorded`` (as the ledger-writer does). The next round also waits for
-    ``cleared`` and ``recorded`` to come back, as the clock waits for them."""
+    With ``facts`` (the whole round's pattern) it also plays the services' facts, in their
+    order: each round start comes back to it, as to the matcher, and it publishes the
+    ``cleared`` fact with the notices (the slot counts as cleared once all are confirmed, as
+    the matcher marks it); once every unit's reading is in (the slot just delivered has its
+    readings, as the meter-collector waits for them), the ``reconciled`` fact with a
+    statement to each unit; ``reconciled`` coming back, ``recorded`` (as the ledger-writer
+    does); all persistent and confirmed. The next round also waits for the slot cleared and
+    for ``recorded`` to come back, as the clock waits for them."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
@@ -375,8 +379,9 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int, facts: Roun
         queue = await channel.declare_queue(floor_queues(region)[0], durable=True)
         if facts is not None:
             await queue.bind(exchange, routing_key=f"{region}.floor.fact.round")
-        done = pending = 0
+        done = pending = readings = 0
         cleared = recorded = True  # the first round has no slot to clear or record
+        reconciling = False
 
         async def persist(body: bytes, routing_key: str, kind: str = "") -> None:
             await exchange.publish(aio_pika.Message(body, content_type=CONTENT_TYPE, delivery_mode=PERSISTENT,
@@ -387,13 +392,12 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int, facts: Roun
                                  *(persist(copy, f"{region}.floor.to.{u}.{what}") for u in units))
 
         async def on_message(m: AbstractIncomingMessage) -> None:
-            nonlocal done, pending, cleared, recorded
+            nonlocal done, pending, readings, cleared, recorded, reconciling
             if m.type == "round" and facts is not None:
-                await asyncio.gather(
-                    fact_and_copies("cleared", facts.cleared, facts.notice, k.SETTLEMENTS, facts.notified),
-                    fact_and_copies("reconciled", facts.reconciled, facts.statement, k.STATEMENT, facts.units))
-            elif m.type == "cleared":
+                await fact_and_copies("cleared", facts.cleared, facts.notice, k.SETTLEMENTS, facts.notified)
                 cleared = True
+            elif m.type == "cleared":
+                pass  # the fact through the broker, as the ledger-writer takes it; the slot counted as cleared already
             elif m.type == "reconciled" and facts is not None:
                 await persist(facts.recorded, f"{region}.floor.in.recorded", "recorded")
             elif m.type == "recorded":
@@ -412,10 +416,16 @@ async def floor_consumer(amqp_url: str, region: str, per_round: int, facts: Roun
                 finally:
                     pending -= 1
                 done += m.type == "agg"
+                readings += m.type in ("agg", "reading")
             await m.ack()
+            if facts is not None and readings >= per_round and not recorded and not reconciling:
+                reconciling = True
+                await fact_and_copies("reconciled", facts.reconciled, facts.statement, k.STATEMENT, facts.units)
             if per_round and done >= per_round and pending == 0 and cleared and recorded:
                 done -= per_round
+                readings -= per_round
                 cleared = recorded = facts is None
+                reconciling = False
                 await exchange.publish(aio_pika.Message(b"round", delivery_mode=PERSISTENT, type="round"),
                                        routing_key=f"{region}.floor.fact.round")
 
@@ -546,15 +556,20 @@ class Bodies:
             region=region)
 
 
+def floor_units(n: int, aggregators: int) -> tuple[str, ...]:
+    """Who sends a floor's requests and has a queue of its own: the aggregators, or the households."""
+    return tuple(f"a{u}" for u in range(aggregators)) if aggregators else tuple(f"h{u}" for u in range(n))
+
+
 @dataclass(frozen=True)
 class RoundFacts:
     """What the services publish in a round besides their answers, encoded with the sizes of a
     round of N households, for the floor of the whole round's pattern: the ``cleared`` fact
     (N/2 settlements) with a notice to each unit, the ``reconciled`` fact (N entries and
     readings) with a statement to each unit, and ``recorded``. A unit is a household on its
-    own (one settlement, two entries) or an aggregator (a bundle for its households). Of the
-    households on their own, the first ``notified`` (a fraction) get a notice: only those
-    that traded do."""
+    own (one settlement, two entries) or an aggregator (a bundle for its households). Only
+    households that traded get a notice: a share ``notified`` of them (the first units, or
+    that share of each aggregator's bundle), and the fact has a settlement for every two."""
 
     cleared: bytes
     reconciled: bytes
@@ -578,14 +593,16 @@ class RoundFacts:
         notice = t.SettlementsNotice(region=region, participant_id="h0000", slot=slot, settlements=[settlement])
         statement = t.Statement(region=region, participant_id="h0000", slot=slot, entries=entries)
         share = -(-n // aggregators) if aggregators else 1
-        units = tuple(f"a{u}" for u in range(aggregators)) if aggregators else tuple(f"h{u}" for u in range(n))
+        units = floor_units(n, aggregators)
         return cls(
             cleared=encode(t.SlotCleared(region=region, slot=slot, rule="midpoint", matched_at_ms=0,
-                                         order_count=2 * n, settlements=[settlement] * max(n // 2, 1))),
+                                         order_count=2 * n,
+                                         settlements=[settlement] * max(round(notified * n / 2), 1))),
             reconciled=encode(t.SlotReconciled(region=region, slot=slot, reconciled_at_ms=0, missing_readings=[],
                                                entries=entries * n, readings=[reading] * n)),
             recorded=encode(t.SlotRecorded(region=region, slot=slot, entry_count=2 * n)),
-            notice=encode(t.AgentBundle(region=region, participant_id="a0", slot=slot, notices=[notice] * share)
+            notice=encode(t.AgentBundle(region=region, participant_id="a0", slot=slot,
+                                        notices=[notice] * max(round(notified * share), 1))
                           if aggregators else notice),
             statement=encode(t.AgentBundle(region=region, participant_id="a0", slot=slot,
                                            statements=[statement] * share) if aggregators else statement),
@@ -607,7 +624,7 @@ async def floor_sim(amqp_url: str, region: str, n: int, rounds: int, orders: flo
     units = aggregators or n
     floor = Floor(amqp_url, region)
     try:
-        await floor.open(RoundFacts.make(region, n, aggregators).units if notified is not None else ())
+        await floor.open(floor_units(n, aggregators) if notified is not None else ())
         async with floor_process(amqp_url, region, units, None if notified is None else (n, aggregators, notified)):
             starts = [time.perf_counter()]
             for r in range(rounds):
@@ -861,7 +878,8 @@ def print_sim(results: list[SimResult], args: argparse.Namespace) -> None:
           "through the same broker to a bare consumer process that answers each and broadcasts the next round "
           f"when all are in; floor: the whole round's pattern, the same and a durable queue per {copies}"
           " (persistent, acknowledged), with the services' facts as a chain the next round waits for (round start, "
-          "then cleared, and reconciled, then recorded; persistent, confirmed, each through the broker, sized for "
+          "then cleared; once the readings are in, reconciled, then recorded; persistent, confirmed, each through "
+          "the broker, sized for "
           "N households); CPU over the measured rounds from /proc (utime+stime); beam.smp and redis-server "
           "are shared with other work")
 
