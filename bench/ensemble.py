@@ -22,16 +22,16 @@ consumer answering each reading and order. Once every answer and finish is in, t
 floor's consumer broadcasts the next round. That is the requests' floor ("req. floor").
 The floor of the whole round ("floor", which the ratio is to) adds what else a round
 sends through the broker: a durable queue for each household (aggregator) taking the
-round start, its answers, a settlements notice and a statement (bundles, for an
-aggregator), acknowledged, as the community's queues are; and the services' facts, each
-persistent, confirmed and taken back from the broker by the floor's consumer, as a chain
-the next round waits for, as the clock does: round start, then ``cleared`` (with the
-notices; the slot counts as cleared once they are all confirmed); once every household's
-reading is in (which the meter-collector waits for), ``reconciled`` (with the
-statements), then ``recorded``. It leaves out
-deliveries the real round also has (the facts to more than one service, each service's
-``RequestsAnswered``), so it stays a floor. A round ended by the clock's timeout
-(``microte_round_timeouts_total`` on the clock's /metrics) fails the run.
+round start, its answers, a statement and, for the share that traded
+(``--floor-notices``), a settlements notice (bundles, for an aggregator), acknowledged, as the
+community's queues are; and the services' facts, each persistent, confirmed and taken
+back from the broker by the floor's consumer, as a chain the next round waits for, as
+the clock does: round start, then ``cleared`` (with the notices; the slot counts as
+cleared once they are all confirmed); once every household's reading is in (which the
+meter-collector waits for), ``reconciled`` (with the statements), then ``recorded``. It
+leaves out deliveries the real round also has (the facts to more than one service, each
+service's ``RequestsAnswered``), so it stays a floor. A round ended by the clock's
+timeout (``microte_round_timeouts_total`` on the clock's /metrics) fails the run.
 
 realtime: order-intake and meter-collector, with what they need to answer (the clock in
 real time, whose current round in Redis order-intake validates against, and the
@@ -565,8 +565,8 @@ def floor_units(n: int, aggregators: int) -> tuple[str, ...]:
 class RoundFacts:
     """What the services publish in a round besides their answers, encoded with the sizes of a
     round of N households, for the floor of the whole round's pattern: the ``cleared`` fact
-    (N/2 settlements) with a notice to each unit, the ``reconciled`` fact (N entries and
-    readings) with a statement to each unit, and ``recorded``. A unit is a household on its
+    with the notices, the ``reconciled`` fact (N entries and readings) with a statement to
+    each unit, and ``recorded``. A unit is a household on its
     own (one settlement, two entries) or an aggregator (a bundle for its households). Only
     households that traded get a notice: a share ``notified`` of them (the first units, or
     that share of each aggregator's bundle), and the fact has a settlement for every two."""
@@ -752,14 +752,13 @@ async def run_sim(n: int, rounds: int, args: argparse.Namespace, base: Settings,
            "MICROTE_START_TIME": str(start), "MICROTE_ROUND_SECONDS": str(args.round_seconds),
            "MICROTE_ROUND_TIMEOUT_S": str(args.round_timeout)}
     settings = from_env(env)
-    floors: list[list[float]] = []
-    for notified in (None, args.floor_notices):
-        print(f"  N={n}: region {region}, floor ({'requests' if notified is None else 'whole round'}) ...",
-              file=sys.stderr, flush=True)
-        seconds, delivered = await floor_sim(base.amqp_url, region, n, rounds, args.floor_orders, args.aggregators,
-                                             max(60.0, args.round_timeout * 2), args.requests, notified)
-        floors.append(seconds[args.warmup:])
-    floor_requests, floor = floors
+    floor_args = (base.amqp_url, region, n, rounds, args.floor_orders, args.aggregators,
+                  max(60.0, args.round_timeout * 2), args.requests)
+    print(f"  N={n}: region {region}, floor (requests) ...", file=sys.stderr, flush=True)
+    floor_requests = (await floor_sim(*floor_args))[0][args.warmup:]
+    print(f"  N={n}: region {region}, floor (whole round) ...", file=sys.stderr, flush=True)
+    seconds, delivered = await floor_sim(*floor_args, notified=args.floor_notices)
+    floor = seconds[args.warmup:]
     floor_delivered = {kind: count / ((args.aggregators or n) * rounds) for kind, count in sorted(delivered.items())}
     print(f"  N={n}: services ...", file=sys.stderr, flush=True)
     ensemble = Ensemble(env, work / "logs")
@@ -879,9 +878,8 @@ def print_sim(results: list[SimResult], args: argparse.Namespace) -> None:
           f"when all are in; floor: the whole round's pattern, the same and a durable queue per {copies}"
           " (persistent, acknowledged), with the services' facts as a chain the next round waits for (round start, "
           "then cleared; once the readings are in, reconciled, then recorded; persistent, confirmed, each through "
-          "the broker, sized for "
-          "N households); CPU over the measured rounds from /proc (utime+stime); beam.smp and redis-server "
-          "are shared with other work")
+          "the broker, sized for N households); CPU over the measured rounds from /proc (utime+stime); beam.smp "
+          "and redis-server are shared with other work")
 
 
 # --- realtime mode -------------------------------------------------------------------------
